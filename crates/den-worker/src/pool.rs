@@ -1,0 +1,257 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use den_core::Job;
+use den_ops::{JobOutcome, Metrics};
+use den_storage::{Delivery, MAX_BATCH, Queue, QueueSpec, ReceiveOptions, StoreErrorKind};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::{Backoff, JobContext, JobError, JobErrorKind, JobHandler};
+
+/// The handlers of a pool, by job kind.
+#[derive(Clone, Default)]
+pub struct Handlers {
+    by_kind: HashMap<String, Arc<dyn JobHandler>>,
+}
+
+impl std::fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.by_kind.keys()).finish()
+    }
+}
+
+impl Handlers {
+    /// No handlers.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `handler` for jobs of `kind`, replacing any earlier one.
+    #[must_use]
+    pub fn with(mut self, kind: impl Into<String>, handler: Arc<dyn JobHandler>) -> Self {
+        self.by_kind.insert(kind.into(), handler);
+        self
+    }
+
+    /// The kinds handled.
+    pub fn kinds(&self) -> impl Iterator<Item = &str> {
+        self.by_kind.keys().map(String::as_str)
+    }
+}
+
+/// How a pool runs.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Most jobs running at once.
+    pub concurrency: usize,
+    /// Longest a job may run before it counts as failed.
+    pub job_timeout: Duration,
+    /// Longest wait of one long poll.
+    pub poll_wait: Duration,
+    /// Retry delays.
+    pub backoff: Backoff,
+    /// On shutdown, how long in-flight jobs may take to finish before they
+    /// are stopped and released to the queue.
+    pub grace: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            job_timeout: Duration::from_secs(120),
+            poll_wait: Duration::from_secs(20),
+            backoff: Backoff::default(),
+            grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Claims jobs from one queue and runs them.
+#[derive(Debug)]
+pub struct WorkerPool {
+    queue: Arc<dyn Queue>,
+    spec: QueueSpec,
+    handlers: Handlers,
+    metrics: Metrics,
+    config: WorkerConfig,
+}
+
+struct Shared {
+    queue: Arc<dyn Queue>,
+    spec: QueueSpec,
+    handlers: Handlers,
+    metrics: Metrics,
+    config: WorkerConfig,
+    /// Fired when the grace period is over: running jobs stop and are released.
+    stop_now: CancellationToken,
+}
+
+impl WorkerPool {
+    /// A pool working the queue declared by `spec` (which must exist).
+    pub fn new(
+        queue: Arc<dyn Queue>,
+        spec: QueueSpec,
+        handlers: Handlers,
+        metrics: Metrics,
+        config: WorkerConfig,
+    ) -> Self {
+        Self { queue, spec, handlers, metrics, config }
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops claiming, lets running
+    /// jobs finish within the grace period, and releases the rest (they
+    /// become visible again at once).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let config = self.config.clone();
+        let concurrency = config.concurrency.max(1);
+        let permits = Arc::new(Semaphore::new(concurrency));
+        let shared = Arc::new(Shared {
+            queue: self.queue,
+            spec: self.spec,
+            handlers: self.handlers,
+            metrics: self.metrics,
+            config: self.config,
+            stop_now: CancellationToken::new(),
+        });
+        // The lease must outlast the job's timeout, so a running job is never
+        // handed to a second worker.
+        let visibility = config.job_timeout + Duration::from_secs(30);
+        let mut running = JoinSet::new();
+        tracing::info!(queue = %shared.spec.name, concurrency, "worker pool started");
+        loop {
+            while running.try_join_next().is_some() {}
+            let first = tokio::select! {
+                permit = permits.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+                () = shutdown.cancelled() => break,
+            };
+            let room = (1 + permits.available_permits()).min(MAX_BATCH);
+            let options =
+                ReceiveOptions { max_messages: room, wait: config.poll_wait, visibility_timeout: Some(visibility) };
+            let received = tokio::select! {
+                r = shared.queue.receive(&shared.spec.name, options) => r,
+                () = shutdown.cancelled() => break,
+            };
+            let deliveries = match received {
+                Ok(d) => d,
+                Err(e) if e.kind() == StoreErrorKind::Closed => break,
+                Err(e) => {
+                    tracing::warn!(queue = %shared.spec.name, error = %e, "receive failed; retrying in 1 s");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        () = shutdown.cancelled() => break,
+                    }
+                }
+            };
+            let mut first = Some(first);
+            for delivery in deliveries {
+                let permit = match first.take() {
+                    Some(p) => p,
+                    None => match permits.clone().try_acquire_owned() {
+                        Ok(p) => p,
+                        // Cannot happen (only this loop takes permits), but never drop a delivery:
+                        // wait for room instead.
+                        Err(_) => match permits.clone().acquire_owned().await {
+                            Ok(p) => p,
+                            Err(_) => break,
+                        },
+                    },
+                };
+                let shared = shared.clone();
+                running.spawn(async move {
+                    run_delivery(&shared, delivery).await;
+                    drop(permit);
+                });
+            }
+        }
+
+        tracing::info!(queue = %shared.spec.name, in_flight = running.len(), "worker pool stopping");
+        let finished = tokio::time::timeout(config.grace, async { while running.join_next().await.is_some() {} }).await;
+        if finished.is_err() {
+            tracing::warn!(queue = %shared.spec.name, left = running.len(), "grace period over; releasing unfinished jobs");
+            shared.stop_now.cancel();
+            while running.join_next().await.is_some() {}
+        }
+        tracing::info!(queue = %shared.spec.name, "worker pool stopped");
+    }
+}
+
+async fn run_delivery(shared: &Shared, delivery: Delivery) {
+    let queue = &shared.spec.name;
+    let job = match serde_json::from_str::<Job>(&delivery.body) {
+        Ok(mut job) => {
+            job.attempt = delivery.receive_count;
+            job
+        }
+        Err(e) => {
+            tracing::error!(%queue, message_id = %delivery.message_id, error = %e, "malformed job; dead-lettering it");
+            dead_letter(shared, &delivery, "malformed").await;
+            return;
+        }
+    };
+    let span =
+        tracing::info_span!("job", id = %job.id, kind = %job.kind, trace_id = %job.trace_id, attempt = job.attempt);
+    async {
+        shared.metrics.job_received(queue, &job.kind);
+        let Some(handler) = shared.handlers.by_kind.get(&job.kind) else {
+            tracing::error!("no handler for this job kind; dead-lettering it");
+            dead_letter(shared, &delivery, &job.kind).await;
+            return;
+        };
+        let cx = JobContext { cancelled: shared.stop_now.clone() };
+        let start = Instant::now();
+        let result = tokio::select! {
+            r = tokio::time::timeout(shared.config.job_timeout, handler.run(&job, &cx)) => r,
+            () = shared.stop_now.cancelled() => {
+                // Shutdown ran out of grace: hand the job back untouched.
+                if let Err(e) = shared.queue.change_visibility(queue, &delivery.receipt, Duration::ZERO).await {
+                    tracing::warn!(error = %e, "could not release the job; it returns when its lease ends");
+                }
+                return;
+            }
+        };
+        let elapsed = start.elapsed();
+        let error = match result {
+            Ok(Ok(())) => {
+                match shared.queue.ack(queue, &delivery.receipt).await {
+                    Ok(()) => tracing::debug!(?elapsed, "job done"),
+                    Err(e) => tracing::warn!(error = %e, "job done but its ack failed; it may run again"),
+                }
+                shared.metrics.job_finished(queue, &job.kind, JobOutcome::Succeeded, elapsed);
+                return;
+            }
+            Ok(Err(e)) => e,
+            Err(_) => JobError::retry(format!("timed out after {:?}", shared.config.job_timeout)),
+        };
+        let last_attempt =
+            shared.spec.dead_letter.as_ref().is_some_and(|d| delivery.receive_count >= d.max_receive_count);
+        if error.kind() == JobErrorKind::Permanent || last_attempt {
+            tracing::error!(error = %error, permanent = error.kind() == JobErrorKind::Permanent, "job failed; dead-lettering it");
+            match shared.queue.dead_letter(queue, &delivery.receipt).await {
+                Ok(()) => shared.metrics.job_finished(queue, &job.kind, JobOutcome::DeadLettered, elapsed),
+                Err(e) => tracing::warn!(error = %e, "could not dead-letter the job"),
+            }
+            return;
+        }
+        let delay = shared.config.backoff.delay(delivery.receive_count);
+        tracing::warn!(error = %error, retry_in = ?delay, "job failed; will retry");
+        shared.metrics.job_finished(queue, &job.kind, JobOutcome::Failed, elapsed);
+        if let Err(e) = shared.queue.change_visibility(queue, &delivery.receipt, delay).await {
+            tracing::warn!(error = %e, "could not schedule the retry; it returns when its lease ends");
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn dead_letter(shared: &Shared, delivery: &Delivery, kind: &str) {
+    match shared.queue.dead_letter(&shared.spec.name, &delivery.receipt).await {
+        Ok(()) => shared.metrics.job_dead_lettered(&shared.spec.name, kind),
+        Err(e) => tracing::warn!(error = %e, "could not dead-letter the message"),
+    }
+}
