@@ -1,1 +1,2 @@
+//! den-bench: see the README.
 fn main() {}

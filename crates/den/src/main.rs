@@ -1,1 +1,60 @@
-fn main() {}
+//! The `den` binary: command line, configuration and the wiring of roles.
+
+mod admin;
+mod cli;
+mod config;
+mod roles;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let loaded = match config::load(cli.config.as_deref(), &env) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let format = cli.log_format.as_deref().unwrap_or(&loaded.config.log.format);
+    let format = match format.parse::<den_ops::LogFormat>() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: --log-format: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    den_ops::init_logging(format, cli.log_level.as_deref().unwrap_or(&loaded.config.log.level));
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run => roles::run(roles::Role::All, &loaded, &env).await,
+            Command::Gateway => roles::run(roles::Role::Gateway, &loaded, &env).await,
+            Command::Worker => roles::run(roles::Role::Worker, &loaded, &env).await,
+            Command::Interactions => roles::run(roles::Role::Interactions, &loaded, &env).await,
+            Command::Queue { command } => admin::queue(command, &loaded.config).await,
+            Command::Store { command } => admin::store(command, &loaded.config).await,
+            Command::Config { command } => admin::config(command, &loaded, &env),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of causes, joined.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! One-shot operator commands: queue inspection, DLQ repair, sweeping, config check.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use den_core::{Clock, SystemClock};
+use den_storage::{PeekedMessage, Queue, Store};
+
+use crate::cli::{ConfigCommand, DlqCommand, QueueCommand, StoreCommand};
+use crate::config::{self, Config, Loaded};
+use crate::roles::open_store;
+
+async fn open(c: &Config) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn Queue>)> {
+    let store = open_store(c).await?;
+    let queue = store.queue();
+    // The queue may not exist yet on a fresh install; creating it is idempotent.
+    queue.create_queue(&c.queue.spec(&c.worker)).await.context("cannot create the job queue")?;
+    Ok((store, queue))
+}
+
+/// `den queue ...`
+pub async fn queue(command: QueueCommand, c: &Config) -> anyhow::Result<()> {
+    let (store, queue) = open(c).await?;
+    let result = match command {
+        QueueCommand::Stats { json } => stats(&*queue, json).await,
+        QueueCommand::Dlq { command } => dlq(command, &*queue, c).await,
+    };
+    store.close().await?;
+    result
+}
+
+async fn stats(queue: &dyn Queue, json: bool) -> anyhow::Result<()> {
+    let specs = queue.list_queues().await?;
+    let mut rows = Vec::new();
+    for spec in &specs {
+        rows.push((spec.name.clone(), queue.depth(&spec.name).await?));
+    }
+    if json {
+        let out: Vec<_> = rows
+            .iter()
+            .map(|(name, d)| serde_json::json!({"queue": name, "visible": d.visible, "in_flight": d.in_flight, "delayed": d.delayed}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(5).max(5);
+    println!("{:<width$}  {:>8}  {:>9}  {:>7}", "QUEUE", "VISIBLE", "IN_FLIGHT", "DELAYED");
+    for (name, d) in rows {
+        println!("{name:<width$}  {:>8}  {:>9}  {:>7}", d.visible, d.in_flight, d.delayed);
+    }
+    Ok(())
+}
+
+async fn all_messages(queue: &dyn Queue, name: &str, limit: usize) -> anyhow::Result<Vec<PeekedMessage>> {
+    let mut out: Vec<PeekedMessage> = Vec::new();
+    loop {
+        let after = out.last().map(|m| m.message_id.clone());
+        let page = queue.peek(name, 500.min(limit - out.len()), after.as_deref()).await?;
+        if page.is_empty() {
+            return Ok(out);
+        }
+        out.extend(page);
+        if out.len() >= limit {
+            return Ok(out);
+        }
+    }
+}
+
+fn kind_of(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| "(malformed)".to_owned())
+}
+
+fn age(sent: den_core::Timestamp) -> String {
+    let secs = SystemClock.now().since(sent).as_secs();
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+async fn dlq(command: DlqCommand, queue: &dyn Queue, c: &Config) -> anyhow::Result<()> {
+    let dlq = c.queue.dlq_name();
+    match command {
+        DlqCommand::List { limit, json } => {
+            let messages = all_messages(queue, &dlq, limit.max(1)).await?;
+            if json {
+                for m in &messages {
+                    let line = serde_json::json!({
+                        "id": m.message_id, "kind": kind_of(&m.body), "from": m.source_queue,
+                        "receives": m.receive_count, "sent_at_ms": m.sent_at.as_millis(),
+                    });
+                    println!("{line}");
+                }
+                return Ok(());
+            }
+            if messages.is_empty() {
+                println!("{dlq} is empty");
+                return Ok(());
+            }
+            println!("{:<32}  {:<28}  {:<16}  {:>8}  {:>5}", "ID", "KIND", "FROM", "RECEIVES", "AGE");
+            for m in &messages {
+                println!(
+                    "{:<32}  {:<28}  {:<16}  {:>8}  {:>5}",
+                    m.message_id,
+                    kind_of(&m.body),
+                    m.source_queue.as_deref().unwrap_or("-"),
+                    m.receive_count,
+                    age(m.sent_at)
+                );
+            }
+        }
+        DlqCommand::Show { id } => {
+            let messages = all_messages(queue, &dlq, usize::MAX).await?;
+            let m =
+                messages.iter().find(|m| m.message_id == id).with_context(|| format!("no message {id} in {dlq}"))?;
+            let body = serde_json::from_str::<serde_json::Value>(&m.body).unwrap_or_else(|_| m.body.clone().into());
+            let out = serde_json::json!({
+                "id": m.message_id, "queue": dlq, "from": m.source_queue, "receives": m.receive_count,
+                "sent_at_ms": m.sent_at.as_millis(), "body": body,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        DlqCommand::Redrive { limit } => {
+            let moved = queue.redrive(&dlq, limit).await?;
+            println!("moved {moved} message(s) from {dlq} back to their queue");
+        }
+        DlqCommand::Purge { yes } => {
+            if !yes {
+                let n = queue.depth(&dlq).await?.total();
+                anyhow::bail!("this deletes {n} message(s) from {dlq} for good; run again with --yes");
+            }
+            let n = queue.purge(&dlq).await?;
+            println!("deleted {n} message(s) from {dlq}");
+        }
+    }
+    Ok(())
+}
+
+/// `den store ...`
+pub async fn store(command: StoreCommand, c: &Config) -> anyhow::Result<()> {
+    match command {
+        StoreCommand::Sweep => {
+            let store = open_store(c).await?;
+            let report = store.sweep().await;
+            store.close().await?;
+            let report = report?;
+            println!("deleted {} expired item(s) and {} expired message(s)", report.items, report.messages);
+            Ok(())
+        }
+    }
+}
+
+/// `den config check`
+pub fn config(command: ConfigCommand, loaded: &Loaded, env: &[(String, String)]) -> anyhow::Result<()> {
+    match command {
+        ConfigCommand::Check => {
+            let file = loaded.file.as_ref().map_or_else(|| "none (defaults)".to_owned(), |p| p.display().to_string());
+            println!("# den configuration: valid");
+            println!("# file: {file}");
+            if !loaded.overrides.is_empty() {
+                println!("# environment overrides: {}", loaded.overrides.join(", "));
+            }
+            let token = match config::discord_token(&loaded.config.discord, env) {
+                Ok(t) => format!("{t} (from {})", config::token_source(&loaded.config.discord)),
+                Err(e) => format!("missing: {e}"),
+            };
+            println!("# discord token: {token}");
+            println!();
+            print!("{}", toml::to_string_pretty(&loaded.config)?);
+            Ok(())
+        }
+    }
+}

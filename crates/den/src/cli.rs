@@ -1,0 +1,104 @@
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// den runs AI-powered Discord bots as modules of one program.
+#[derive(Debug, Parser)]
+#[command(name = "den", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file (default: $DEN_CONFIG, else ./den.toml when present).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format: text or json (default: log.format).
+    #[arg(long, global = true, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Log filter, such as info or den=debug (default: log.level; RUST_LOG wins).
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every role in one process: ingress, workers and the ops server.
+    Run,
+    /// Run the gateway role: hold Discord gateway shards and enqueue jobs.
+    Gateway,
+    /// Run the worker role: claim jobs from the queue and run them.
+    Worker,
+    /// Run the HTTP interactions role: verify, acknowledge and enqueue interactions.
+    Interactions,
+    /// Inspect and repair the job queue and its dead-letter queue.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+    /// Maintain the store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+    /// Check the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Approximate depths of every queue.
+    Stats {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead-lettered jobs, oldest first.
+    List {
+        /// Most messages to list.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one dead-lettered job in full.
+    Show {
+        /// The message id (from `list`).
+        id: String,
+    },
+    /// Move dead-lettered jobs back to the queue they came from.
+    Redrive {
+        /// Most messages to move (default: all).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Delete every dead-lettered job.
+    Purge {
+        /// Confirm the deletion.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Delete expired items and messages now.
+    Sweep,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print it, secrets redacted.
+    Check,
+}

@@ -1,0 +1,470 @@
+//! den's configuration: `den.toml`, environment overrides, secrets.
+//!
+//! Precedence, lowest first: built-in defaults, the file, `DEN_*` variables.
+//! A variable `DEN_<SECTION>__<KEY>` overrides `key` in `[section]`, for
+//! example `DEN_WORKER__CONCURRENCY=32`. Secrets are never read from the file:
+//! they come from an environment variable or from a file named in the config.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use den_core::Secret;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of override variables.
+pub const ENV_PREFIX: &str = "DEN_";
+/// Variable naming the config file.
+pub const CONFIG_ENV: &str = "DEN_CONFIG";
+/// File read from the working directory when no path is given.
+pub const DEFAULT_FILE: &str = "den.toml";
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where data lives.
+    pub store: StoreConfig,
+    /// The job queue.
+    pub queue: QueueConfig,
+    /// The worker pool.
+    pub worker: WorkerSection,
+    /// The ops server.
+    pub ops: OpsConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Discord credentials.
+    pub discord: DiscordConfig,
+}
+
+/// `[store]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite` (built in) or `aws` (with the `aws` feature).
+    pub backend: String,
+    /// The SQLite database file.
+    pub path: PathBuf,
+    /// `full`, `normal` or `off`; see [`den_storage::sqlite::Durability`].
+    pub durability: den_storage::sqlite::Durability,
+    /// How often expired items and messages are deleted, in seconds.
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: "sqlite".into(),
+            path: PathBuf::from("den-data/den.db"),
+            durability: den_storage::sqlite::Durability::Normal,
+            sweep_interval_secs: 300,
+        }
+    }
+}
+
+/// `[queue]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Name of the job queue; its DLQ is `<name>-dlq`.
+    pub name: String,
+    /// Deliveries before a job goes to the DLQ.
+    pub max_receive_count: u32,
+    /// How long an unprocessed job is kept, in hours.
+    pub retention_hours: u64,
+    /// How long a dead-lettered job is kept, in hours (longer than `retention_hours`).
+    pub dlq_retention_hours: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self { name: "den-jobs".into(), max_receive_count: 5, retention_hours: 96, dlq_retention_hours: 336 }
+    }
+}
+
+impl QueueConfig {
+    /// The DLQ's name.
+    #[must_use]
+    pub fn dlq_name(&self) -> String {
+        format!("{}-dlq", self.name)
+    }
+
+    /// The queue declaration.
+    #[must_use]
+    pub fn spec(&self, worker: &WorkerSection) -> den_storage::QueueSpec {
+        den_storage::QueueSpec {
+            name: self.name.clone(),
+            visibility_timeout: Duration::from_secs(worker.job_timeout_secs + 30),
+            retention: Duration::from_secs(self.retention_hours * 3600),
+            dead_letter: Some(den_storage::DeadLetterSpec {
+                name: self.dlq_name(),
+                max_receive_count: self.max_receive_count,
+                retention: Duration::from_secs(self.dlq_retention_hours * 3600),
+            }),
+        }
+    }
+}
+
+/// `[worker]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSection {
+    /// Most jobs running at once.
+    pub concurrency: usize,
+    /// Longest a job may run, in seconds.
+    pub job_timeout_secs: u64,
+    /// Longest long poll, in seconds (at most 20).
+    pub poll_wait_secs: u64,
+    /// Ceiling of the first retry delay, in milliseconds.
+    pub backoff_base_ms: u64,
+    /// Largest retry delay, in seconds.
+    pub backoff_max_secs: u64,
+    /// On shutdown, how long running jobs may take to finish, in seconds.
+    pub grace_secs: u64,
+}
+
+impl Default for WorkerSection {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            job_timeout_secs: 120,
+            poll_wait_secs: 20,
+            backoff_base_ms: 2000,
+            backoff_max_secs: 300,
+            grace_secs: 20,
+        }
+    }
+}
+
+impl WorkerSection {
+    /// The pool's settings.
+    #[must_use]
+    pub fn pool_config(&self) -> den_worker::WorkerConfig {
+        den_worker::WorkerConfig {
+            concurrency: self.concurrency,
+            job_timeout: Duration::from_secs(self.job_timeout_secs),
+            poll_wait: Duration::from_secs(self.poll_wait_secs),
+            backoff: den_worker::Backoff {
+                base: Duration::from_millis(self.backoff_base_ms),
+                max: Duration::from_secs(self.backoff_max_secs),
+            },
+            grace: Duration::from_secs(self.grace_secs),
+        }
+    }
+}
+
+/// `[ops]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpsConfig {
+    /// Address of the `/health`, `/ready` and `/metrics` server.
+    pub listen: String,
+    /// Heartbeat interval, in seconds.
+    pub heartbeat_secs: u64,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:8080".into(), heartbeat_secs: 30 }
+    }
+}
+
+/// `[log]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A filter such as `info` or `den=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: "text".into(), level: "info".into() }
+    }
+}
+
+/// `[discord]`: where the credentials come from, never the credentials.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscordConfig {
+    /// Environment variable holding the bot token.
+    pub token_env: String,
+    /// A file holding the bot token (for Docker and Kubernetes secrets); wins over `token_env`.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for DiscordConfig {
+    fn default() -> Self {
+        Self { token_env: "DISCORD_TOKEN".into(), token_file: None }
+    }
+}
+
+/// A configuration that could not be loaded; the message says where and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+/// Where the config came from, for `den config check`.
+#[derive(Clone, Debug, Default)]
+pub struct Loaded {
+    /// The configuration.
+    pub config: Config,
+    /// The file read, if any.
+    pub file: Option<PathBuf>,
+    /// Override variables applied.
+    pub overrides: Vec<String>,
+}
+
+/// Loads the configuration from `explicit` (the `--config` flag), else
+/// `DEN_CONFIG`, else `./den.toml` when it exists, else defaults; then applies
+/// `DEN_*` overrides from `env`.
+pub fn load(explicit: Option<&Path>, env: &[(String, String)]) -> Result<Loaded, ConfigError> {
+    let from_env = env.iter().find(|(k, _)| k == CONFIG_ENV).map(|(_, v)| PathBuf::from(v));
+    let (file, required) = match (explicit, from_env) {
+        (Some(p), _) => (Some(p.to_path_buf()), true),
+        (None, Some(p)) => (Some(p), true),
+        (None, None) => (Some(PathBuf::from(DEFAULT_FILE)), false),
+    };
+    let (text, file) = match file {
+        Some(path) => match std::fs::read_to_string(&path) {
+            Ok(text) => (text, Some(path)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => (String::new(), None),
+            Err(e) => return Err(ConfigError(format!("cannot read config file {}: {e}", path.display()))),
+        },
+        None => (String::new(), None),
+    };
+    let shown = file.as_ref().map_or_else(|| DEFAULT_FILE.to_owned(), |p| p.display().to_string());
+    let parsed: toml::Table = toml::from_str(&text).map_err(|e| located(&shown, &text, &e))?;
+    // Deserialize the file alone first so its errors point at its own lines.
+    let mut config: Config = toml::from_str(&text).map_err(|e| located(&shown, &text, &e))?;
+
+    let mut tree = toml::Value::Table(parsed);
+    let mut overrides = Vec::new();
+    let mut vars: Vec<&(String, String)> = env.iter().filter(|(k, _)| is_override(k)).collect();
+    vars.sort();
+    for (name, value) in vars {
+        let path: Vec<String> = name[ENV_PREFIX.len()..].split("__").map(str::to_ascii_lowercase).collect();
+        if path.len() != 2 || path.iter().any(String::is_empty) {
+            return Err(ConfigError(format!(
+                "environment variable {name}: expected DEN_<SECTION>__<KEY>, for example DEN_WORKER__CONCURRENCY"
+            )));
+        }
+        set_path(&mut tree, &path, parse_env_value(value));
+        config = Config::deserialize(tree.clone())
+            .map_err(|e| ConfigError(format!("environment variable {name}: {}", e.message().trim())))?;
+        overrides.push(name.clone());
+    }
+    validate(&config).map_err(|e| ConfigError(format!("{shown}: {e}")))?;
+    Ok(Loaded { config, file, overrides })
+}
+
+fn is_override(name: &str) -> bool {
+    name.starts_with(ENV_PREFIX) && name != CONFIG_ENV && name.contains("__")
+}
+
+/// An override's value as TOML: a number or boolean when it reads as one, else a string.
+fn parse_env_value(raw: &str) -> toml::Value {
+    if let Ok(i) = raw.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    if let Ok(b) = raw.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    if let Ok(f) = raw.parse::<f64>()
+        && raw.contains('.')
+    {
+        return toml::Value::Float(f);
+    }
+    toml::Value::String(raw.to_owned())
+}
+
+fn set_path(tree: &mut toml::Value, path: &[String], value: toml::Value) {
+    let mut node = tree;
+    for key in &path[..path.len() - 1] {
+        let table = match node {
+            toml::Value::Table(t) => t,
+            other => {
+                *other = toml::Value::Table(toml::Table::new());
+                let toml::Value::Table(t) = other else { return };
+                t
+            }
+        };
+        node = table.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    }
+    if let toml::Value::Table(t) = node {
+        t.insert(path[path.len() - 1].clone(), value);
+    }
+}
+
+/// Turns a TOML error into `file: line L, column C, field [section] key: message`.
+fn located(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim().to_owned();
+    let Some(span) = e.span() else { return ConfigError(format!("{file}: {message}")) };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    let line_text = text.lines().nth(line - 1).unwrap_or("");
+    let section = text
+        .lines()
+        .take(line)
+        .filter_map(|l| l.trim().strip_prefix('[').and_then(|l| l.split(']').next()))
+        .last()
+        .map(str::trim);
+    let key = line_text.split_once('=').map(|(k, _)| k.trim()).filter(|k| !k.is_empty() && !k.starts_with('['));
+    let field = match (section, key) {
+        (Some(s), Some(k)) => format!(", field {s}.{k}"),
+        (None, Some(k)) => format!(", field {k}"),
+        (Some(s), None) => format!(", section [{s}]"),
+        (None, None) => String::new(),
+    };
+    ConfigError(format!("{file}: line {line}, column {column}{field}: {message}"))
+}
+
+fn validate(c: &Config) -> Result<(), String> {
+    if c.store.backend != "sqlite" && c.store.backend != "aws" {
+        return Err(format!("store.backend must be sqlite or aws, not {:?}", c.store.backend));
+    }
+    if c.worker.concurrency == 0 {
+        return Err("worker.concurrency must be at least 1".into());
+    }
+    if c.worker.poll_wait_secs > 20 {
+        return Err("worker.poll_wait_secs must be at most 20 (the long-poll limit)".into());
+    }
+    if c.worker.job_timeout_secs == 0 {
+        return Err("worker.job_timeout_secs must be at least 1".into());
+    }
+    if c.ops.heartbeat_secs == 0 {
+        return Err("ops.heartbeat_secs must be at least 1".into());
+    }
+    c.ops
+        .listen
+        .parse::<SocketAddr>()
+        .map_err(|_| format!("ops.listen {:?} is not an address like 127.0.0.1:8080", c.ops.listen))?;
+    if c.log.format != "text" && c.log.format != "json" {
+        return Err(format!("log.format must be text or json, not {:?}", c.log.format));
+    }
+    c.queue.spec(&c.worker).validate().map_err(|e| format!("[queue]: {e}"))?;
+    Ok(())
+}
+
+/// Where the Discord token was looked for, for messages.
+#[must_use]
+pub fn token_source(c: &DiscordConfig) -> String {
+    match &c.token_file {
+        Some(path) => format!("the file {} (discord.token_file)", path.display()),
+        None => format!("the environment variable {}", c.token_env),
+    }
+}
+
+/// Reads the Discord bot token.
+pub fn discord_token(c: &DiscordConfig, env: &[(String, String)]) -> Result<Secret, ConfigError> {
+    let token = match &c.token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(Secret::new)
+            .map_err(|e| ConfigError(format!("cannot read the Discord token from {}: {e}", path.display())))?,
+        None => env.iter().find(|(k, _)| *k == c.token_env).map(|(_, v)| Secret::new(v.as_str())).unwrap_or_default(),
+    };
+    if token.is_empty() {
+        return Err(ConfigError(format!(
+            "no Discord bot token: set the environment variable {} (or discord.token_file in den.toml)",
+            c.token_env
+        )));
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("den.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn no_file_gives_defaults_with_data_under_den_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.toml");
+        let err = load(Some(&missing), &[]).unwrap_err();
+        assert!(err.to_string().contains("cannot read config file"), "an explicit file must exist: {err}");
+        let loaded = load(None, &[]).unwrap();
+        assert_eq!(loaded.config.store.path, PathBuf::from("den-data/den.db"));
+        assert_eq!(loaded.config.ops.listen, "127.0.0.1:8080");
+        assert_eq!(loaded.config.ops.heartbeat_secs, 30);
+    }
+
+    #[test]
+    fn a_type_error_names_the_file_line_and_field() {
+        let (_d, path) = write("[store]\npath = \"x.db\"\n\n[worker]\nconcurrency = \"lots\"\n");
+        let err = load(Some(&path), &[]).unwrap_err().to_string();
+        assert!(err.starts_with(&path.display().to_string()), "{err}");
+        assert!(err.contains("line 5"), "{err}");
+        assert!(err.contains("field worker.concurrency"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_field_is_reported_with_its_line() {
+        let (_d, path) = write("[ops]\nlisten = \"127.0.0.1:9\"\nlisen = 3\n");
+        let err = load(Some(&path), &[]).unwrap_err().to_string();
+        assert!(err.contains("line 3") && err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn broken_toml_syntax_is_reported_with_its_line() {
+        let (_d, path) = write("[ops]\nlisten = \"127.0.0.1:9\n");
+        let err = load(Some(&path), &[]).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_win_over_the_file_and_name_themselves_when_wrong() {
+        let (_d, path) = write("[worker]\nconcurrency = 4\n");
+        let loaded =
+            load(Some(&path), &env(&[("DEN_WORKER__CONCURRENCY", "9"), ("DEN_OPS__LISTEN", "127.0.0.1:9100")]))
+                .unwrap();
+        assert_eq!(loaded.config.worker.concurrency, 9);
+        assert_eq!(loaded.config.ops.listen, "127.0.0.1:9100");
+        assert_eq!(loaded.overrides.len(), 2);
+
+        let err = load(Some(&path), &env(&[("DEN_WORKER__CONCURENCY", "9")])).unwrap_err().to_string();
+        assert!(err.contains("DEN_WORKER__CONCURENCY"), "{err}");
+        let err = load(Some(&path), &env(&[("DEN_WORKER__CONCURRENCY", "many")])).unwrap_err().to_string();
+        assert!(err.contains("DEN_WORKER__CONCURRENCY"), "{err}");
+    }
+
+    #[test]
+    fn den_config_names_the_file() {
+        let (_d, path) = write("[worker]\nconcurrency = 3\n");
+        let loaded = load(None, &env(&[("DEN_CONFIG", path.to_str().unwrap())])).unwrap();
+        assert_eq!(loaded.config.worker.concurrency, 3);
+    }
+
+    #[test]
+    fn semantic_errors_name_the_field() {
+        let (_d, path) = write("[queue]\nretention_hours = 200\ndlq_retention_hours = 100\n");
+        let err = load(Some(&path), &[]).unwrap_err().to_string();
+        assert!(err.contains("[queue]") && err.contains("longer"), "{err}");
+        let (_d, path) = write("[ops]\nlisten = \"everywhere\"\n");
+        assert!(load(Some(&path), &[]).unwrap_err().to_string().contains("ops.listen"));
+    }
+
+    #[test]
+    fn the_token_comes_from_env_or_file_and_its_absence_names_the_variable() {
+        let c = DiscordConfig::default();
+        let err = discord_token(&c, &[]).unwrap_err().to_string();
+        assert!(err.contains("DISCORD_TOKEN"), "{err}");
+        assert_eq!(discord_token(&c, &env(&[("DISCORD_TOKEN", "abc")])).unwrap().expose(), "abc");
+        let (_d, path) = write("file-token\n");
+        let c = DiscordConfig { token_file: Some(path), ..DiscordConfig::default() };
+        assert_eq!(discord_token(&c, &env(&[("DISCORD_TOKEN", "abc")])).unwrap().expose(), "file-token");
+    }
+}

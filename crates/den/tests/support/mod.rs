@@ -1,0 +1,140 @@
+//! Runs the real `den` binary in a scratch folder.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const TOKEN: &str = "test-token-7f3a9c";
+
+/// A scratch working directory with den's default layout.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Self { dir: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.path().join("den-data/den.db")
+    }
+
+    /// `den ARGS` in this folder, with a clean environment plus `env`.
+    pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_den"));
+        cmd.current_dir(self.path()).args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    pub fn output(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.command(args, env).output().unwrap()
+    }
+
+    /// Starts a long-running role with JSON logs and a random ops port, and
+    /// waits until it says it started.
+    pub fn start(&self, role: &str, env: &[(&str, &str)]) -> Running {
+        let mut all = vec![("DEN_OPS__LISTEN", "127.0.0.1:0"), ("DEN_WORKER__POLL_WAIT_SECS", "1")];
+        all.extend_from_slice(env);
+        let mut child = self
+            .command(&["--log-format", "json", role], &all)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut running = Running { child, lines: rx, log: Vec::new(), ops: String::new() };
+        let started = running.wait_for_log("den started", Duration::from_secs(20));
+        let ops = started["ops"].as_str().expect("the start line names the ops address").to_owned();
+        running.ops = format!("http://{ops}");
+        running
+    }
+}
+
+/// A den process under test.
+pub struct Running {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    /// Every log line seen so far, parsed.
+    pub log: Vec<serde_json::Value>,
+    /// Base URL of the ops server.
+    pub ops: String,
+}
+
+impl Running {
+    /// Waits for a log line whose message contains `needle`; every line must be JSON.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> serde_json::Value {
+        if let Some(found) = self.log.iter().find(|l| l["message"].as_str().is_some_and(|m| m.contains(needle))) {
+            return found.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line =
+                self.lines.recv_timeout(left).unwrap_or_else(|_| panic!("no log line {needle:?}; saw {:#?}", self.log));
+            let value: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+            self.log.push(value.clone());
+            if value["message"].as_str().is_some_and(|m| m.contains(needle)) {
+                return value;
+            }
+        }
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Drain what is left of the log.
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    if let Ok(v) = serde_json::from_str(&line) {
+                        self.log.push(v);
+                    }
+                }
+                return status;
+            }
+            assert!(Instant::now() < deadline, "den did not exit in {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
