@@ -1,2 +1,42 @@
-//! den-bench: see the README.
-fn main() {}
+//! den's benchmarks. Each scenario prints one JSON object on standard output.
+//!
+//! Run them in release mode: `cargo run --release -p den-bench -- queue`.
+
+mod memory;
+mod queue;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "den-bench", about = "den's benchmark scenarios")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// The SQLite queue: batched sends/s, end-to-end jobs/s, send-to-handler latency.
+    Queue(queue::Options),
+    /// Resident memory of an idle `den run`.
+    Memory(memory::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let report = match cli.scenario {
+        Scenario::Queue(o) => queue::run(&o)?,
+        Scenario::Memory(o) => memory::run(&o)?,
+    };
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// The value at quantile `q` (0..=1) of sorted samples.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (q * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}

@@ -11,6 +11,7 @@ mod table;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -76,11 +77,23 @@ type WriteOp = Box<dyn FnOnce(Option<&Connection>) -> Completion + Send>;
 /// Most operations folded into one transaction.
 const MAX_GROUP: usize = 256;
 
+/// How often the checkpointer looks for new commits to fold into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// Transactions committed so far, read by the checkpointer to skip idle rounds.
+#[derive(Debug, Default)]
+struct WalState {
+    commits: AtomicU64,
+}
+
 pub(crate) struct Shared {
     path: PathBuf,
     clock: Arc<dyn Clock>,
     writer: Mutex<Option<mpsc::Sender<WriteOp>>>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
+    /// Dropped at close, which wakes and stops the checkpointer.
+    stop_checkpointer: Mutex<Option<mpsc::Sender<()>>>,
     readers: Mutex<Vec<Connection>>,
     max_idle_readers: usize,
     notifiers: Mutex<HashMap<String, Arc<Notify>>>,
@@ -108,13 +121,25 @@ impl SqliteStore {
         let conn = open_connection(&options.path, false)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", options.durability.pragma())?;
+        // Checkpoints (the only fsyncs in WAL mode with synchronous=NORMAL) run on
+        // their own thread, so a commit never waits for one.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         conn.execute_batch(SCHEMA)?;
 
+        let wal = Arc::new(WalState::default());
         let (tx, rx) = mpsc::channel::<WriteOp>();
+        let writer_wal = wal.clone();
         let thread = std::thread::Builder::new()
             .name("den-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, &writer_wal))
             .map_err(|e| StoreError::backend("cannot start the SQLite writer thread", e))?;
+        let checkpoint_conn = open_connection(&options.path, false)?;
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let checkpointer = std::thread::Builder::new()
+            .name("den-sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpoint_conn, &wal, &stop_rx))
+            .map_err(|e| StoreError::backend("cannot start the SQLite checkpoint thread", e))?;
 
         Ok(Self {
             shared: Arc::new(Shared {
@@ -122,6 +147,8 @@ impl SqliteStore {
                 clock,
                 writer: Mutex::new(Some(tx)),
                 writer_thread: Mutex::new(Some(thread)),
+                checkpointer: Mutex::new(Some(checkpointer)),
+                stop_checkpointer: Mutex::new(Some(stop_tx)),
                 readers: Mutex::new(Vec::new()),
                 max_idle_readers: options.readers.max(1),
                 notifiers: Mutex::new(HashMap::new()),
@@ -173,6 +200,14 @@ impl SqliteStore {
     pub async fn close(&self) -> StoreResult<()> {
         let sender = self.shared.writer.lock().map_err(poisoned)?.take();
         drop(sender);
+        drop(self.shared.stop_checkpointer.lock().map_err(poisoned)?.take());
+        let checkpointer = self.shared.checkpointer.lock().map_err(poisoned)?.take();
+        if let Some(checkpointer) = checkpointer {
+            tokio::task::spawn_blocking(move || checkpointer.join())
+                .await
+                .map_err(|e| StoreError::backend("checkpoint thread join failed", e))?
+                .map_err(|_| StoreError::new(StoreErrorKind::Backend, "the SQLite checkpoint thread panicked"))?;
+        }
         let thread = self.shared.writer_thread.lock().map_err(poisoned)?.take();
         if let Some(thread) = thread {
             tokio::task::spawn_blocking(move || thread.join())
@@ -251,16 +286,33 @@ impl Shared {
 }
 
 fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> StoreResult<R>) -> StoreResult<R> {
-    conn.execute_batch("SAVEPOINT op")?;
+    conn.prepare_cached("SAVEPOINT op")?.execute([])?;
     let result = f(conn);
     if result.is_err() {
-        conn.execute_batch("ROLLBACK TO op")?;
+        conn.prepare_cached("ROLLBACK TO op")?.execute([])?;
     }
-    conn.execute_batch("RELEASE op")?;
+    conn.prepare_cached("RELEASE op")?.execute([])?;
     result
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteOp>) {
+/// Folds the WAL into the database file in the background. PASSIVE never
+/// blocks the writer; the WAL restarts from its beginning once a checkpoint
+/// has caught up, which keeps it small.
+fn checkpoint_loop(conn: Connection, wal: &WalState, stop: &mpsc::Receiver<()>) {
+    let mut seen = 0;
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        let commits = wal.commits.load(Ordering::Relaxed);
+        if commits == seen {
+            continue;
+        }
+        seen = commits;
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "background checkpoint failed");
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteOp>, wal: &WalState) {
     while let Ok(first) = rx.recv() {
         let mut ops = vec![first];
         while ops.len() < MAX_GROUP {
@@ -269,7 +321,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteOp>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = conn.prepare_cached("BEGIN IMMEDIATE").and_then(|mut s| s.execute([])) {
             let message = e.to_string();
             for op in ops {
                 op(None)(Err(message.clone()));
@@ -277,10 +329,11 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteOp>) {
             continue;
         }
         let completions: Vec<Completion> = ops.into_iter().map(|op| op(Some(&conn))).collect();
-        let commit = conn.execute_batch("COMMIT").map_err(|e| {
+        let commit = conn.prepare_cached("COMMIT").and_then(|mut s| s.execute([])).map(|_| ()).map_err(|e| {
             let _ = conn.execute_batch("ROLLBACK");
             e.to_string()
         });
+        wal.commits.fetch_add(1, Ordering::Relaxed);
         for completion in completions {
             completion(commit.clone());
         }
@@ -344,9 +397,8 @@ CREATE TABLE IF NOT EXISTS q_queues (
     spec TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS q_messages (
-    id            INTEGER PRIMARY KEY,
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
     queue         TEXT NOT NULL,
-    msg_id        TEXT NOT NULL UNIQUE,
     body          TEXT NOT NULL,
     sent_at       INTEGER NOT NULL,
     visible_at    INTEGER NOT NULL,
@@ -356,11 +408,10 @@ CREATE TABLE IF NOT EXISTS q_messages (
     source_queue  TEXT
 );
 CREATE INDEX IF NOT EXISTS q_messages_ready ON q_messages (queue, visible_at, id);
-CREATE INDEX IF NOT EXISTS q_messages_expiry ON q_messages (expires_at);
 CREATE TABLE IF NOT EXISTS q_dedup (
     queue      TEXT NOT NULL,
     dedup_key  TEXT NOT NULL,
-    msg_id     TEXT NOT NULL,
+    id         INTEGER NOT NULL,
     expires_at INTEGER NOT NULL,
     PRIMARY KEY (queue, dedup_key)
 ) WITHOUT ROWID;

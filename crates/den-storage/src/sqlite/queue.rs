@@ -118,6 +118,16 @@ fn spec_from_json(json: &str) -> Option<QueueSpec> {
     })
 }
 
+/// A message id is its row id in hex. Row ids come from AUTOINCREMENT, so an
+/// id is never reused, and a look-up by id is a primary-key look-up.
+fn message_id(id: i64) -> String {
+    format!("{id:016x}")
+}
+
+fn row_id(message_id: &str) -> Option<i64> {
+    i64::from_str_radix(message_id, 16).ok().filter(|_| message_id.len() == 16)
+}
+
 /// A receipt is `<row id>:<token>`; the token changes on every receive.
 fn parse_receipt(receipt: &Receipt) -> StoreResult<(i64, &str)> {
     receipt
@@ -144,18 +154,18 @@ fn receive_in_tx(
 ) -> StoreResult<(Vec<Delivery>, u64)> {
     let now_ms = now.as_millis();
     // Look a little past `max`: some rows may be expired or dead-lettered.
-    let candidates: Vec<(i64, String, String, u32, i64, i64)> = c
+    let candidates: Vec<(i64, String, u32, i64, i64)> = c
         .prepare_cached(
-            "SELECT id, msg_id, body, receive_count, sent_at, expires_at FROM q_messages \
+            "SELECT id, body, receive_count, sent_at, expires_at FROM q_messages \
              WHERE queue = ?1 AND visible_at <= ?2 ORDER BY visible_at, id LIMIT ?3",
         )?
         .query_map(params![queue, now_ms, i64::try_from(max + 16).unwrap_or(64)], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })?
         .collect::<Result<_, _>>()?;
     let mut out = Vec::with_capacity(max);
     let mut moved = 0;
-    for (id, message_id, body, count, sent_at, expires_at) in candidates {
+    for (id, body, count, sent_at, expires_at) in candidates {
         if out.len() == max {
             break;
         }
@@ -173,7 +183,7 @@ fn receive_in_tx(
         c.prepare_cached("UPDATE q_messages SET visible_at = ?2, receive_count = ?3, receipt = ?4 WHERE id = ?1")?
             .execute(params![id, now.plus(visibility).as_millis(), count, token])?;
         out.push(Delivery {
-            message_id,
+            message_id: message_id(id),
             body,
             receipt: Receipt(format!("{id}:{token}")),
             receive_count: count,
@@ -249,48 +259,47 @@ impl Queue for SqliteQueue {
         let spec = self.spec(queue).await?;
         let now = self.shared.now();
         let queue_name = spec.name.clone();
-        let sent = self
-            .shared
-            .write(move |c| {
-                let now_ms = now.as_millis();
-                let mut out = Vec::with_capacity(messages.len());
-                for m in messages {
-                    if let Some(key) = &m.dedup_key {
-                        let earlier: Option<String> = c
-                            .prepare_cached(
-                                "SELECT msg_id FROM q_dedup WHERE queue = ?1 AND dedup_key = ?2 AND expires_at > ?3",
-                            )?
-                            .query_row(params![queue_name, key, now_ms], |r| r.get(0))
-                            .optional()?;
-                        if let Some(message_id) = earlier {
-                            out.push(Sent { message_id, duplicate: true });
-                            continue;
+        let sent =
+            self.shared
+                .write(move |c| {
+                    let now_ms = now.as_millis();
+                    let mut out = Vec::with_capacity(messages.len());
+                    for m in messages {
+                        if let Some(key) = &m.dedup_key {
+                            let earlier: Option<i64> = c
+                                .prepare_cached(
+                                    "SELECT id FROM q_dedup WHERE queue = ?1 AND dedup_key = ?2 AND expires_at > ?3",
+                                )?
+                                .query_row(params![queue_name, key, now_ms], |r| r.get(0))
+                                .optional()?;
+                            if let Some(id) = earlier {
+                                out.push(Sent { message_id: message_id(id), duplicate: true });
+                                continue;
+                            }
                         }
-                    }
-                    let message_id = uuid::Uuid::new_v4().simple().to_string();
-                    c.prepare_cached(
-                        "INSERT INTO q_messages (queue, msg_id, body, sent_at, visible_at, expires_at) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )?
-                    .execute(params![
-                        queue_name,
-                        message_id,
-                        m.body,
-                        now_ms,
-                        now.plus(m.delay).as_millis(),
-                        now.plus(spec.retention).as_millis()
-                    ])?;
-                    if let Some(key) = &m.dedup_key {
                         c.prepare_cached(
-                            "INSERT OR REPLACE INTO q_dedup (queue, dedup_key, msg_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                            "INSERT INTO q_messages (queue, body, sent_at, visible_at, expires_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
                         )?
-                        .execute(params![queue_name, key, message_id, now.plus(DEDUP_WINDOW).as_millis()])?;
+                        .execute(params![
+                            queue_name,
+                            m.body,
+                            now_ms,
+                            now.plus(m.delay).as_millis(),
+                            now.plus(spec.retention).as_millis()
+                        ])?;
+                        let id = c.last_insert_rowid();
+                        if let Some(key) = &m.dedup_key {
+                            c.prepare_cached(
+                            "INSERT OR REPLACE INTO q_dedup (queue, dedup_key, id, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                        )?
+                        .execute(params![queue_name, key, id, now.plus(DEDUP_WINDOW).as_millis()])?;
+                        }
+                        out.push(Sent { message_id: message_id(id), duplicate: false });
                     }
-                    out.push(Sent { message_id, duplicate: false });
-                }
-                Ok(out)
-            })
-            .await?;
+                    Ok(out)
+                })
+                .await?;
         self.shared.notifier(queue).notify_waiters();
         Ok(sent)
     }
@@ -368,20 +377,17 @@ impl Queue for SqliteQueue {
         self.shared
             .read(move |c| {
                 let after_id: i64 = match after {
-                    Some(msg_id) => c
-                        .query_row("SELECT id FROM q_messages WHERE msg_id = ?1", [msg_id], |r| r.get(0))
-                        .optional()?
-                        .unwrap_or(i64::MAX),
+                    Some(id) => row_id(&id).unwrap_or(i64::MAX),
                     None => 0,
                 };
                 let mut stmt = c.prepare_cached(
-                    "SELECT msg_id, body, receive_count, sent_at, source_queue FROM q_messages \
+                    "SELECT id, body, receive_count, sent_at, source_queue FROM q_messages \
                      WHERE queue = ?1 AND id > ?2 AND expires_at > ?3 ORDER BY id LIMIT ?4",
                 )?;
                 let rows = stmt
                     .query_map(params![queue, after_id, now, limit], |r| {
                         Ok(PeekedMessage {
-                            message_id: r.get(0)?,
+                            message_id: message_id(r.get(0)?),
                             body: r.get(1)?,
                             receive_count: r.get(2)?,
                             sent_at: Timestamp(r.get(3)?),
@@ -448,11 +454,11 @@ impl Queue for SqliteQueue {
 
     async fn delete_message(&self, queue: &str, message_id: &str) -> StoreResult<bool> {
         self.spec(queue).await?;
-        let (queue, message_id) = (queue.to_owned(), message_id.to_owned());
+        let Some(id) = row_id(message_id) else { return Ok(false) };
+        let queue = queue.to_owned();
         self.shared
             .write(move |c| {
-                Ok(c.execute("DELETE FROM q_messages WHERE queue = ?1 AND msg_id = ?2", params![queue, message_id])?
-                    == 1)
+                Ok(c.execute("DELETE FROM q_messages WHERE queue = ?1 AND id = ?2", params![queue, id])? == 1)
             })
             .await
     }

@@ -1,0 +1,73 @@
+//! `den-bench memory`: resident memory of an idle `den run`.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+/// Options of the memory scenario.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// The den binary (default: `den` beside this benchmark's executable).
+    #[arg(long)]
+    den: Option<PathBuf>,
+    /// Seconds to stay idle before reading the memory.
+    #[arg(long, default_value_t = 5)]
+    idle_seconds: u64,
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).ok_or_else(|| anyhow::anyhow!("no VmRSS"))?;
+    Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
+}
+
+pub fn run(o: &Options) -> anyhow::Result<serde_json::Value> {
+    let den = match &o.den {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("den"),
+    };
+    anyhow::ensure!(den.exists(), "{} not found: build it with `cargo build --release -p den`", den.display());
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut child = Command::new(&den)
+        .arg("run")
+        .current_dir(dir.path())
+        .env("DISCORD_TOKEN", "bench-token")
+        .env("DEN_OPS__LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let healthy = rt.block_on(async {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if reqwest::get(format!("http://127.0.0.1:{port}/ready")).await.is_ok_and(|r| r.status().is_success()) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    });
+    let result = (|| {
+        anyhow::ensure!(healthy, "den run did not become ready");
+        std::thread::sleep(Duration::from_secs(o.idle_seconds));
+        let idle = rss_kib(child.id())?;
+        // One scrape, as Prometheus would, then idle again.
+        rt.block_on(async { reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.map(|_| ()) })?;
+        std::thread::sleep(Duration::from_secs(1));
+        let after_scrape = rss_kib(child.id())?;
+        Ok(json!({
+            "scenario": "memory",
+            "idle_rss_mib": idle as f64 / 1024.0,
+            "rss_after_scrape_mib": after_scrape as f64 / 1024.0,
+            "idle_seconds": o.idle_seconds,
+            "target_mib": 15,
+        }))
+    })();
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    result
+}
