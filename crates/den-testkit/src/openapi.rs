@@ -74,9 +74,11 @@ impl Checker {
 
     /// Checks a JSON request body against the operation's request schema.
     pub fn check_request(&self, method: &str, op: &Operation, body: &Value) -> Result<(), String> {
-        let Some(schema) = spec()
-            .pointer(&format!("/paths/{}/{}/requestBody/content/application~1json/schema", escape(&op.template), method.to_ascii_lowercase()))
-        else {
+        let Some(schema) = spec().pointer(&format!(
+            "/paths/{}/{}/requestBody/content/application~1json/schema",
+            escape(&op.template),
+            method.to_ascii_lowercase()
+        )) else {
             return if body.is_null() { Ok(()) } else { Err(format!("{} takes no JSON body", op.id)) };
         };
         self.check(&format!("req:{}", op.id), schema, body)

@@ -1,12 +1,12 @@
 //! The fake gateway v10: HELLO, IDENTIFY → READY → GUILD_CREATE, heartbeats,
 //! RESUME with replay, INVALID_SESSION, RECONNECT, and injected faults.
 
-use std::sync::Arc;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use axum::extract::{State, WebSocketUpgrade};
 use axum::response::Response;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::Shared;
@@ -214,7 +214,15 @@ fn identify(shared: &Shared, d: &Value, tx: &mpsc::UnboundedSender<Ctl>) -> Resu
         "shard": [shard.0, shard.1],
         "application": {"id": model.app_id.to_string(), "flags": 0},
     });
-    hub.sessions.push(GwSession { id: id.clone(), shard, intents, seq: 0, log: Vec::new(), tx: Some(tx.clone()), resumed: 0 });
+    hub.sessions.push(GwSession {
+        id: id.clone(),
+        shard,
+        intents,
+        seq: 0,
+        log: Vec::new(),
+        tx: Some(tx.clone()),
+        resumed: 0,
+    });
     hub.dispatch_to(&id, "READY", &ready);
     for g in guilds {
         let data = super::guild_create_json(&model, g);

@@ -141,7 +141,8 @@ impl Shared {
 /// What a guild looks like in GUILD_CREATE.
 fn guild_create_json(model: &model::Model, guild: u64) -> Value {
     let Some(g) = model.guilds.get(&guild) else { return Value::Null };
-    let channels: Vec<Value> = model.channels.values().filter(|c| c.guild_id == guild).map(model::channel_json).collect();
+    let channels: Vec<Value> =
+        model.channels.values().filter(|c| c.guild_id == guild).map(model::channel_json).collect();
     let roles: Vec<Value> = model.roles.values().filter(|r| r.guild_id == guild).map(model::role_json).collect();
     json!({
         "id": g.id.to_string(), "name": g.name, "icon": null, "owner_id": g.owner_id.to_string(),
@@ -279,7 +280,10 @@ impl FakeDiscord {
         let mut m = self.shared.model();
         let id = m.snowflake();
         let bot = m.bot.id;
-        m.roles.insert(id, Role { id, guild_id: id, name: "@everyone".into(), permissions: "104324673".into(), position: 0 });
+        m.roles.insert(
+            id,
+            Role { id, guild_id: id, name: "@everyone".into(), permissions: "104324673".into(), position: 0 },
+        );
         let members = [(owner, vec![]), (bot, vec![])].into_iter().collect();
         m.guilds.insert(id, Guild { id, name: name.into(), owner_id: owner, members });
         id
@@ -296,7 +300,20 @@ impl FakeDiscord {
     pub fn add_text_channel(&self, guild: u64, name: &str) -> u64 {
         let mut m = self.shared.model();
         let id = m.snowflake();
-        m.channels.insert(id, Channel { id, guild_id: guild, kind: 0, name: name.into(), topic: None, parent_id: None, position: 0, overwrites: vec![], tags: vec![] });
+        m.channels.insert(
+            id,
+            Channel {
+                id,
+                guild_id: guild,
+                kind: 0,
+                name: name.into(),
+                topic: None,
+                parent_id: None,
+                position: 0,
+                overwrites: vec![],
+                tags: vec![],
+            },
+        );
         id
     }
 
@@ -339,7 +356,8 @@ impl FakeDiscord {
             if let Some(r) = reply_to.and_then(|r| m.messages.get(&r)) {
                 json["referenced_message"] = model::message_json(r);
             }
-            json["member"] = json!({"roles": [], "joined_at": model::iso8601(m.now()), "deaf": false, "mute": false, "flags": 0});
+            json["member"] =
+                json!({"roles": [], "joined_at": model::iso8601(m.now()), "deaf": false, "mute": false, "flags": 0});
             let id = msg.id;
             m.messages.insert(id, msg);
             (json, guild, id)
@@ -372,16 +390,28 @@ impl FakeDiscord {
             payload["message"] = model::message_json(mid);
         }
         let created = m.now();
-        m.interactions.insert(token.clone(), Interaction {
-            id, token: token.clone(), channel_id: channel, guild_id: guild, created,
-            callback: None, responded_at: None, original: None, followups: vec![],
-        });
+        m.interactions.insert(
+            token.clone(),
+            Interaction {
+                id,
+                token: token.clone(),
+                channel_id: channel,
+                guild_id: guild,
+                created,
+                callback: None,
+                responded_at: None,
+                original: None,
+                followups: vec![],
+            },
+        );
         (token, payload)
     }
 
     fn command_data(&self, name: &str, options: &[CommandOption]) -> Value {
-        let opts: Vec<Value> = options.iter().map(|o| json!({"name": o.name, "type": o.kind, "value": o.value})).collect();
-        let mut data = json!({"id": self.shared.model().snowflake().to_string(), "name": name, "type": 1, "options": opts});
+        let opts: Vec<Value> =
+            options.iter().map(|o| json!({"name": o.name, "type": o.kind, "value": o.value})).collect();
+        let mut data =
+            json!({"id": self.shared.model().snowflake().to_string(), "name": name, "type": 1, "options": opts});
         let users: serde_json::Map<String, Value> = options
             .iter()
             .filter(|o| o.kind == 6)
@@ -427,14 +457,20 @@ impl FakeDiscord {
 
     /// A signed PING (type 1).
     pub fn signed_ping(&self) -> SignedInteraction {
-        let body = json!({"id": "1", "application_id": self.app_id().to_string(), "type": 1, "token": "ping", "version": 1}).to_string();
+        let body =
+            json!({"id": "1", "application_id": self.app_id().to_string(), "type": 1, "token": "ping", "version": 1})
+                .to_string();
         self.sign("ping".into(), body)
     }
 
     /// Signs `body` with the application's key at the current time.
     #[must_use]
     pub fn sign(&self, token: String, body: String) -> SignedInteraction {
-        let timestamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs().to_string();
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+            .to_string();
         let signature = hex::encode(self.signing_key.sign(format!("{timestamp}{body}").as_bytes()).to_bytes());
         SignedInteraction { token, body, signature, timestamp }
     }

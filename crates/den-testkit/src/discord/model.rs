@@ -273,7 +273,8 @@ pub fn message_json(m: &Message) -> Value {
         v["webhook_id"] = w.to_string().into();
     }
     if let Some(r) = m.reply_to {
-        v["message_reference"] = json!({"type": 0, "channel_id": m.channel_id.to_string(), "message_id": r.to_string()});
+        v["message_reference"] =
+            json!({"type": 0, "channel_id": m.channel_id.to_string(), "message_id": r.to_string()});
     }
     v
 }

@@ -67,7 +67,14 @@ impl RateLimits {
     #[must_use]
     pub fn unlimited() -> Self {
         let big = Bucket::new(1_000_000, Duration::from_secs(1));
-        Self { global_per_sec: 1_000_000, channel_messages: big, message_edits: big, webhook_execute: big, guild_writes: big, default: big }
+        Self {
+            global_per_sec: 1_000_000,
+            channel_messages: big,
+            message_edits: big,
+            webhook_execute: big,
+            guild_writes: big,
+            default: big,
+        }
     }
 }
 
@@ -117,7 +124,14 @@ pub struct Limiter {
 
 impl Limiter {
     /// Takes one request of `route_class` on `major` (channel, guild or webhook id).
-    pub fn take(&mut self, limits: &RateLimits, route_class: &str, major: &str, bot_auth: bool, now: Instant) -> Verdict {
+    pub fn take(
+        &mut self,
+        limits: &RateLimits,
+        route_class: &str,
+        major: &str,
+        bot_auth: bool,
+        now: Instant,
+    ) -> Verdict {
         let bucket = match route_class {
             "interaction_callback" => return Verdict::Exempt,
             "channel_messages" => limits.channel_messages,
@@ -144,13 +158,19 @@ impl Limiter {
             }
             if global.used >= limits.global_per_sec {
                 let retry_after = Duration::from_secs(1).saturating_sub(now.duration_since(global.started));
-                let headers = Headers { bucket: hash, limit: bucket.limit, remaining: bucket.limit - window.used, reset_after };
+                let headers =
+                    Headers { bucket: hash, limit: bucket.limit, remaining: bucket.limit - window.used, reset_after };
                 return Verdict::Limited { headers, retry_after, global: true };
             }
             global.used += 1;
         }
         window.used += 1;
-        Verdict::Allowed(Headers { bucket: hash, limit: bucket.limit, remaining: bucket.limit - window.used, reset_after })
+        Verdict::Allowed(Headers {
+            bucket: hash,
+            limit: bucket.limit,
+            remaining: bucket.limit - window.used,
+            reset_after,
+        })
     }
 }
 
@@ -166,7 +186,10 @@ mod tests {
         assert!(matches!(l.take(&limits, "channel_messages", "1", true, t0), Verdict::Allowed(h) if h.remaining == 1));
         assert!(matches!(l.take(&limits, "channel_messages", "1", true, t0), Verdict::Allowed(h) if h.remaining == 0));
         assert!(matches!(l.take(&limits, "channel_messages", "1", true, t0), Verdict::Limited { global: false, .. }));
-        assert!(matches!(l.take(&limits, "channel_messages", "2", true, t0), Verdict::Allowed(_)), "buckets are per channel");
+        assert!(
+            matches!(l.take(&limits, "channel_messages", "2", true, t0), Verdict::Allowed(_)),
+            "buckets are per channel"
+        );
         let later = t0 + Duration::from_secs(5);
         assert!(matches!(l.take(&limits, "channel_messages", "1", true, later), Verdict::Allowed(_)));
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -82,7 +82,12 @@ pub(crate) async fn handle(
         let injected = shared.take_injected(&op.id);
         match injected {
             Some(super::Injected::RateLimited(retry_after)) => Verdict::Limited {
-                headers: super::ratelimit::Headers { bucket: "injected".into(), limit: 1, remaining: 0, reset_after: retry_after },
+                headers: super::ratelimit::Headers {
+                    bucket: "injected".into(),
+                    limit: 1,
+                    remaining: 0,
+                    reset_after: retry_after,
+                },
                 retry_after,
                 global: false,
             },
@@ -101,17 +106,19 @@ pub(crate) async fn handle(
                 stats.invalid_requests += 1;
             }
             record(&shared, &method, path, &op.id, &json_body, 429);
-            let body = json!({"message": "You are being rate limited.", "retry_after": retry_after.as_secs_f64(), "global": global});
+            let body = json!({"message": "You are being rate limited.", "retry_after": retry_after.as_secs_f64(), "global": global, "code": 0});
             if let Err(e) = checker.check_response(method.as_str(), &op, 429, &body) {
                 shared.violation(format!("fake's own 429 for {} does not match the spec: {e}", op.id));
             }
             let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
             let h = response.headers_mut();
             set_rate_headers(h, &headers);
-            h.insert("retry-after", retry_after.as_secs_f64().ceil().max(1.0).to_string().parse().unwrap_or_else(|_| "1".parse().unwrap()));
-            h.insert("x-ratelimit-scope", (if global { "global" } else { "user" }).parse().unwrap_or_else(|_| "user".parse().unwrap()));
+            h.insert("retry-after", HeaderValue::from(retry_after.as_secs_f64().ceil().max(1.0) as u64));
             if global {
-                h.insert("x-ratelimit-global", "true".parse().unwrap_or_else(|_| "true".parse().unwrap()));
+                h.insert("x-ratelimit-scope", HeaderValue::from_static("global"));
+            }
+            if global {
+                h.insert("x-ratelimit-global", HeaderValue::from_static("true"));
             }
             return response;
         }
@@ -125,10 +132,10 @@ pub(crate) async fn handle(
     };
     let response = match result {
         Ok((status, body)) => {
-            if (200..300).contains(&status) {
-                if let Err(e) = checker.check_response(method.as_str(), &op, status, &body) {
-                    shared.violation(format!("fake's own {status} response to {} does not match the spec: {e}", op.id));
-                }
+            if (200..300).contains(&status)
+                && let Err(e) = checker.check_response(method.as_str(), &op, status, &body)
+            {
+                shared.violation(format!("fake's own {status} response to {} does not match the spec: {e}", op.id));
             }
             record(&shared, &method, path, &op.id, &json_body, status);
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
@@ -158,6 +165,10 @@ fn set_rate_headers(h: &mut HeaderMap, r: &super::ratelimit::Headers) {
         ("x-ratelimit-reset-after", format!("{:.3}", r.reset_after.as_secs_f64())),
         ("x-ratelimit-reset", format!("{:.3}", (now + r.reset_after).as_secs_f64())),
         ("x-ratelimit-bucket", r.bucket.clone()),
+        // Assumption: Discord's docs list this header on 429s only, but clients
+        // such as twilight 0.18 read the bucket headers only when it is present,
+        // which matches what Discord sends on every rate-limited route today.
+        ("x-ratelimit-scope", "user".to_owned()),
     ];
     for (k, v) in pairs {
         if let Ok(v) = v.parse() {
@@ -194,8 +205,13 @@ fn route_class(shared: &Shared, op: &crate::openapi::Operation) -> (&'static str
         "create_message" => ("channel_messages", p("channel_id")),
         "update_message" | "delete_message" => ("message_edits", p("channel_id")),
         "create_interaction_response" => ("interaction_callback", p("interaction_id")),
-        "execute_webhook" | "update_webhook_message" | "delete_webhook_message" | "update_original_webhook_message"
-        | "delete_original_webhook_message" => ("webhook_execute", format!("{}/{}", p("webhook_id"), p("webhook_token"))),
+        "execute_webhook"
+        | "update_webhook_message"
+        | "delete_webhook_message"
+        | "update_original_webhook_message"
+        | "delete_original_webhook_message" => {
+            ("webhook_execute", format!("{}/{}", p("webhook_id"), p("webhook_token")))
+        }
         "create_guild_channel" | "create_guild_role" | "update_guild_role" | "delete_guild_role" => {
             ("guild_writes", p("guild_id"))
         }
@@ -248,13 +264,20 @@ fn pings(body: &Value) -> (Vec<u64>, bool) {
     if allowed.is_null() {
         return (users, everyone);
     }
-    let parse: Vec<&str> = allowed["parse"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-    let listed: Vec<u64> = allowed["users"].as_array().map(|a| a.iter().filter_map(snowflake).collect()).unwrap_or_default();
+    let parse: Vec<&str> =
+        allowed["parse"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let listed: Vec<u64> =
+        allowed["users"].as_array().map(|a| a.iter().filter_map(snowflake).collect()).unwrap_or_default();
     let users = users.into_iter().filter(|u| parse.contains(&"users") || listed.contains(u)).collect();
     (users, everyone && parse.contains(&"everyone"))
 }
 
-fn new_message(model: &mut Model, channel_id: u64, author: (u64, String, Option<String>, bool), body: &Value) -> Message {
+fn new_message(
+    model: &mut Model,
+    channel_id: u64,
+    author: (u64, String, Option<String>, bool),
+    body: &Value,
+) -> Message {
     let (pinged_users, pinged_everyone) = pings(body);
     Message {
         id: model.snowflake(),
@@ -310,23 +333,34 @@ fn interaction<'m>(model: &'m mut Model, app: u64, token: &str) -> Result<&'m mu
     Ok(i)
 }
 
-fn run(shared: &Shared, model: &mut Model, op: &str, params: &HashMap<String, String>, query: &HashMap<String, String>, body: &Value) -> OpResult {
+fn run(
+    shared: &Shared,
+    model: &mut Model,
+    op: &str,
+    params: &HashMap<String, String>,
+    query: &HashMap<String, String>,
+    body: &Value,
+) -> OpResult {
     match op {
         "get_bot_gateway" => {
             let identifies = shared.hub().identifies.len() as u64;
-            Ok((200, json!({
-                "url": shared.gateway_url,
-                "shards": shared.config.shards,
-                "session_start_limit": {
-                    "total": 1000, "remaining": 1000u64.saturating_sub(identifies),
-                    "reset_after": 86_400_000, "max_concurrency": shared.config.max_concurrency,
-                },
-            })))
+            Ok((
+                200,
+                json!({
+                    "url": shared.gateway_url,
+                    "shards": shared.config.shards,
+                    "session_start_limit": {
+                        "total": 1000, "remaining": 1000u64.saturating_sub(identifies),
+                        "reset_after": 86_400_000, "max_concurrency": shared.config.max_concurrency,
+                    },
+                }),
+            ))
         }
         "get_my_user" => Ok((200, model::user_json(model.bot.id, &model.bot.name, true, None))),
         "create_message" => {
             let channel = id(params, "channel_id")?;
-            let guild = model.channels.get(&channel).map(|c| c.guild_id).ok_or_else(|| err(404, 10003, "Unknown Channel"))?;
+            let guild =
+                model.channels.get(&channel).map(|c| c.guild_id).ok_or_else(|| err(404, 10003, "Unknown Channel"))?;
             check_content(body)?;
             let author = bot_author(model);
             let m = new_message(model, channel, author, body);
@@ -342,13 +376,20 @@ fn run(shared: &Shared, model: &mut Model, op: &str, params: &HashMap<String, St
         "list_messages" => {
             let channel = id(params, "channel_id")?;
             let limit = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(50usize);
-            let list: Vec<Value> =
-                model.messages.values().rev().filter(|m| m.channel_id == channel).take(limit).map(model::message_json).collect();
+            let list: Vec<Value> = model
+                .messages
+                .values()
+                .rev()
+                .filter(|m| m.channel_id == channel)
+                .take(limit)
+                .map(model::message_json)
+                .collect();
             Ok((200, list.into()))
         }
         "update_message" => {
             check_content(body)?;
-            let m = model.messages.get_mut(&id(params, "message_id")?).ok_or_else(|| err(404, 10008, "Unknown Message"))?;
+            let m =
+                model.messages.get_mut(&id(params, "message_id")?).ok_or_else(|| err(404, 10008, "Unknown Message"))?;
             if m.author_id != model.bot.id {
                 return Err(err(403, 50005, "Cannot edit a message authored by another user"));
             }
@@ -361,23 +402,39 @@ fn run(shared: &Shared, model: &mut Model, op: &str, params: &HashMap<String, St
         }
         "create_webhook" => {
             let channel = id(params, "channel_id")?;
-            let guild = model.channels.get(&channel).map(|c| c.guild_id).ok_or_else(|| err(404, 10003, "Unknown Channel"))?;
+            let guild =
+                model.channels.get(&channel).map(|c| c.guild_id).ok_or_else(|| err(404, 10003, "Unknown Channel"))?;
             let name = body["name"].as_str().unwrap_or("");
             let lower = name.to_lowercase();
             if lower.contains("clyde") || lower.contains("discord") {
-                return Err(err(400, 50035, "Invalid Form Body: name: Username cannot contain \"clyde\" or \"discord\""));
+                return Err(err(
+                    400,
+                    50035,
+                    "Invalid Form Body: name: Username cannot contain \"clyde\" or \"discord\"",
+                ));
             }
             if model.webhooks.values().filter(|w| w.channel_id == channel).count() >= 15 {
                 return Err(err(400, 30007, "Maximum number of webhooks reached (15)"));
             }
-            let w = Webhook { id: model.snowflake(), token: format!("wh-token-{}", model.snowflake()), channel_id: channel, guild_id: guild, name: name.to_owned() };
+            let w = Webhook {
+                id: model.snowflake(),
+                token: format!("wh-token-{}", model.snowflake()),
+                channel_id: channel,
+                guild_id: guild,
+                name: name.to_owned(),
+            };
             let json = model::webhook_json(&w, model.app_id, &model.bot);
             model.webhooks.insert(w.id, w);
             Ok((200, json))
         }
         "list_channel_webhooks" => {
             let channel = id(params, "channel_id")?;
-            let list: Vec<Value> = model.webhooks.values().filter(|w| w.channel_id == channel).map(|w| model::webhook_json(w, model.app_id, &model.bot)).collect();
+            let list: Vec<Value> = model
+                .webhooks
+                .values()
+                .filter(|w| w.channel_id == channel)
+                .map(|w| model::webhook_json(w, model.app_id, &model.bot))
+                .collect();
             Ok((200, list.into()))
         }
         "get_webhook" => {
@@ -417,7 +474,8 @@ fn run(shared: &Shared, model: &mut Model, op: &str, params: &HashMap<String, St
             }
             if let Some(name) = body["username"].as_str() {
                 let lower = name.to_lowercase();
-                if lower.contains("clyde") || lower.contains("discord") || name.is_empty() || name.chars().count() > 80 {
+                if lower.contains("clyde") || lower.contains("discord") || name.is_empty() || name.chars().count() > 80
+                {
                     return Err(err(400, 50035, "Invalid Form Body: username"));
                 }
             }
@@ -551,7 +609,16 @@ fn run(shared: &Shared, model: &mut Model, op: &str, params: &HashMap<String, St
         }
         "list_guild_channels" => {
             let guild = id(params, "guild_id")?;
-            Ok((200, model.channels.values().filter(|c| c.guild_id == guild).map(model::channel_json).collect::<Vec<_>>().into()))
+            Ok((
+                200,
+                model
+                    .channels
+                    .values()
+                    .filter(|c| c.guild_id == guild)
+                    .map(model::channel_json)
+                    .collect::<Vec<_>>()
+                    .into(),
+            ))
         }
         "create_guild_channel" => {
             let guild = id(params, "guild_id")?;
@@ -567,7 +634,11 @@ fn run(shared: &Shared, model: &mut Model, op: &str, params: &HashMap<String, St
                     return Err(err(400, 50035, "Invalid Form Body: parent_id"));
                 }
                 if model.channels.values().filter(|c| c.parent_id == Some(p)).count() >= 50 {
-                    return Err(err(400, 50035, "Invalid Form Body: parent_id: Maximum number of channels in category reached (50)"));
+                    return Err(err(
+                        400,
+                        50035,
+                        "Invalid Form Body: parent_id: Maximum number of channels in category reached (50)",
+                    ));
                 }
             }
             let c = Channel {
@@ -586,7 +657,8 @@ fn run(shared: &Shared, model: &mut Model, op: &str, params: &HashMap<String, St
             Ok((200, json))
         }
         "update_channel" => {
-            let c = model.channels.get_mut(&id(params, "channel_id")?).ok_or_else(|| err(404, 10003, "Unknown Channel"))?;
+            let c =
+                model.channels.get_mut(&id(params, "channel_id")?).ok_or_else(|| err(404, 10003, "Unknown Channel"))?;
             if let Some(n) = body["name"].as_str() {
                 c.name = n.to_owned();
             }
@@ -602,14 +674,18 @@ fn run(shared: &Shared, model: &mut Model, op: &str, params: &HashMap<String, St
             Ok((200, model::channel_json(c)))
         }
         "delete_channel" => {
-            let c = model.channels.remove(&id(params, "channel_id")?).ok_or_else(|| err(404, 10003, "Unknown Channel"))?;
+            let c =
+                model.channels.remove(&id(params, "channel_id")?).ok_or_else(|| err(404, 10003, "Unknown Channel"))?;
             model.messages.retain(|_, m| m.channel_id != c.id);
             model.webhooks.retain(|_, w| w.channel_id != c.id);
             Ok((200, model::channel_json(&c)))
         }
         "list_guild_roles" => {
             let guild = id(params, "guild_id")?;
-            Ok((200, model.roles.values().filter(|r| r.guild_id == guild).map(model::role_json).collect::<Vec<_>>().into()))
+            Ok((
+                200,
+                model.roles.values().filter(|r| r.guild_id == guild).map(model::role_json).collect::<Vec<_>>().into(),
+            ))
         }
         "create_guild_role" => {
             let guild = id(params, "guild_id")?;
