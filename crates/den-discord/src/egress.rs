@@ -68,7 +68,7 @@ impl DiscordError {
         self.kind
     }
 
-    fn local(what: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn local(what: &str, message: impl Into<String>) -> Self {
         Self {
             kind: DiscordErrorKind::Local,
             what: what.into(),
@@ -79,7 +79,7 @@ impl DiscordError {
         }
     }
 
-    fn from_twilight(what: &str, e: twilight_http::Error) -> Self {
+    pub(crate) fn from_twilight(what: &str, e: twilight_http::Error) -> Self {
         let (kind, code, retry_after, message) = match e.kind() {
             ErrorType::Response { status, error, .. } => {
                 let status = status.get();
@@ -105,6 +105,14 @@ impl DiscordError {
         };
         Self { kind, what: what.into(), message, code, retry_after, source: Some(Box::new(e)) }
     }
+}
+
+pub(crate) fn local(what: &str, message: impl Into<String>) -> DiscordError {
+    DiscordError::local(what, message)
+}
+
+pub(crate) fn from_twilight(what: &str, e: twilight_http::Error) -> DiscordError {
+    DiscordError::from_twilight(what, e)
 }
 
 /// Result of an egress call.
@@ -159,8 +167,8 @@ struct WebhookRef {
 /// How to reach Discord.
 #[derive(Clone, Debug)]
 pub struct EgressConfig {
-    /// The bot token.
-    pub token: Secret,
+    /// The bot token; without one only webhook and interaction-token routes work.
+    pub token: Option<Secret>,
     /// `host:port` of a plain-HTTP stand-in for `discord.com` (tests and proxies).
     pub api_proxy: Option<String>,
     /// Timeout of one request.
@@ -171,7 +179,7 @@ pub struct EgressConfig {
 #[derive(Debug)]
 pub struct Egress {
     http: Client,
-    app_id: u64,
+    app_id: std::sync::atomic::AtomicU64,
     no_pings: AllowedMentions,
     webhooks: Mutex<HashMap<u64, WebhookRef>>,
     webhook_table: Option<Arc<dyn Table>>,
@@ -184,14 +192,14 @@ impl Egress {
     pub fn new(config: &EgressConfig, app_id: u64, webhook_table: Option<Arc<dyn Table>>) -> Self {
         crate::install_crypto_provider();
         let no_pings = AllowedMentions::default();
-        let mut builder = Client::builder()
-            .token(config.token.expose().to_owned())
-            .timeout(config.timeout)
-            .default_allowed_mentions(no_pings.clone());
+        let mut builder = Client::builder().timeout(config.timeout).default_allowed_mentions(no_pings.clone());
+        if let Some(token) = &config.token {
+            builder = builder.token(token.expose().to_owned());
+        }
         if let Some(proxy) = &config.api_proxy {
             builder = builder.proxy(proxy.clone(), true);
         }
-        Self { http: builder.build(), app_id, no_pings, webhooks: Mutex::default(), webhook_table }
+        Self { http: builder.build(), app_id: app_id.into(), no_pings, webhooks: Mutex::default(), webhook_table }
     }
 
     /// The twilight client, for calls this type has no helper for.
@@ -200,10 +208,15 @@ impl Egress {
         &self.http
     }
 
-    /// The application id.
+    /// The application id (0 until known).
     #[must_use]
     pub fn app_id(&self) -> u64 {
-        self.app_id
+        self.app_id.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets the application id once it is known.
+    pub fn set_app_id(&self, app_id: u64) {
+        self.app_id.store(app_id, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Runs `call` until it succeeds, waiting out 429s and backing off on 5xx.
@@ -290,7 +303,7 @@ impl Egress {
         let channel_id = id(channel, "find webhook")?;
         let response = self.retrying("list webhooks", || self.http.channel_webhooks(channel_id).into_future()).await?;
         let list: Value = body_json(response).await?;
-        let app = self.app_id.to_string();
+        let app = self.app_id().to_string();
         let existing = list.as_array().into_iter().flatten().find_map(|w| {
             let owned = w["application_id"].as_str() == Some(app.as_str());
             let token = w["token"].as_str()?;
@@ -411,7 +424,7 @@ impl Egress {
     /// Sends the first response to an interaction.
     pub async fn respond(&self, interaction_id: u64, token: &str, ack: &Ack) -> DiscordResult<()> {
         let iid = id(interaction_id, "interaction response")?;
-        let app = id(self.app_id, "interaction response")?;
+        let app = id(self.app_id(), "interaction response")?;
         let response = ack.to_twilight(&self.no_pings);
         self.retrying("interaction response", || {
             self.http.interaction(app).create_response(iid, token, &response).into_future()
@@ -422,7 +435,7 @@ impl Egress {
 
     /// Replaces the text of an interaction's original response.
     pub async fn edit_original(&self, token: &str, text: &str) -> DiscordResult<()> {
-        let app = id(self.app_id, "edit original response")?;
+        let app = id(self.app_id(), "edit original response")?;
         let text = clip(text);
         self.retrying("edit original response", || {
             self.http
@@ -438,7 +451,7 @@ impl Egress {
 
     /// Sends a follow-up message to an interaction.
     pub async fn followup(&self, token: &str, text: &str, ephemeral: bool) -> DiscordResult<u64> {
-        let app = id(self.app_id, "follow-up")?;
+        let app = id(self.app_id(), "follow-up")?;
         let text = clip(text);
         let interactions = self.http.interaction(app);
         let response = self

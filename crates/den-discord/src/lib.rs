@@ -7,9 +7,15 @@
 
 pub mod egress;
 pub mod events;
+pub mod gateway;
+pub mod interactions;
+pub mod module;
+pub mod router;
 pub mod split;
 
 pub use egress::{Ack, DiscordError, DiscordErrorKind, Egress, EgressConfig, Identity};
+pub use module::{CommandSpec, IngressCx, InteractionRef, Module, OptionKind, OptionSpec, Reaction};
+pub use router::Router;
 
 /// Installs ring as rustls's crypto provider, once; twilight panics without one,
 /// even for plain `ws://` and `http://`.

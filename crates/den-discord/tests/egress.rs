@@ -20,7 +20,7 @@ async fn world(rate_limits: RateLimits) -> World {
     let guild = fake.add_guild("tavern", user);
     let channel = fake.add_text_channel(guild, "general");
     let config = EgressConfig {
-        token: Secret::new(fake.bot_token()),
+        token: Some(Secret::new(fake.bot_token())),
         api_proxy: Some(fake.rest_addr()),
         timeout: Duration::from_secs(10),
     };

@@ -6,9 +6,9 @@ use anyhow::Context as _;
 use den_core::{Clock, SystemClock};
 use den_storage::{PeekedMessage, Queue, Store};
 
-use crate::cli::{ConfigCommand, DlqCommand, QueueCommand, StoreCommand};
+use crate::cli::{CommandsCommand, ConfigCommand, DlqCommand, QueueCommand, StoreCommand};
 use crate::config::{self, Config, Loaded};
-use crate::roles::open_store;
+use crate::roles::{egress, modules, open_store};
 
 async fn open(c: &Config) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn Queue>)> {
     let store = open_store(c).await?;
@@ -173,6 +173,29 @@ pub fn config(command: ConfigCommand, loaded: &Loaded, env: &[(String, String)])
             println!();
             print!("{}", toml::to_string_pretty(&loaded.config)?);
             Ok(())
+        }
+    }
+}
+
+/// `den commands ...`
+pub async fn commands(command: CommandsCommand, c: &Config, env: &[(String, String)]) -> anyhow::Result<()> {
+    match command {
+        CommandsCommand::Sync { guild } => {
+            let token = config::discord_token(&c.discord, env)?;
+            let (store, queue) = open(c).await?;
+            let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+            let result = async {
+                let (egress, _) = egress(c, Some(token), &store).await?;
+                let commands: Vec<_> = modules(&egress, &queue, &clock).iter().flat_map(|m| m.commands()).collect();
+                let names: Vec<String> = commands.iter().map(|c| format!("/{}", c.name)).collect();
+                let n = den_discord::module::sync_commands(&egress, &commands, guild).await?;
+                let scope = guild.map_or_else(|| "globally".to_owned(), |g| format!("in guild {g}"));
+                println!("registered {n} command(s) {scope}: {}", names.join(" "));
+                anyhow::Ok(())
+            }
+            .await;
+            store.close().await?;
+            result
         }
     }
 }

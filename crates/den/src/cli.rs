@@ -44,6 +44,21 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Manage the slash commands registered with Discord.
+    Commands {
+        #[command(subcommand)]
+        command: CommandsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CommandsCommand {
+    /// Register every module's slash commands in one bulk request.
+    Sync {
+        /// Register in this guild only (changes show at once); global otherwise.
+        #[arg(long, value_name = "ID")]
+        guild: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

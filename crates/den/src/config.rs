@@ -33,8 +33,10 @@ pub struct Config {
     pub ops: OpsConfig,
     /// Logging.
     pub log: LogConfig,
-    /// Discord credentials.
+    /// Discord connection.
     pub discord: DiscordConfig,
+    /// The HTTP interactions endpoint.
+    pub interactions: InteractionsConfig,
 }
 
 /// `[store]`
@@ -185,7 +187,7 @@ impl Default for LogConfig {
     }
 }
 
-/// `[discord]`: where the credentials come from, never the credentials.
+/// `[discord]`: how to reach Discord; where the token comes from, never the token.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DiscordConfig {
@@ -193,11 +195,111 @@ pub struct DiscordConfig {
     pub token_env: String,
     /// A file holding the bot token (for Docker and Kubernetes secrets); wins over `token_env`.
     pub token_file: Option<PathBuf>,
+    /// The application id; asked from Discord when unset.
+    pub application_id: Option<u64>,
+    /// The application's public key (hex), for the interactions endpoint; asked from Discord when unset.
+    pub public_key: Option<String>,
+    /// Gateway intents, by name.
+    pub intents: Vec<String>,
+    /// Total shards; 0 uses Discord's recommendation.
+    pub shards: u32,
+    /// The shards this process runs, as `first-last` (inclusive); all when unset.
+    pub shard_ids: Option<String>,
+    /// Register the modules' slash commands when `den run` starts.
+    pub sync_commands: bool,
+    /// With `sync_commands`: register in this guild only (changes show at once).
+    pub sync_guild: Option<u64>,
+    /// `host:port` of a plain-HTTP stand-in for Discord's REST API (a proxy, or a test double).
+    pub api_proxy: Option<String>,
+    /// A gateway URL to use instead of Discord's.
+    pub gateway_url: Option<String>,
 }
 
 impl Default for DiscordConfig {
     fn default() -> Self {
-        Self { token_env: "DISCORD_TOKEN".into(), token_file: None }
+        Self {
+            token_env: "DISCORD_TOKEN".into(),
+            token_file: None,
+            application_id: None,
+            public_key: None,
+            intents: ["guilds", "guild_messages", "message_content", "direct_messages", "guild_voice_states"]
+                .map(str::to_owned)
+                .to_vec(),
+            shards: 0,
+            shard_ids: None,
+            sync_commands: false,
+            sync_guild: None,
+            api_proxy: None,
+            gateway_url: None,
+        }
+    }
+}
+
+/// Gateway intent bits by the names Discord's docs use (lower case).
+const INTENTS: &[(&str, u64)] = &[
+    ("guilds", 1 << 0),
+    ("guild_members", 1 << 1),
+    ("guild_moderation", 1 << 2),
+    ("guild_expressions", 1 << 3),
+    ("guild_integrations", 1 << 4),
+    ("guild_webhooks", 1 << 5),
+    ("guild_invites", 1 << 6),
+    ("guild_voice_states", 1 << 7),
+    ("guild_presences", 1 << 8),
+    ("guild_messages", 1 << 9),
+    ("guild_message_reactions", 1 << 10),
+    ("guild_message_typing", 1 << 11),
+    ("direct_messages", 1 << 12),
+    ("direct_message_reactions", 1 << 13),
+    ("direct_message_typing", 1 << 14),
+    ("message_content", 1 << 15),
+    ("guild_scheduled_events", 1 << 16),
+];
+
+impl DiscordConfig {
+    /// The intents as bits.
+    pub fn intent_bits(&self) -> Result<u64, String> {
+        self.intents.iter().try_fold(0, |bits, name| {
+            INTENTS
+                .iter()
+                .find(|(n, _)| *n == name.to_lowercase())
+                .map(|(_, b)| bits | b)
+                .ok_or_else(|| format!("discord.intents: unknown intent {name:?}"))
+        })
+    }
+
+    /// The `[first, last)` shard range of this process, when limited.
+    pub fn shard_range(&self) -> Result<Option<(u32, u32)>, String> {
+        let Some(spec) = &self.shard_ids else { return Ok(None) };
+        let parse = |s: &str| {
+            s.trim().parse::<u32>().map_err(|_| format!("discord.shard_ids {spec:?}: expected N or FIRST-LAST"))
+        };
+        let (first, last) = match spec.split_once('-') {
+            Some((a, b)) => (parse(a)?, parse(b)?),
+            None => (parse(spec)?, parse(spec)?),
+        };
+        if last < first {
+            return Err(format!("discord.shard_ids {spec:?}: the last shard comes before the first"));
+        }
+        Ok(Some((first, last + 1)))
+    }
+}
+
+/// `[interactions]`: the HTTP endpoint Discord POSTs interactions to.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InteractionsConfig {
+    /// Serve it in `den run` too (always served by `den interactions`).
+    pub enabled: bool,
+    /// Address to listen on.
+    pub listen: String,
+    /// Path of the endpoint.
+    pub path: String,
+}
+
+impl Default for InteractionsConfig {
+    fn default() -> Self {
+        Self { enabled: false, listen: "127.0.0.1:8081".into(), path: "/interactions".into() }
     }
 }
 
@@ -346,6 +448,17 @@ fn validate(c: &Config) -> Result<(), String> {
         return Err(format!("log.format must be text or json, not {:?}", c.log.format));
     }
     c.queue.spec(&c.worker).validate().map_err(|e| format!("[queue]: {e}"))?;
+    c.discord.intent_bits()?;
+    c.discord.shard_range()?;
+    c.interactions.listen.parse::<SocketAddr>().map_err(|_| {
+        format!("interactions.listen {:?} is not an address like 127.0.0.1:8081", c.interactions.listen)
+    })?;
+    if !c.interactions.path.starts_with('/') {
+        return Err(format!("interactions.path {:?} must start with /", c.interactions.path));
+    }
+    if let Some(key) = &c.discord.public_key {
+        den_discord::interactions::parse_public_key(key).map_err(|e| format!("discord.public_key: {e}"))?;
+    }
     Ok(())
 }
 

@@ -47,6 +47,7 @@ fn main() -> ExitCode {
             Command::Queue { command } => admin::queue(command, &loaded.config).await,
             Command::Store { command } => admin::store(command, &loaded.config).await,
             Command::Config { command } => admin::config(command, &loaded, &env),
+            Command::Commands { command } => admin::commands(command, &loaded.config, &env).await,
         }
     });
     match result {

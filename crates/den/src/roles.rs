@@ -5,11 +5,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use den_core::SystemClock;
+use den_core::{Clock, SystemClock};
+use den_discord::gateway::{GatewayConfig, ShardStatus, StoreIdentifyQueue};
+use den_discord::module::fetch_application;
+use den_discord::{Egress, EgressConfig, Module, Router};
 use den_ops::{Metrics, OpsState, QueueDepthCollector, ReadinessCheck};
 use den_storage::sqlite::{SqliteOptions, SqliteStore};
-use den_storage::{Metered, Queue, Store};
-use den_worker::{Handlers, WorkerPool};
+use den_storage::{Metered, Queue, Store, TableSpec};
+use den_worker::{Handlers, JobQueue, WorkerPool};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -38,14 +41,22 @@ impl Role {
         }
     }
 
-    /// Roles that talk to Discord with the bot token. The interactions
-    /// endpoint only verifies signatures with the public key.
+    /// The interactions endpoint answers in its HTTP response and verifies
+    /// signatures with the public key; it needs no bot token.
     fn needs_token(self) -> bool {
         !matches!(self, Role::Interactions)
     }
 
     fn runs_workers(self) -> bool {
         matches!(self, Role::All | Role::Worker)
+    }
+
+    fn runs_gateway(self) -> bool {
+        matches!(self, Role::All | Role::Gateway)
+    }
+
+    fn runs_interactions(self, c: &Config) -> bool {
+        self == Role::Interactions || (self == Role::All && c.interactions.enabled)
     }
 }
 
@@ -61,6 +72,34 @@ pub async fn open_store(c: &Config) -> anyhow::Result<Arc<dyn Store>> {
         }
         other => anyhow::bail!("store.backend {other:?} is not built into this den (it needs the `aws` cargo feature)"),
     }
+}
+
+/// Every module den runs, wired to the process's egress and queue.
+pub fn modules(egress: &Arc<Egress>, queue: &Arc<dyn Queue>, clock: &Arc<dyn Clock>) -> Vec<Arc<dyn Module>> {
+    vec![den_status::StatusModule::new(egress.clone(), queue.clone(), clock.clone())]
+}
+
+/// The one egress of a process, with the application id known.
+pub async fn egress(
+    c: &Config,
+    token: Option<den_core::Secret>,
+    store: &Arc<dyn Store>,
+) -> anyhow::Result<(Arc<Egress>, Option<String>)> {
+    let webhooks = store.table(TableSpec::new("discord_webhooks")).await?;
+    let has_token = token.is_some();
+    let config = EgressConfig { token, api_proxy: c.discord.api_proxy.clone(), timeout: Duration::from_secs(15) };
+    let egress = Arc::new(Egress::new(&config, c.discord.application_id.unwrap_or(0), Some(webhooks)));
+    let mut public_key = c.discord.public_key.clone();
+    if has_token && (egress.app_id() == 0 || public_key.is_none()) {
+        let (app, key) = fetch_application(egress.client())
+            .await
+            .context("cannot ask Discord for the application id (set discord.application_id to skip this)")?;
+        if egress.app_id() == 0 {
+            egress.set_app_id(app);
+        }
+        public_key.get_or_insert(key);
+    }
+    Ok((egress, public_key))
 }
 
 struct StoreReady {
@@ -93,6 +132,24 @@ impl ReadinessCheck for NotShuttingDown {
     }
 }
 
+/// Ready when every shard this process runs has a live session.
+struct ShardsReady(ShardStatus);
+
+#[async_trait]
+impl ReadinessCheck for ShardsReady {
+    fn name(&self) -> &str {
+        "gateway"
+    }
+    async fn check(&self) -> Result<(), String> {
+        if self.0.all_ready() {
+            Ok(())
+        } else {
+            let states: Vec<String> = self.0.states().iter().map(|(n, s)| format!("shard {n}: {s}")).collect();
+            Err(if states.is_empty() { "no shard started yet".into() } else { states.join(", ") })
+        }
+    }
+}
+
 /// Cancels the returned token on SIGINT or SIGTERM.
 fn shutdown_on_signal() -> anyhow::Result<CancellationToken> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -110,30 +167,66 @@ fn shutdown_on_signal() -> anyhow::Result<CancellationToken> {
     Ok(token)
 }
 
-/// Runs `role` until SIGINT/SIGTERM, then shuts down in order: stop taking
-/// work, drain the workers, stop the ops server, close the store.
+/// Runs `role` until SIGINT/SIGTERM (or a fatal gateway close), then shuts
+/// down in order: stop taking work, drain the workers, stop the ops server,
+/// close the store.
 pub async fn run(role: Role, loaded: &Loaded, env: &[(String, String)]) -> anyhow::Result<()> {
     let c = &loaded.config;
     // Before anything is opened or bound, so a missing token fails at once.
-    if role.needs_token() {
-        let _token = config::discord_token(&c.discord, env)?;
-    }
+    let token = match config::discord_token(&c.discord, env) {
+        Ok(t) => Some(t),
+        Err(e) if role.needs_token() => return Err(e.into()),
+        Err(_) => None,
+    };
     let shutdown = shutdown_on_signal()?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics = Metrics::new();
     let raw_store = open_store(c).await?;
     let store: Arc<dyn Store> = Arc::new(Metered::new(raw_store, Arc::new(metrics.clone())));
+    let result = serve(role, c, token, &shutdown, &clock, &metrics, &store).await;
+    shutdown.cancel();
+    store.close().await.context("closing the store")?;
+    tracing::info!(role = role.name(), "den stopped");
+    result
+}
+
+async fn serve(
+    role: Role,
+    c: &Config,
+    token: Option<den_core::Secret>,
+    shutdown: &CancellationToken,
+    clock: &Arc<dyn Clock>,
+    metrics: &Metrics,
+    store: &Arc<dyn Store>,
+) -> anyhow::Result<()> {
     let queue = store.queue();
     let spec = c.queue.spec(&c.worker);
     queue.create_queue(&spec).await.context("cannot create the job queue")?;
+    let (egress, public_key) = egress(c, token.clone(), store).await?;
+    let modules = modules(&egress, &queue, clock);
+    let jobs = JobQueue::new(queue.clone(), spec.name.clone(), metrics.clone());
+    let router = Arc::new(Router::new(modules.clone(), jobs, clock.clone(), metrics.clone()));
+
+    if role == Role::All && c.discord.sync_commands {
+        let commands: Vec<_> = modules.iter().flat_map(|m| m.commands()).collect();
+        let n = den_discord::module::sync_commands(&egress, &commands, c.discord.sync_guild)
+            .await
+            .context("registering slash commands")?;
+        tracing::info!(commands = n, guild = ?c.discord.sync_guild, "slash commands registered");
+    }
 
     let listener = tokio::net::TcpListener::bind(&c.ops.listen)
         .await
         .with_context(|| format!("cannot listen on {} (set ops.listen or DEN_OPS__LISTEN)", c.ops.listen))?;
     let ops_addr = listener.local_addr()?;
-    let state = OpsState::new(metrics.clone())
+    let shard_status = ShardStatus::default();
+    let mut state = OpsState::new(metrics.clone())
         .with_check(Arc::new(StoreReady { store: store.clone(), queue: queue.clone(), queue_name: spec.name.clone() }))
         .with_check(Arc::new(NotShuttingDown(shutdown.clone())))
         .with_hook(Arc::new(QueueDepthCollector::new(queue.clone(), metrics.clone())));
+    if role.runs_gateway() {
+        state = state.with_check(Arc::new(ShardsReady(shard_status.clone())));
+    }
     // The ops server outlives the drain, so /health answers until the end.
     let ops_stop = CancellationToken::new();
     let ops = tokio::spawn(den_ops::serve(listener, state, ops_stop.clone()));
@@ -141,9 +234,71 @@ pub async fn run(role: Role, loaded: &Loaded, env: &[(String, String)]) -> anyho
         den_ops::spawn_heartbeat(metrics.clone(), Duration::from_secs(c.ops.heartbeat_secs), ops_stop.clone());
 
     let mut tasks = JoinSet::new();
+    let mut gateway = None;
+    if role.runs_gateway() {
+        let (recommended, max_concurrency) = den_discord::gateway::recommended_shards(&egress)
+            .await
+            .context("cannot ask Discord for the gateway (GET /gateway/bot)")?;
+        let total = if c.discord.shards == 0 { recommended } else { c.discord.shards };
+        let (first, last) = c.discord.shard_range().map_err(anyhow::Error::msg)?.unwrap_or((0, total));
+        anyhow::ensure!(last <= total, "discord.shard_ids goes past the {total} shards in use");
+        let identify = StoreIdentifyQueue::new(
+            store.table(TableSpec::new("discord_identify")).await?,
+            clock.clone(),
+            max_concurrency,
+        );
+        let sessions = store.table(TableSpec::new("discord_sessions")).await?;
+        let config = GatewayConfig {
+            token: token.clone().context("the gateway needs the bot token")?,
+            intents: c.discord.intent_bits().map_err(anyhow::Error::msg)?,
+            shards: total,
+            shard_ids: Some((first, last)),
+            gateway_url: c.discord.gateway_url.clone(),
+        };
+        tracing::info!(shards = total, first, last = last - 1, max_concurrency, "connecting to the gateway");
+        let (router, egress, status, stop) = (router.clone(), egress.clone(), shard_status.clone(), shutdown.clone());
+        gateway = Some(tokio::spawn(async move {
+            den_discord::gateway::run_shards(
+                &config,
+                total,
+                first..last,
+                identify,
+                sessions,
+                router,
+                egress,
+                status,
+                stop,
+            )
+            .await
+        }));
+    }
+    if role.runs_interactions(c) {
+        let key = public_key
+            .context("the interactions endpoint needs discord.public_key (or a bot token to ask Discord for it)")?;
+        let key = den_discord::interactions::parse_public_key(&key)
+            .map_err(|e| anyhow::anyhow!("discord.public_key: {e}"))?;
+        let app = den_discord::interactions::endpoint(&c.interactions.path, key, router.clone(), clock.clone());
+        let listener = tokio::net::TcpListener::bind(&c.interactions.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (set interactions.listen)", c.interactions.listen))?;
+        tracing::info!(addr = %listener.local_addr()?, path = %c.interactions.path, "interactions endpoint listening");
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) =
+                axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
+            {
+                tracing::error!(error = %e, "interactions endpoint failed");
+            }
+        });
+    }
     if role.runs_workers() {
-        let pool =
-            WorkerPool::new(queue.clone(), spec.clone(), Handlers::new(), metrics.clone(), c.worker.pool_config());
+        let mut handlers = Handlers::new();
+        for module in &modules {
+            for (kind, handler) in module.clone().handlers() {
+                handlers = handlers.with(kind, handler);
+            }
+        }
+        let pool = WorkerPool::new(queue.clone(), spec.clone(), handlers, metrics.clone(), c.worker.pool_config());
         tasks.spawn(pool.run(shutdown.clone()));
         tasks.spawn(sweep_periodically(
             store.clone(),
@@ -151,9 +306,17 @@ pub async fn run(role: Role, loaded: &Loaded, env: &[(String, String)]) -> anyho
             shutdown.clone(),
         ));
     }
-    tracing::info!(role = role.name(), ops = %ops_addr, store = %store.describe(), queue = %spec.name, "den started");
+    tracing::info!(role = role.name(), ops = %ops_addr, store = %store.describe(), queue = %spec.name, application = egress.app_id(), "den started");
 
     shutdown.cancelled().await;
+    let mut result = Ok(());
+    if let Some(gateway) = gateway {
+        match gateway.await {
+            Ok(Err(fatal)) => result = Err(anyhow::anyhow!("{fatal}")),
+            Ok(Ok(())) => {}
+            Err(e) => tracing::error!(error = %e, "the gateway task failed"),
+        }
+    }
     while let Some(done) = tasks.join_next().await {
         if let Err(e) = done {
             tracing::error!(error = %e, "a task failed during shutdown");
@@ -166,9 +329,7 @@ pub async fn run(role: Role, loaded: &Loaded, env: &[(String, String)]) -> anyho
         Ok(Err(e)) => tracing::warn!(error = %e, "ops server ended with an error"),
         Err(e) => tracing::warn!(error = %e, "ops server task failed"),
     }
-    store.close().await.context("closing the store")?;
-    tracing::info!(role = role.name(), "den stopped");
-    Ok(())
+    result
 }
 
 async fn sweep_periodically(store: Arc<dyn Store>, every: Duration, shutdown: CancellationToken) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use den_core::{Clock, Job, SystemClock};
 use den_storage::sqlite::{SqliteOptions, SqliteStore};
 use den_storage::{DeadLetterSpec, OutgoingMessage, Put, Queue, QueueSpec, ReceiveOptions, TableSpec};
-use support::{Scratch, TOKEN, stderr, stdout};
+use support::{Discord, Scratch, TOKEN, stderr, stdout};
 
 /// den's default queue, as `den.toml` defaults declare it.
 fn default_spec() -> QueueSpec {
@@ -104,8 +104,9 @@ fn queue_stats_and_the_dlq_commands_inspect_and_repair_dead_letters() {
 
 #[test]
 fn a_job_nobody_handles_is_dead_lettered_by_a_running_den_and_listed() {
+    let discord = Discord::start();
     let scratch = Scratch::new();
-    let mut den = scratch.start("run", &[("DISCORD_TOKEN", TOKEN)]);
+    let mut den = scratch.start_with(&discord, "run", &[]);
     with_store(&scratch, async |store| {
         let job = Job::builder("nobody.handles.this", SystemClock.now()).build();
         store

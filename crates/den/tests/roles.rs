@@ -4,7 +4,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Scratch, TOKEN, stderr};
+use support::{Discord, Scratch, TOKEN, stderr};
 
 #[test]
 fn run_without_a_token_exits_non_zero_with_one_line_naming_the_variable() {
@@ -31,16 +31,18 @@ fn the_token_file_named_in_config_is_used_and_a_missing_one_is_named() {
 }
 
 fn exercise_role(role: &str, signal: &str) {
+    let discord = Discord::start();
     let scratch = Scratch::new();
-    let mut den = scratch.start(role, &[("DISCORD_TOKEN", TOKEN)]);
+    let mut den = scratch.start_with(&discord, role, &[]);
 
-    let health = reqwest::blocking_get(&format!("{}/health", den.ops));
+    let health = den.get("/health");
     assert_eq!(health.0, 200, "{role} /health");
-    let (status, body) = reqwest::blocking_get(&format!("{}/ready", den.ops));
+    den.wait_ready(Duration::from_secs(20));
+    let (status, body) = den.get("/ready");
     assert_eq!(status, 200, "{role} /ready: {body}");
     let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(ready["checks"]["store"], "ok");
-    let (status, metrics) = reqwest::blocking_get(&format!("{}/metrics", den.ops));
+    let (status, metrics) = den.get("/metrics");
     assert_eq!(status, 200);
     assert!(metrics.contains("den_heartbeat_timestamp_seconds "), "{metrics}");
     assert!(metrics.contains(r#"den_queue_messages{queue="den-jobs",state="visible"} 0"#), "{metrics}");
@@ -54,6 +56,7 @@ fn exercise_role(role: &str, signal: &str) {
     for line in &den.log {
         assert!(!line.to_string().contains(TOKEN), "the token leaked into a log line: {line}");
     }
+    assert!(discord.fake.violations().is_empty());
 }
 
 #[test]
@@ -78,32 +81,24 @@ fn den_worker_starts_serves_ops_and_stops_cleanly() {
 
 #[test]
 fn den_interactions_starts_without_a_bot_token_and_stops_cleanly() {
+    let discord = Discord::start();
     let scratch = Scratch::new();
-    let mut den = scratch.start("interactions", &[]);
-    assert_eq!(reqwest::blocking_get(&format!("{}/health", den.ops)).0, 200);
+    let key = discord.fake.public_key_hex();
+    let mut den = scratch.start("interactions", &[("DEN_DISCORD__PUBLIC_KEY", &key)]);
+    assert_eq!(den.get("/health").0, 200);
+    den.wait_ready(Duration::from_secs(20));
     den.signal("TERM");
     assert!(den.wait(Duration::from_secs(30)).success());
 }
 
 #[test]
 fn a_second_process_on_a_taken_ops_port_says_which_setting_to_change() {
+    let discord = Discord::start();
     let scratch = Scratch::new();
-    let den = scratch.start("worker", &[("DISCORD_TOKEN", TOKEN)]);
+    let den = scratch.start_with(&discord, "worker", &[]);
     let taken = den.ops.trim_start_matches("http://").to_owned();
     let other = Scratch::new();
-    let out = other.output(&["worker"], &[("DISCORD_TOKEN", TOKEN), ("DEN_OPS__LISTEN", &taken)]);
+    let out = other.output_with(&discord, &["worker"], &[("DEN_OPS__LISTEN", &taken)]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("DEN_OPS__LISTEN"), "{}", stderr(&out));
-}
-
-/// A tiny blocking HTTP GET for these tests (the ops server speaks plain HTTP/1.1).
-mod reqwest {
-    pub fn blocking_get(url: &str) -> (u16, String) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let r = ::reqwest::get(url).await.unwrap();
-            let status = r.status().as_u16();
-            (status, r.text().await.unwrap())
-        })
-    }
 }

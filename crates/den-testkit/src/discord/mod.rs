@@ -106,6 +106,7 @@ pub(crate) struct Shared {
     injected: Mutex<HashMap<String, Vec<Injected>>>,
     changed: Notify,
     gateway_url: String,
+    public_key_hex: String,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -203,7 +204,9 @@ impl FakeDiscord {
         let rest_addr = rest.local_addr()?;
         let gateway_url = format!("ws://{}", gw.local_addr()?);
         let signing_key = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+        let public_key_hex = hex::encode(signing_key.verifying_key().to_bytes());
         let shared = Arc::new(Shared {
+            public_key_hex,
             config,
             checker: Checker::default(),
             model: Mutex::new(model::Model::new()),
@@ -254,7 +257,7 @@ impl FakeDiscord {
     /// The application's Ed25519 public key, hex, as the developer portal shows it.
     #[must_use]
     pub fn public_key_hex(&self) -> String {
-        hex::encode(self.signing_key.verifying_key().to_bytes())
+        self.shared.public_key_hex.clone()
     }
 
     // ----- building the world -----

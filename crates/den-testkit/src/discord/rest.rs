@@ -357,6 +357,21 @@ fn run(
             ))
         }
         "get_my_user" => Ok((200, model::user_json(model.bot.id, &model.bot.name, true, None))),
+        "get_my_application" => Ok((
+            200,
+            json!({
+                "id": model.app_id.to_string(), "name": model.bot.name, "icon": null, "description": "", "type": null,
+                "verify_key": shared.public_key_hex, "flags": 0, "flags_new": "0", "redirect_uris": [],
+                "interactions_endpoint_url": null, "role_connections_verification_url": null,
+                "owner": {
+                    "id": "1", "username": "owner", "avatar": null, "discriminator": "0000", "public_flags": 0, "flags": 0,
+                    "global_name": null, "mfa_enabled": false, "locale": "en-US", "primary_guild": null,
+                },
+                "approximate_guild_count": model.guilds.len(), "approximate_user_install_count": 0,
+                "approximate_user_authorization_count": 0, "explicit_content_filter": 0, "team": null,
+                "eligible_oauth2_scopes": [],
+            }),
+        )),
         "create_message" => {
             let channel = id(params, "channel_id")?;
             let guild =

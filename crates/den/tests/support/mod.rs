@@ -10,6 +10,45 @@ use std::time::{Duration, Instant};
 
 pub const TOKEN: &str = "test-token-7f3a9c";
 
+/// A fake Discord on its own runtime, so blocking tests can drive den processes.
+pub struct Discord {
+    pub fake: den_testkit::FakeDiscord,
+    pub user: u64,
+    pub guild: u64,
+    pub channel: u64,
+    // Declared last: dropped after the fake, whose servers run on it.
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl Discord {
+    pub fn start() -> Self {
+        Self::with_config(den_testkit::FakeConfig { bot_token: TOKEN.into(), ..den_testkit::FakeConfig::default() })
+    }
+
+    pub fn with_config(config: den_testkit::FakeConfig) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let fake = rt.block_on(den_testkit::FakeDiscord::start(config)).unwrap();
+        let user = fake.add_user("ada");
+        let guild = fake.add_guild("tavern", user);
+        let channel = fake.add_text_channel(guild, "general");
+        Self { fake, user, guild, channel, rt }
+    }
+
+    /// The environment that points den at this fake.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("DISCORD_TOKEN".into(), TOKEN.into()),
+            ("DEN_DISCORD__API_PROXY".into(), self.fake.rest_addr()),
+            ("DEN_DISCORD__GATEWAY_URL".into(), self.fake.gateway_url()),
+        ]
+    }
+
+    /// Waits (blocking) until `check` holds.
+    pub fn wait_until(&self, what: &str, timeout: Duration, check: impl FnMut(&den_testkit::FakeDiscord) -> bool) {
+        self.rt.block_on(self.fake.wait_until(what, timeout, check));
+    }
+}
+
 /// A scratch working directory with den's default layout.
 pub struct Scratch {
     pub dir: tempfile::TempDir,
@@ -26,6 +65,22 @@ impl Scratch {
 
     pub fn db(&self) -> PathBuf {
         self.path().join("den-data/den.db")
+    }
+
+    /// `den ARGS` with `env` plus the variables that point den at `discord`.
+    pub fn output_with(&self, discord: &Discord, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let pairs = discord.env();
+        let mut all: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        all.extend_from_slice(env);
+        self.output(args, &all)
+    }
+
+    /// Starts a role pointed at `discord`.
+    pub fn start_with(&self, discord: &Discord, role: &str, env: &[(&str, &str)]) -> Running {
+        let pairs = discord.env();
+        let mut all: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        all.extend_from_slice(env);
+        self.start(role, &all)
     }
 
     /// `den ARGS` in this folder, with a clean environment plus `env`.
@@ -45,7 +100,11 @@ impl Scratch {
     /// Starts a long-running role with JSON logs and a random ops port, and
     /// waits until it says it started.
     pub fn start(&self, role: &str, env: &[(&str, &str)]) -> Running {
-        let mut all = vec![("DEN_OPS__LISTEN", "127.0.0.1:0"), ("DEN_WORKER__POLL_WAIT_SECS", "1")];
+        let mut all = vec![
+            ("DEN_OPS__LISTEN", "127.0.0.1:0"),
+            ("DEN_INTERACTIONS__LISTEN", "127.0.0.1:0"),
+            ("DEN_WORKER__POLL_WAIT_SECS", "1"),
+        ];
         all.extend_from_slice(env);
         let mut child = self
             .command(&["--log-format", "json", role], &all)
@@ -62,10 +121,21 @@ impl Scratch {
                 }
             }
         });
-        let mut running = Running { child, lines: rx, log: Vec::new(), ops: String::new() };
+        let mut running = Running { child, lines: rx, log: Vec::new(), ops: String::new(), interactions: None };
         let started = running.wait_for_log("den started", Duration::from_secs(20));
         let ops = started["ops"].as_str().expect("the start line names the ops address").to_owned();
         running.ops = format!("http://{ops}");
+        if let Some(line) = running
+            .log
+            .iter()
+            .find(|l| l["message"].as_str().is_some_and(|m| m.contains("interactions endpoint listening")))
+        {
+            running.interactions = Some(format!(
+                "http://{}{}",
+                line["addr"].as_str().unwrap_or_default(),
+                line["path"].as_str().unwrap_or_default()
+            ));
+        }
         running
     }
 }
@@ -78,6 +148,8 @@ pub struct Running {
     pub log: Vec<serde_json::Value>,
     /// Base URL of the ops server.
     pub ops: String,
+    /// URL of the interactions endpoint, when served.
+    pub interactions: Option<String>,
 }
 
 impl Running {
@@ -97,6 +169,29 @@ impl Running {
             if value["message"].as_str().is_some_and(|m| m.contains(needle)) {
                 return value;
             }
+        }
+    }
+
+    /// GET on the ops server: status and body.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let r = reqwest::get(format!("{}{path}", self.ops)).await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        })
+    }
+
+    /// Polls `/ready` until it answers 200.
+    pub fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, body) = self.get("/ready");
+            if status == 200 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "den never became ready: {body}");
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

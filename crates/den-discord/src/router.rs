@@ -1,0 +1,242 @@
+//! The router: turns Discord events into module reactions and jobs, on the
+//! fast path (no model calls, no Discord calls but the interaction ACK).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use den_core::{Clock, Job};
+use den_ops::Metrics;
+use den_worker::JobQueue;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::events::{InboundInteraction, InboundMessage, InteractionKind};
+use crate::module::{IngressCx, InteractionRef, Module, Reaction};
+use crate::{Ack, Egress};
+
+/// Interaction tokens last 15 minutes; answer by other means a little before.
+pub const TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
+const TOKEN_MARGIN: Duration = Duration::from_secs(30);
+
+/// The part of a gateway payload the router reads; `d` stays raw until needed.
+#[derive(Debug, Deserialize)]
+pub struct GatewayPayload<'a> {
+    /// Opcode.
+    pub op: u8,
+    /// Event name of a dispatch.
+    #[serde(default, borrow)]
+    pub t: Option<&'a str>,
+    /// Sequence number of a dispatch.
+    #[serde(default)]
+    pub s: Option<u64>,
+    /// Event data.
+    #[serde(borrow)]
+    pub d: Option<&'a RawValue>,
+}
+
+/// Routes events to modules.
+pub struct Router {
+    modules: Vec<Arc<dyn Module>>,
+    jobs: JobQueue,
+    clock: Arc<dyn Clock>,
+    bot_user_id: AtomicU64,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").field("modules", &self.modules.iter().map(|m| m.name()).collect::<Vec<_>>()).finish()
+    }
+}
+
+/// What happened to one gateway payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routed {
+    /// Not an event den acts on.
+    Ignored,
+    /// A message, with this many jobs enqueued.
+    Message(usize),
+    /// An interaction, answered.
+    Interaction,
+    /// READY: den learned its user id.
+    Ready,
+    /// Malformed, logged and dropped.
+    Malformed,
+}
+
+impl Router {
+    /// A router over `modules`, enqueueing to `jobs`.
+    pub fn new(modules: Vec<Arc<dyn Module>>, jobs: JobQueue, clock: Arc<dyn Clock>, metrics: Metrics) -> Self {
+        Self { modules, jobs, clock, bot_user_id: AtomicU64::new(0), metrics }
+    }
+
+    /// Sets den's own user id (also learned from READY).
+    pub fn set_bot_user_id(&self, id: u64) {
+        self.bot_user_id.store(id, Ordering::Relaxed);
+    }
+
+    fn cx(&self) -> IngressCx {
+        IngressCx { now: self.clock.now(), bot_user_id: self.bot_user_id.load(Ordering::Relaxed) }
+    }
+
+    /// Handles one raw gateway payload. Interactions are acknowledged through `egress`.
+    pub async fn on_gateway_payload(&self, text: &str, egress: &Egress) -> Routed {
+        let Ok(payload) = serde_json::from_str::<GatewayPayload<'_>>(text) else {
+            tracing::warn!("gateway payload is not JSON; dropped");
+            return Routed::Malformed;
+        };
+        if payload.op != 0 {
+            return Routed::Ignored;
+        }
+        let Some(d) = payload.d else { return Routed::Ignored };
+        match payload.t {
+            Some("MESSAGE_CREATE") => match InboundMessage::parse(d.get()) {
+                Ok(m) => Routed::Message(self.route_message(&m).await),
+                Err(e) => {
+                    tracing::warn!(error = %e, "malformed MESSAGE_CREATE dropped");
+                    Routed::Malformed
+                }
+            },
+            Some("INTERACTION_CREATE") => match InboundInteraction::parse(d.get()) {
+                Ok(i) => {
+                    let ack = self.route_interaction(&i).await;
+                    if let Err(e) = egress.respond(i.id, &i.token, &ack).await {
+                        tracing::warn!(error = %e, interaction = i.id, "could not acknowledge the interaction");
+                    }
+                    Routed::Interaction
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "malformed INTERACTION_CREATE dropped");
+                    Routed::Malformed
+                }
+            },
+            Some("READY") => {
+                #[derive(Deserialize)]
+                struct Ready {
+                    user: crate::events::Author,
+                }
+                if let Ok(r) = serde_json::from_str::<Ready>(d.get()) {
+                    self.set_bot_user_id(r.user.id);
+                }
+                Routed::Ready
+            }
+            _ => Routed::Ignored,
+        }
+    }
+
+    /// Offers a message to every module; enqueues their jobs; returns how many.
+    /// den's own messages are dropped, and other bots' unless a module wants them.
+    pub async fn route_message(&self, m: &InboundMessage) -> usize {
+        let cx = self.cx();
+        if m.author.id == cx.bot_user_id {
+            return 0;
+        }
+        let from_bot = m.author.bot || m.webhook_id.is_some();
+        let mut jobs = Vec::new();
+        for module in &self.modules {
+            if from_bot && !module.wants_bot_messages() {
+                continue;
+            }
+            for mut job in module.on_message(m, &cx).await {
+                // A replayed event (after a resume or restart) enqueues nothing new.
+                job.dedup_key.get_or_insert_with(|| format!("msg:{}:{}", m.id, job.kind));
+                jobs.push(job);
+            }
+        }
+        if jobs.is_empty() {
+            return 0;
+        }
+        match self.jobs.send_all(&jobs).await {
+            Ok(sent) => sent.iter().filter(|s| !s.duplicate).count(),
+            Err(e) => {
+                tracing::error!(error = %e, message = m.id, "could not enqueue the jobs of a message");
+                0
+            }
+        }
+    }
+
+    /// Decides the first response to an interaction, enqueueing its jobs first.
+    pub async fn route_interaction(&self, i: &InboundInteraction) -> Ack {
+        if i.kind == InteractionKind::Ping {
+            return Ack::Pong;
+        }
+        let cx = self.cx();
+        let mut reaction: Option<Reaction> = None;
+        for module in &self.modules {
+            if let Some(r) = module.on_interaction(i, &cx).await {
+                reaction = Some(r);
+                break;
+            }
+        }
+        let Some(mut reaction) = reaction else {
+            return Ack::Message { content: "den does not know that command (yet).".into(), ephemeral: true };
+        };
+        if reaction.jobs.is_empty() {
+            return reaction.ack;
+        }
+        let iref = InteractionRef::of(i, cx.now);
+        for job in &mut reaction.jobs {
+            if let serde_json::Value::Object(map) = &mut job.payload {
+                map.entry("interaction").or_insert_with(|| serde_json::to_value(&iref).unwrap_or_default());
+            } else if job.payload.is_null() {
+                job.payload = serde_json::json!({ "interaction": iref });
+            }
+            job.dedup_key.get_or_insert_with(|| format!("int:{}:{}", i.id, job.kind));
+            if job.guild.is_none() {
+                job.guild = i.guild_id;
+            }
+        }
+        match self.jobs.send_all(&reaction.jobs).await {
+            Ok(_) => reaction.ack,
+            Err(e) => {
+                tracing::error!(error = %e, interaction = i.id, "could not enqueue an interaction's jobs");
+                self.metrics.job_dead_lettered(self.jobs.name(), "ingress.enqueue_failed");
+                Ack::Message {
+                    content: "den could not take that on right now; please try again in a minute.".into(),
+                    ephemeral: true,
+                }
+            }
+        }
+    }
+}
+
+/// Finishes a deferred interaction from a worker: edits the original
+/// response while the token is valid, else posts in the channel (the token
+/// lasts 15 minutes; a retried job may run later than that).
+pub async fn finish_interaction(
+    egress: &Egress,
+    clock: &dyn Clock,
+    iref: &InteractionRef,
+    text: &str,
+) -> Result<(), crate::DiscordError> {
+    let age = clock.now().since(iref.created_at);
+    if age + TOKEN_MARGIN < TOKEN_LIFETIME {
+        match egress.edit_original(&iref.token, text).await {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if e.kind() == crate::DiscordErrorKind::Unauthorized
+                    || e.kind() == crate::DiscordErrorKind::NotFound =>
+            {
+                tracing::info!(error = %e, "interaction token no longer works; posting in the channel instead");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let Some(channel) = iref.channel_id else {
+        tracing::warn!(interaction = iref.id, "token expired and no channel to post in; the answer is dropped");
+        return Ok(());
+    };
+    let text = match iref.user_id {
+        // Name the person without pinging them (allowed_mentions stays empty).
+        Some(user) => format!("<@{user}> {text}"),
+        None => text.to_owned(),
+    };
+    egress.send_text(channel, &text, None).await.map(|_| ())
+}
+
+/// Builds a job of `kind` for a module, with `payload`.
+#[must_use]
+pub fn job(kind: &str, clock: &dyn Clock, payload: serde_json::Value) -> Job {
+    Job::builder(kind, clock.now()).payload(payload).build()
+}
