@@ -469,13 +469,15 @@ impl FakeDiscord {
     /// Signs `body` with the application's key at the current time.
     #[must_use]
     pub fn sign(&self, token: String, body: String) -> SignedInteraction {
-        let timestamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs()
-            .to_string();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        self.sign_at(token, body, &now.to_string())
+    }
+
+    /// Signs `body` as if sent at `timestamp` (Unix seconds), for replay tests.
+    #[must_use]
+    pub fn sign_at(&self, token: String, body: String, timestamp: &str) -> SignedInteraction {
         let signature = hex::encode(self.signing_key.sign(format!("{timestamp}{body}").as_bytes()).to_bytes());
-        SignedInteraction { token, body, signature, timestamp }
+        SignedInteraction { token, body, signature, timestamp: timestamp.to_owned() }
     }
 
     // ----- reading what den did -----
