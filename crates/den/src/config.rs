@@ -353,9 +353,17 @@ pub fn load(explicit: Option<&Path>, env: &[(String, String)]) -> Result<Loaded,
                 "environment variable {name}: expected DEN_<SECTION>__<KEY>, for example DEN_WORKER__CONCURRENCY"
             )));
         }
+        // A value that reads as a number or boolean may still be meant as text
+        // (DEN_DISCORD__SHARD_IDS=0): try the typed reading, then the string.
         set_path(&mut tree, &path, parse_env_value(value));
-        config = Config::deserialize(tree.clone())
-            .map_err(|e| ConfigError(format!("environment variable {name}: {}", e.message().trim())))?;
+        config = match Config::deserialize(tree.clone()) {
+            Ok(c) => c,
+            Err(typed) => {
+                set_path(&mut tree, &path, toml::Value::String(value.clone()));
+                Config::deserialize(tree.clone())
+                    .map_err(|_| ConfigError(format!("environment variable {name}: {}", typed.message().trim())))?
+            }
+        };
         overrides.push(name.clone());
     }
     validate(&config).map_err(|e| ConfigError(format!("{shown}: {e}")))?;
@@ -552,6 +560,8 @@ mod tests {
         assert!(err.contains("DEN_WORKER__CONCURENCY"), "{err}");
         let err = load(Some(&path), &env(&[("DEN_WORKER__CONCURRENCY", "many")])).unwrap_err().to_string();
         assert!(err.contains("DEN_WORKER__CONCURRENCY"), "{err}");
+        let loaded = load(Some(&path), &env(&[("DEN_DISCORD__SHARD_IDS", "0")])).unwrap();
+        assert_eq!(loaded.config.discord.shard_ids.as_deref(), Some("0"), "digits stay text where text is expected");
     }
 
     #[test]

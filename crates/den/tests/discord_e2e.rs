@@ -217,3 +217,47 @@ fn commands_sync_registers_every_module_command_in_one_request() {
     assert_eq!(bulk, 1);
     assert!(discord.fake.violations().is_empty());
 }
+
+#[test]
+fn split_roles_two_gateways_with_one_shard_each_and_a_worker_answer_every_guild() {
+    let discord = Discord::with_config(FakeConfig {
+        bot_token: TOKEN.into(),
+        shards: 2,
+        max_concurrency: 1,
+        ..FakeConfig::default()
+    });
+    let guilds: Vec<(u64, u64)> = (0..2)
+        .map(|shard| {
+            let g = discord.fake.add_guild_on_shard(&format!("guild on shard {shard}"), discord.user, shard, 2);
+            (g, discord.fake.add_text_channel(g, "general"))
+        })
+        .collect();
+    let scratch = Scratch::new();
+    let gateway0 = scratch.start_with(&discord, "gateway", &[("DEN_DISCORD__SHARD_IDS", "0")]);
+    let gateway1 = scratch.start_with(&discord, "gateway", &[("DEN_DISCORD__SHARD_IDS", "1")]);
+    let worker = scratch.start_with(&discord, "worker", &[]);
+    gateway0.wait_ready(WAIT);
+    gateway1.wait_ready(WAIT);
+    worker.wait_ready(WAIT);
+
+    let identifies = discord.fake.identifies();
+    assert_eq!(
+        identifies.iter().map(|(s, _)| *s).collect::<std::collections::BTreeSet<_>>().len(),
+        2,
+        "each shard once"
+    );
+    let gap = identifies[1].1.duration_since(identifies[0].1);
+    assert!(
+        gap >= Duration::from_millis(4900),
+        "max_concurrency 1: identifies 5 s apart across processes, got {gap:?}"
+    );
+
+    for (_, channel) in &guilds {
+        discord.fake.post_as(discord.user, *channel, "!ping");
+    }
+    let bot = discord.fake.app_id();
+    discord.wait_until("both guilds answered", WAIT, |f| {
+        guilds.iter().all(|(_, c)| f.messages(*c).iter().any(|m| m.author_id == bot && m.content == "pong"))
+    });
+    assert!(discord.fake.violations().is_empty());
+}

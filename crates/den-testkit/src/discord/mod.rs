@@ -299,6 +299,22 @@ impl FakeDiscord {
         }
     }
 
+    /// Adds a guild that lands on shard `shard` of `total` (`(id >> 22) % total`).
+    pub fn add_guild_on_shard(&self, name: &str, owner: u64, shard: u64, total: u64) -> u64 {
+        loop {
+            let id = self.add_guild(name, owner);
+            if (id >> 22) % total == shard {
+                return id;
+            }
+            // Not on that shard: drop it and draw another id.
+            let mut m = self.shared.model();
+            m.guilds.remove(&id);
+            m.roles.remove(&id);
+            drop(m);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     /// Adds a text channel.
     pub fn add_text_channel(&self, guild: u64, name: &str) -> u64 {
         let mut m = self.shared.model();

@@ -1,0 +1,98 @@
+//! Identify pacing through the store, and answers to expired interactions.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use den_core::{Clock, ManualClock, Secret, SystemClock};
+use den_discord::gateway::StoreIdentifyQueue;
+use den_discord::router::finish_interaction;
+use den_discord::{Ack, Egress, EgressConfig, InteractionRef};
+use den_storage::sqlite::{SqliteOptions, SqliteStore};
+use den_storage::{Store, TableSpec};
+use den_testkit::{FakeConfig, FakeDiscord};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_sharing_a_store_never_identify_one_bucket_twice_in_5_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("den.db");
+    // Two stores on one file stand for two gateway processes.
+    let mut queues = Vec::new();
+    let mut stores = Vec::new();
+    for _ in 0..2 {
+        let store = Arc::new(SqliteStore::open(&SqliteOptions::new(&path), Arc::new(SystemClock)).unwrap());
+        let table = Store::table(&*store, TableSpec::new("discord_identify")).await.unwrap();
+        queues.push(StoreIdentifyQueue::new(table, Arc::new(SystemClock), 2));
+        stores.push(store);
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for shard in 0..4u32 {
+        let q = queues[shard as usize % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            q.acquire(shard).await;
+            (shard, start.elapsed())
+        }));
+    }
+    let mut grants = Vec::new();
+    for t in tasks {
+        grants.push(t.await.unwrap());
+    }
+    for bucket in 0..2 {
+        let mut times: Vec<Duration> = grants.iter().filter(|(s, _)| s % 2 == bucket).map(|(_, t)| *t).collect();
+        times.sort();
+        assert_eq!(times.len(), 2);
+        // The store's clock has millisecond resolution: allow 10 ms of rounding.
+        assert!(
+            times[1] - times[0] >= Duration::from_millis(4990),
+            "bucket {bucket}: identifies {:?} apart",
+            times[1] - times[0]
+        );
+    }
+    let first_two: Vec<_> = grants.iter().filter(|(_, t)| *t < Duration::from_secs(1)).collect();
+    assert_eq!(first_two.len(), 2, "max_concurrency 2: two shards identify at once");
+}
+
+#[tokio::test]
+async fn a_job_finishing_after_the_token_expired_posts_in_the_channel() {
+    let fake = FakeDiscord::start(FakeConfig::default()).await.unwrap();
+    let user = fake.add_user("ada");
+    let guild = fake.add_guild("tavern", user);
+    let channel = fake.add_text_channel(guild, "general");
+    let egress = Egress::new(
+        &EgressConfig {
+            token: Some(Secret::new(fake.bot_token())),
+            api_proxy: Some(fake.rest_addr()),
+            timeout: Duration::from_secs(10),
+        },
+        fake.app_id(),
+        None,
+    );
+    let token = fake.invoke_command(user, channel, "status", &[]);
+    let interaction = fake.interaction(&token).unwrap();
+    egress.respond(interaction.id, &token, &Ack::Defer { ephemeral: false }).await.unwrap();
+    let clock = ManualClock::new(SystemClock.now());
+    let iref = InteractionRef {
+        id: interaction.id,
+        token: token.clone(),
+        channel_id: Some(channel),
+        guild_id: Some(guild),
+        user_id: Some(user),
+        created_at: clock.now(),
+    };
+
+    // Within 15 minutes: the original response is edited.
+    finish_interaction(&egress, &clock, &iref, "first answer").await.unwrap();
+    let original = fake.message(fake.interaction(&token).unwrap().original.unwrap()).unwrap();
+    assert_eq!(original.content, "first answer");
+
+    // A retry 20 minutes later: the token is dead, so den posts in the channel.
+    clock.advance(Duration::from_secs(20 * 60));
+    fake.advance(Duration::from_secs(20 * 60));
+    let before = fake.requests().len();
+    finish_interaction(&egress, &clock, &iref, "late answer").await.unwrap();
+    let late: Vec<_> = fake.messages(channel).into_iter().filter(|m| m.content.ends_with("late answer")).collect();
+    assert_eq!(late.len(), 1);
+    assert!(late[0].pinged_users.is_empty(), "names the person without pinging");
+    let ops: Vec<String> = fake.requests()[before..].iter().map(|r| r.operation.clone()).collect();
+    assert_eq!(ops, ["create_message"], "no doomed call with the expired token");
+}
