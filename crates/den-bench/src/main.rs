@@ -2,6 +2,7 @@
 //!
 //! Run them in release mode: `cargo run --release -p den-bench -- queue`.
 
+mod discord;
 mod memory;
 mod queue;
 
@@ -20,6 +21,10 @@ enum Scenario {
     Queue(queue::Options),
     /// Resident memory of an idle `den run`.
     Memory(memory::Options),
+    /// MESSAGE_CREATE events per second parsed, filtered and durably enqueued.
+    Ingest(discord::IngestOptions),
+    /// Time from INTERACTION_CREATE to the deferred callback, at a steady rate.
+    Interactions(discord::InteractionsOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -27,6 +32,8 @@ fn main() -> anyhow::Result<()> {
     let report = match cli.scenario {
         Scenario::Queue(o) => queue::run(&o)?,
         Scenario::Memory(o) => memory::run(&o)?,
+        Scenario::Ingest(o) => discord::ingest(&o)?,
+        Scenario::Interactions(o) => discord::interactions(&o)?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

@@ -19,6 +19,9 @@ use crate::router::Router;
 
 /// How often a shard's session (id and sequence) is written to the store.
 const SESSION_SAVE_EVERY: Duration = Duration::from_secs(1);
+/// Events of one shard routed at once. Routing waits on the queue's commit;
+/// overlapping events lets the store commit them in groups.
+const PIPELINE_DEPTH: usize = 64;
 /// Identifies per bucket are spaced this far apart (Discord: `max_concurrency` per 5 s).
 const IDENTIFY_SPACING: Duration = Duration::from_secs(5);
 /// Identifies allowed per 24 hours (Discord resets the token beyond this).
@@ -250,12 +253,12 @@ pub async fn run_shards(
     result
 }
 
-/// What must survive a restart to resume a shard's session.
-fn session_attrs(shard: &Shard<StoreIdentifyQueue>) -> Option<serde_json::Map<String, Value>> {
+/// What must survive a restart to resume a shard's session, up to `seq`.
+fn session_attrs(shard: &Shard<StoreIdentifyQueue>, seq: u64) -> Option<serde_json::Map<String, Value>> {
     let session = shard.session()?;
     let mut attrs = serde_json::Map::new();
     attrs.insert("id".into(), session.id().into());
-    attrs.insert("seq".into(), session.sequence().into());
+    attrs.insert("seq".into(), seq.into());
     if let Some(url) = shard.resume_url() {
         attrs.insert("resume_url".into(), url.into());
     }
@@ -271,6 +274,36 @@ async fn save_session(sessions: &dyn Table, key: &str, attrs: Option<serde_json:
     }
 }
 
+/// Sequences of events still being routed, so the stored session never
+/// claims an event that is not yet enqueued: after a crash, RESUME replays
+/// from the lowest unfinished one, and dedup keys drop what was done twice.
+/// Frames that are not dispatches (heartbeat ACKs) carry the previous
+/// sequence, so one sequence can be in flight more than once: counts, not a set.
+#[derive(Debug, Default)]
+struct InFlight {
+    seqs: BTreeMap<u64, u32>,
+}
+
+impl InFlight {
+    fn start(&mut self, seq: u64) {
+        *self.seqs.entry(seq).or_default() += 1;
+    }
+
+    fn finish(&mut self, seq: u64) {
+        if let Some(n) = self.seqs.get_mut(&seq) {
+            *n -= 1;
+            if *n == 0 {
+                self.seqs.remove(&seq);
+            }
+        }
+    }
+
+    /// The highest sequence below which everything is routed.
+    fn watermark(&self, latest: u64) -> u64 {
+        self.seqs.keys().next().map_or(latest, |lowest| lowest.saturating_sub(1))
+    }
+}
+
 async fn run_shard(
     mut shard: Shard<StoreIdentifyQueue>,
     key: String,
@@ -283,15 +316,18 @@ async fn run_shard(
     let number = shard.id().number();
     let mut last_save = tokio::time::Instant::now();
     let mut saved_seq = 0;
-    loop {
+    let in_flight = Arc::new(Mutex::new(InFlight::default()));
+    let permits = Arc::new(tokio::sync::Semaphore::new(PIPELINE_DEPTH));
+    let mut routing = tokio::task::JoinSet::new();
+    let outcome = loop {
+        while routing.try_join_next().is_some() {}
         let message = tokio::select! {
             m = shard.next() => m,
             () = shutdown.cancelled() => {
                 // Close as "resuming" so the session stays valid for the next process.
                 shard.close(CloseFrame::RESUME);
-                save_session(&*sessions, &key, session_attrs(&shard)).await;
                 status.set(number, "closed");
-                return Ok(());
+                break Ok(());
             }
         };
         match message {
@@ -301,14 +337,22 @@ async fn run_shard(
                 } else if text.contains("\"t\":\"RESUMED\"") {
                     status.set(number, "resumed");
                 }
-                router.on_gateway_payload(&text, &egress).await;
+                let seq = shard.session().map_or(0, Session::sequence);
+                let Ok(permit) = permits.clone().acquire_owned().await else { break Ok(()) };
+                in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).start(seq);
+                let (router, egress, in_flight) = (router.clone(), egress.clone(), in_flight.clone());
+                routing.spawn(async move {
+                    router.on_gateway_payload(&text, &egress).await;
+                    in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).finish(seq);
+                    drop(permit);
+                });
             }
             Some(Ok(Message::Close(frame))) => {
                 let code = frame.as_ref().map(|f| f.code);
                 if let Some(advice) = code.and_then(fatal_close_advice) {
                     status.set(number, "closed");
                     tracing::error!(shard = number, code, "{advice}");
-                    return Err(FatalClose { code: code.unwrap_or(0), advice });
+                    break Err(FatalClose { code: code.unwrap_or(0), advice });
                 }
                 status.set(number, "reconnecting");
                 tracing::info!(shard = number, ?code, "gateway connection closed; reconnecting");
@@ -316,16 +360,26 @@ async fn run_shard(
             Some(Err(e)) => tracing::warn!(shard = number, error = %e, "gateway receive error"),
             None => {
                 status.set(number, "closed");
-                return Ok(());
+                break Ok(());
             }
         }
-        let seq = shard.session().map_or(0, Session::sequence);
-        if seq != saved_seq && last_save.elapsed() >= SESSION_SAVE_EVERY {
-            save_session(&*sessions, &key, session_attrs(&shard)).await;
-            saved_seq = seq;
+        if last_save.elapsed() >= SESSION_SAVE_EVERY {
+            let latest = shard.session().map_or(0, Session::sequence);
+            let mark = in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).watermark(latest);
+            if mark != saved_seq {
+                save_session(&*sessions, &key, session_attrs(&shard, mark)).await;
+                saved_seq = mark;
+            }
             last_save = tokio::time::Instant::now();
         }
+    };
+    // Finish routing what was received, then record where to resume.
+    while routing.join_next().await.is_some() {}
+    if outcome.is_ok() {
+        let latest = shard.session().map_or(0, Session::sequence);
+        save_session(&*sessions, &key, session_attrs(&shard, latest)).await;
     }
+    outcome
 }
 
 /// Asks Discord how many shards to run and how many may identify at once.
@@ -338,4 +392,32 @@ pub async fn recommended_shards(egress: &Egress) -> Result<(u32, u32), crate::Di
     let max_concurrency =
         v["session_start_limit"]["max_concurrency"].as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(1).max(1);
     Ok((shards, max_concurrency))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stored_sequence_never_passes_an_event_still_being_routed() {
+        let mut f = InFlight::default();
+        assert_eq!(f.watermark(10), 10, "nothing in flight: everything up to the latest is done");
+        f.start(11);
+        f.start(12);
+        f.start(12);
+        assert_eq!(f.watermark(12), 10);
+        f.finish(11);
+        assert_eq!(f.watermark(12), 11);
+        f.finish(12);
+        assert_eq!(f.watermark(12), 11, "one of the two frames at 12 is still routing");
+        f.finish(12);
+        assert_eq!(f.watermark(12), 12);
+    }
+
+    #[test]
+    fn fatal_close_codes_come_with_advice_and_others_do_not() {
+        assert!(fatal_close_advice(4014).unwrap().contains("Message Content Intent"));
+        assert!(fatal_close_advice(4004).unwrap().contains("DISCORD_TOKEN"));
+        assert!(fatal_close_advice(4000).is_none() && fatal_close_advice(1000).is_none());
+    }
 }

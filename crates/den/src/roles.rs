@@ -281,7 +281,12 @@ async fn serve(
         let listener = tokio::net::TcpListener::bind(&c.interactions.listen)
             .await
             .with_context(|| format!("cannot listen on {} (set interactions.listen)", c.interactions.listen))?;
-        tracing::info!(addr = %listener.local_addr()?, path = %c.interactions.path, "interactions endpoint listening");
+        let addr = listener.local_addr()?;
+        // Discord waits 3 s for the answer; Nagle's algorithm would add up to 40 ms to it.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |s| {
+            let _ = s.set_nodelay(true);
+        });
+        tracing::info!(%addr, path = %c.interactions.path, "interactions endpoint listening");
         let stop = shutdown.clone();
         tasks.spawn(async move {
             if let Err(e) =

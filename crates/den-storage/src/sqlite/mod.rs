@@ -57,7 +57,7 @@ pub struct SqliteOptions {
     pub path: PathBuf,
     /// Commit durability.
     pub durability: Durability,
-    /// Read connections kept open.
+    /// Read connections, opened on demand and kept; reads beyond this many wait.
     pub readers: usize,
 }
 
@@ -65,7 +65,7 @@ impl SqliteOptions {
     /// Defaults for the file at `path`.
     #[must_use]
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into(), durability: Durability::default(), readers: 2 }
+        Self { path: path.into(), durability: Durability::default(), readers: 4 }
     }
 }
 
@@ -95,7 +95,9 @@ pub(crate) struct Shared {
     /// Dropped at close, which wakes and stops the checkpointer.
     stop_checkpointer: Mutex<Option<mpsc::Sender<()>>>,
     readers: Mutex<Vec<Connection>>,
-    max_idle_readers: usize,
+    /// Bounds concurrent reads, so a burst waits for a connection instead of
+    /// opening (and parsing the schema of) a new one each time.
+    read_slots: tokio::sync::Semaphore,
     notifiers: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
@@ -150,7 +152,7 @@ impl SqliteStore {
                 checkpointer: Mutex::new(Some(checkpointer)),
                 stop_checkpointer: Mutex::new(Some(stop_tx)),
                 readers: Mutex::new(Vec::new()),
-                max_idle_readers: options.readers.max(1),
+                read_slots: tokio::sync::Semaphore::new(options.readers.max(1)),
                 notifiers: Mutex::new(HashMap::new()),
             }),
         })
@@ -262,6 +264,7 @@ impl Shared {
         if self.writer.lock().map_err(poisoned)?.is_none() {
             return Err(closed());
         }
+        let _slot = self.read_slots.acquire().await.map_err(|_| closed())?;
         let shared = self.clone();
         tokio::task::spawn_blocking(move || {
             let conn = match shared.readers.lock().map_err(poisoned)?.pop() {
@@ -269,10 +272,7 @@ impl Shared {
                 None => open_connection(&shared.path, true)?,
             };
             let result = f(&conn);
-            let mut idle = shared.readers.lock().map_err(poisoned)?;
-            if idle.len() < shared.max_idle_readers {
-                idle.push(conn);
-            }
+            shared.readers.lock().map_err(poisoned)?.push(conn);
             result
         })
         .await

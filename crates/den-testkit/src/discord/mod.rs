@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use axum::serve::ListenerExt as _;
 use ed25519_dalek::{Signer as _, SigningKey};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -42,6 +43,9 @@ pub struct FakeConfig {
     pub privileged_intents: u64,
     /// Heartbeat interval sent in HELLO.
     pub heartbeat_interval: Duration,
+    /// Check requests and responses against the OpenAPI spec. Always on in
+    /// tests; benchmarks turn it off so the checker's CPU is not charged to den.
+    pub check_schemas: bool,
 }
 
 impl Default for FakeConfig {
@@ -53,6 +57,7 @@ impl Default for FakeConfig {
             max_concurrency: 1,
             privileged_intents: MESSAGE_CONTENT,
             heartbeat_interval: Duration::from_millis(41_250),
+            check_schemas: true,
         }
     }
 }
@@ -219,6 +224,13 @@ impl FakeDiscord {
         });
         let rest_app = axum::Router::new().fallback(rest::handle).with_state(shared.clone());
         let gw_app = axum::Router::new().fallback(gateway::upgrade).with_state(shared.clone());
+        // Like Discord's servers, answer without Nagle's delay: small frames go out at once.
+        let rest = rest.tap_io(|s| {
+            let _ = s.set_nodelay(true);
+        });
+        let gw = gw.tap_io(|s| {
+            let _ = s.set_nodelay(true);
+        });
         let tasks = vec![
             tokio::spawn(async move {
                 let _ = axum::serve(rest, rest_app).await;

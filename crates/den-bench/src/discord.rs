@@ -1,0 +1,261 @@
+//! `den-bench ingest` and `den-bench interactions`: den's Discord ingress
+//! against the fake Discord.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use den_core::{Clock, Secret, SystemClock};
+use den_discord::gateway::{GatewayConfig, ShardStatus, StoreIdentifyQueue};
+use den_discord::{Egress, EgressConfig, Module, Router};
+use den_ops::Metrics;
+use den_storage::sqlite::{SqliteOptions, SqliteStore};
+use den_storage::{Queue, QueueSpec, Store, TableSpec};
+use den_testkit::discord::RateLimits;
+use den_testkit::{FakeConfig, FakeDiscord};
+use den_worker::{Handlers, JobQueue, WorkerConfig, WorkerPool};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+/// Options of `ingest`.
+#[derive(Debug, clap::Args)]
+pub struct IngestOptions {
+    /// Events per run.
+    #[arg(long, default_value_t = 100_000)]
+    events: usize,
+}
+
+/// Options of `interactions`.
+#[derive(Debug, clap::Args)]
+pub struct InteractionsOptions {
+    /// Interactions per second offered.
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
+    /// Seconds to offer them for.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// Let the fake check every request against the OpenAPI spec (its CPU then counts against den).
+    #[arg(long)]
+    check_schemas: bool,
+    /// Run no workers: measure the acknowledgement path alone.
+    #[arg(long)]
+    no_workers: bool,
+    /// Worker concurrency (den's default is 16).
+    #[arg(long, default_value_t = 16)]
+    workers: usize,
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    store: Arc<SqliteStore>,
+    queue: Arc<dyn Queue>,
+    router: Arc<Router>,
+    egress: Arc<Egress>,
+    modules: Vec<Arc<dyn Module>>,
+    spec: QueueSpec,
+    metrics: Metrics,
+}
+
+async fn rig(fake: &FakeDiscord) -> anyhow::Result<Rig> {
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(SqliteStore::open(&SqliteOptions::new(dir.path().join("den.db")), Arc::new(SystemClock))?);
+    let queue: Arc<dyn Queue> = Arc::new(store.queue());
+    let spec = QueueSpec::with_dlq("den-jobs");
+    queue.create_queue(&spec).await?;
+    let metrics = Metrics::new();
+    let config = EgressConfig {
+        token: Some(Secret::new(fake.bot_token())),
+        api_proxy: Some(fake.rest_addr()),
+        timeout: Duration::from_secs(10),
+    };
+    let egress = Arc::new(Egress::new(&config, fake.app_id(), None));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let modules: Vec<Arc<dyn Module>> =
+        vec![den_status::StatusModule::new(egress.clone(), queue.clone(), clock.clone())];
+    let jobs = JobQueue::new(queue.clone(), spec.name.clone(), metrics.clone());
+    let router = Arc::new(Router::new(modules.clone(), jobs, clock, metrics.clone()));
+    router.set_bot_user_id(fake.app_id());
+    Ok(Rig { _dir: dir, store, queue, router, egress, modules, spec, metrics })
+}
+
+fn message_payload(seq: usize, channel: u64, guild: u64, user: u64) -> String {
+    json!({"op": 0, "t": "MESSAGE_CREATE", "s": seq, "d": {
+        "id": (1_000_000_000_000 + seq as u64).to_string(), "channel_id": channel.to_string(), "guild_id": guild.to_string(),
+        "content": "!ping", "type": 0, "tts": false, "pinned": false, "mention_everyone": false,
+        "mentions": [], "mention_roles": [], "attachments": [], "embeds": [], "components": [], "flags": 0,
+        "timestamp": "2026-11-22T05:00:00.000000+00:00", "edited_timestamp": null,
+        "author": {"id": user.to_string(), "username": "ada", "global_name": "Ada", "avatar": null, "discriminator": "0"},
+        "member": {"roles": [], "joined_at": "2026-01-01T00:00:00.000000+00:00", "deaf": false, "mute": false, "flags": 0},
+    }})
+    .to_string()
+}
+
+/// Feeds `events` raw MESSAGE_CREATE payloads through the router from `lanes` concurrent loops.
+async fn feed(rig: &Rig, payloads: Arc<Vec<String>>, lanes: usize) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for lane in 0..lanes {
+        let (router, egress, payloads) = (rig.router.clone(), rig.egress.clone(), payloads.clone());
+        tasks.push(tokio::spawn(async move {
+            for p in payloads.iter().skip(lane).step_by(lanes) {
+                router.on_gateway_payload(p, &egress).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+pub fn ingest(o: &IngestOptions) -> anyhow::Result<serde_json::Value> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        let fake = FakeDiscord::start(FakeConfig { check_schemas: false, ..FakeConfig::default() }).await?;
+        let user = fake.add_user("ada");
+        let guild = fake.add_guild("g", user);
+        let channel = fake.add_text_channel(guild, "c");
+        let mut results = serde_json::Map::new();
+        results.insert("gateway".into(), through_gateway(&fake, o.events, channel, user).await?);
+        for lanes in [1, 4, 16] {
+            let rig = rig(&fake).await?;
+            let payloads: Arc<Vec<String>> = Arc::new((0..o.events).map(|i| message_payload(i + 1, channel, guild, user)).collect());
+            let secs = feed(&rig, payloads, lanes).await?;
+            let enqueued = rig.queue.depth(&rig.spec.name).await?.total();
+            anyhow::ensure!(enqueued == o.events as u64, "enqueued {enqueued} of {} events", o.events);
+            results.insert(format!("router_only_{lanes}_lanes"), json!({"events": o.events, "seconds": secs, "per_sec": (o.events as f64 / secs).round()}));
+            rig.store.close().await?;
+        }
+        Ok(json!({
+            "scenario": "ingest",
+            "what": "MESSAGE_CREATE events parsed, filtered (author, bot, module match) and durably enqueued as jobs; \
+                     `gateway` goes fake Discord -> WebSocket -> twilight shard -> router -> SQLite queue (the fake's own \
+                     work shares the 2 cores); `router_only_N_lanes` feeds raw payloads to the router from N loops",
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "results": results,
+            "target_per_sec": 20_000,
+        }))
+    })
+}
+
+/// Starts one shard on `rig` against `fake`; returns the stop token, the task and the status.
+async fn gateway(
+    fake: &FakeDiscord,
+    rig: &Rig,
+) -> anyhow::Result<(
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), den_discord::gateway::FatalClose>>,
+    ShardStatus,
+)> {
+    let stop = CancellationToken::new();
+    let identify = StoreIdentifyQueue::new(
+        Store::table(&*rig.store, TableSpec::new("discord_identify")).await?,
+        Arc::new(SystemClock),
+        1,
+    );
+    let sessions = Store::table(&*rig.store, TableSpec::new("discord_sessions")).await?;
+    let gw = GatewayConfig {
+        token: Secret::new(fake.bot_token()),
+        intents: 1 | (1 << 9) | (1 << 15),
+        shards: 1,
+        shard_ids: None,
+        gateway_url: Some(fake.gateway_url()),
+    };
+    let status = ShardStatus::default();
+    let (router, egress, st, stop2) = (rig.router.clone(), rig.egress.clone(), status.clone(), stop.clone());
+    let task = tokio::spawn(async move {
+        den_discord::gateway::run_shards(&gw, 1, 0..1, identify, sessions, router, egress, st, stop2).await
+    });
+    while !status.all_ready() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((stop, task, status))
+}
+
+async fn through_gateway(
+    fake: &FakeDiscord,
+    events: usize,
+    channel: u64,
+    user: u64,
+) -> anyhow::Result<serde_json::Value> {
+    let rig = rig(fake).await?;
+    let (stop, task, _status) = gateway(fake, &rig).await?;
+    let start = Instant::now();
+    for _ in 0..events {
+        fake.post_as(user, channel, "!ping");
+    }
+    let dispatched = start.elapsed().as_secs_f64();
+    while rig.queue.depth(&rig.spec.name).await?.total() < events as u64 {
+        anyhow::ensure!(start.elapsed() < Duration::from_secs(300), "events did not all arrive");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    stop.cancel();
+    let _ = task.await;
+    rig.store.close().await?;
+    Ok(
+        json!({"events": events, "seconds": secs, "fake_dispatch_seconds": dispatched, "per_sec": (events as f64 / secs).round()}),
+    )
+}
+
+pub fn interactions(o: &InteractionsOptions) -> anyhow::Result<serde_json::Value> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        let fake = FakeDiscord::start(FakeConfig {
+            rate_limits: RateLimits::default(),
+            check_schemas: o.check_schemas,
+            ..FakeConfig::default()
+        })
+        .await?;
+        let user = fake.add_user("ada");
+        let guild = fake.add_guild("g", user);
+        let channel = fake.add_text_channel(guild, "c");
+        let rig = rig(&fake).await?;
+        let stop = CancellationToken::new();
+        // Workers run too, as in `den run`: they finish each /status while ingress keeps acknowledging.
+        let mut handlers = Handlers::new();
+        for m in &rig.modules {
+            for (kind, h) in m.clone().handlers() {
+                handlers = handlers.with(kind, h);
+            }
+        }
+        let config = WorkerConfig { concurrency: o.workers, ..WorkerConfig::default() };
+        let pool = WorkerPool::new(rig.queue.clone(), rig.spec.clone(), handlers, rig.metrics.clone(), config);
+        let workers = if o.no_workers { tokio::spawn(async {}) } else { tokio::spawn(pool.run(stop.clone())) };
+        let (gw_stop, gateway, _status) = gateway(&fake, &rig).await?;
+        let total = o.rate * o.seconds;
+        let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / o.rate as f64));
+        let mut tokens = Vec::with_capacity(total as usize);
+        for _ in 0..total {
+            ticks.tick().await;
+            tokens.push(fake.invoke_command(user, channel, "status", &[]));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokens.iter().any(|t| fake.interaction(t).is_none_or(|i| i.callback.is_none()))
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut samples: Vec<f64> = tokens
+            .iter()
+            .filter_map(|t| fake.interaction(t))
+            .filter_map(|i| i.responded_at.and_then(|r| r.duration_since(i.created).ok()))
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect();
+        let answered = samples.len();
+        samples.sort_by(f64::total_cmp);
+        stop.cancel();
+        gw_stop.cancel();
+        let _ = gateway.await;
+        workers.await?;
+        rig.store.close().await?;
+        anyhow::ensure!(fake.violations().is_empty(), "spec violations: {:?}", fake.violations());
+        Ok(json!({
+            "scenario": "interactions",
+            "offered_per_sec": o.rate, "seconds": o.seconds, "interactions": total, "answered": answered,
+            "p50_ms": crate::quantile(&samples, 0.5), "p99_ms": crate::quantile(&samples, 0.99),
+            "max_ms": samples.last().copied().unwrap_or(f64::NAN),
+            "workers": !o.no_workers, "fake_checks_schemas": o.check_schemas,
+            "target_p99_ms": 5.0, "discord_allows_ms": 3000,
+        }))
+    })
+}
