@@ -261,3 +261,20 @@ fn split_roles_two_gateways_with_one_shard_each_and_a_worker_answer_every_guild(
     });
     assert!(discord.fake.violations().is_empty());
 }
+
+#[test]
+fn den_run_registers_commands_at_start_when_configured() {
+    let discord = Discord::start();
+    let scratch = Scratch::new();
+    let guild = discord.guild.to_string();
+    let den = scratch.start_with(
+        &discord,
+        "run",
+        &[("DEN_DISCORD__SYNC_COMMANDS", "true"), ("DEN_DISCORD__SYNC_GUILD", &guild)],
+    );
+    den.wait_ready(WAIT);
+    let names: Vec<String> =
+        discord.fake.commands(Some(discord.guild)).iter().map(|c| c["name"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(names, ["ping", "status"]);
+    assert!(discord.fake.commands(None).is_empty(), "nothing registered globally");
+}
