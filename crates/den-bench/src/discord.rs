@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use den_core::{Clock, Secret, SystemClock};
-use den_discord::gateway::{GatewayConfig, ShardStatus, StoreIdentifyQueue};
+use den_discord::gateway::{Gateway, GatewayConfig, ShardStatus, StoreIdentifyQueue};
 use den_discord::{Egress, EgressConfig, Module, Router};
 use den_ops::Metrics;
 use den_storage::sqlite::{SqliteOptions, SqliteStore};
@@ -147,24 +147,26 @@ async fn gateway(
     ShardStatus,
 )> {
     let stop = CancellationToken::new();
-    let identify = StoreIdentifyQueue::new(
-        Store::table(&*rig.store, TableSpec::new("discord_identify")).await?,
-        Arc::new(SystemClock),
-        1,
-    );
-    let sessions = Store::table(&*rig.store, TableSpec::new("discord_sessions")).await?;
-    let gw = GatewayConfig {
-        token: Secret::new(fake.bot_token()),
-        intents: 1 | (1 << 9) | (1 << 15),
-        shards: 1,
-        shard_ids: None,
-        gateway_url: Some(fake.gateway_url()),
-    };
     let status = ShardStatus::default();
-    let (router, egress, st, stop2) = (rig.router.clone(), rig.egress.clone(), status.clone(), stop.clone());
-    let task = tokio::spawn(async move {
-        den_discord::gateway::run_shards(&gw, 1, 0..1, identify, sessions, router, egress, st, stop2).await
-    });
+    let gw = Gateway {
+        config: GatewayConfig {
+            token: Secret::new(fake.bot_token()),
+            intents: 1 | (1 << 9) | (1 << 15),
+            shards: 1,
+            shard_ids: None,
+            gateway_url: Some(fake.gateway_url()),
+        },
+        identify: StoreIdentifyQueue::new(
+            Store::table(&*rig.store, TableSpec::new("discord_identify")).await?,
+            Arc::new(SystemClock),
+            1,
+        ),
+        sessions: Store::table(&*rig.store, TableSpec::new("discord_sessions")).await?,
+        router: rig.router.clone(),
+        egress: rig.egress.clone(),
+        status: status.clone(),
+    };
+    let task = tokio::spawn(gw.run(stop.clone()));
     while !status.all_ready() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

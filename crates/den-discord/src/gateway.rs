@@ -81,7 +81,7 @@ pub struct GatewayConfig {
     pub token: Secret,
     /// Gateway intents bits.
     pub intents: u64,
-    /// Total shards; 0 asks Discord (`/gateway/bot`).
+    /// Total shards (ask Discord with [`recommended_shards`]).
     pub shards: u32,
     /// The shards this process runs, `[first, last)`; `None` runs all.
     pub shard_ids: Option<(u32, u32)>,
@@ -197,60 +197,74 @@ pub struct FatalClose {
     pub advice: &'static str,
 }
 
-/// Runs `shards` of `total` until `shutdown` or a fatal close.
-#[allow(clippy::too_many_arguments)]
-pub async fn run_shards(
-    config: &GatewayConfig,
-    total: u32,
-    shards: std::ops::Range<u32>,
-    queue: StoreIdentifyQueue,
-    sessions: Arc<dyn Table>,
-    router: Arc<Router>,
-    egress: Arc<Egress>,
-    status: ShardStatus,
-    shutdown: CancellationToken,
-) -> Result<(), FatalClose> {
-    crate::install_crypto_provider();
-    let mut set = tokio::task::JoinSet::new();
-    for number in shards {
-        let Some(id) = ShardId::new_checked(number, total) else { continue };
-        let mut builder =
-            ConfigBuilder::new(config.token.expose().to_owned(), Intents::from_bits_truncate(config.intents))
-                .queue(queue.clone());
-        if let Some(url) = &config.gateway_url {
-            builder = builder.proxy_url(url.clone());
+/// Everything a process needs to run its shards.
+#[derive(Clone)]
+pub struct Gateway {
+    /// Which shards and how to connect.
+    pub config: GatewayConfig,
+    /// Identify pacing.
+    pub identify: StoreIdentifyQueue,
+    /// Where sessions are kept between runs.
+    pub sessions: Arc<dyn Table>,
+    /// Where events go.
+    pub router: Arc<Router>,
+    /// How interactions are acknowledged.
+    pub egress: Arc<Egress>,
+    /// Shard states, for `/ready`.
+    pub status: ShardStatus,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("shards", &self.config.shards)
+            .field("shard_ids", &self.config.shard_ids)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Runs the configured shards (`config.shard_ids` of `config.shards`)
+    /// until `shutdown` or a fatal close, which also cancels `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), FatalClose> {
+        crate::install_crypto_provider();
+        let total = self.config.shards.max(1);
+        let (first, last) = self.config.shard_ids.unwrap_or((0, total));
+        let this = Arc::new(self);
+        let mut set = tokio::task::JoinSet::new();
+        for number in first..last.min(total) {
+            let Some(id) = ShardId::new_checked(number, total) else { continue };
+            let config = &this.config;
+            let mut builder =
+                ConfigBuilder::new(config.token.expose().to_owned(), Intents::from_bits_truncate(config.intents))
+                    .queue(this.identify.clone());
+            if let Some(url) = &config.gateway_url {
+                builder = builder.proxy_url(url.clone());
+            }
+            let key = format!("shard:{number}/{total}");
+            if let Ok(Some(saved)) = this.sessions.get(&key, "session").await
+                && let (Some(sid), Some(seq)) =
+                    (saved.attrs.get("id").and_then(Value::as_str), saved.attrs.get("seq").and_then(Value::as_u64))
+            {
+                tracing::info!(shard = number, seq, "resuming the stored gateway session");
+                builder = builder.session(Session::new(seq, sid.to_owned()));
+                if let Some(url) = saved.attrs.get("resume_url").and_then(Value::as_str) {
+                    builder = builder.resume_url(url.to_owned());
+                }
+            }
+            let shard = Shard::with_config(id, builder.build());
+            this.status.set(number, "connecting");
+            set.spawn(run_shard(this.clone(), shard, key, shutdown.clone()));
         }
-        let key = format!("shard:{number}/{total}");
-        if let Ok(Some(saved)) = sessions.get(&key, "session").await
-            && let (Some(sid), Some(seq)) =
-                (saved.attrs.get("id").and_then(Value::as_str), saved.attrs.get("seq").and_then(Value::as_u64))
-        {
-            tracing::info!(shard = number, seq, "resuming the stored gateway session");
-            builder = builder.session(Session::new(seq, sid.to_owned()));
-            if let Some(url) = saved.attrs.get("resume_url").and_then(Value::as_str) {
-                builder = builder.resume_url(url.to_owned());
+        let mut result = Ok(());
+        while let Some(done) = set.join_next().await {
+            if let Ok(Err(fatal)) = done {
+                shutdown.cancel();
+                result = Err(fatal);
             }
         }
-        let shard = Shard::with_config(id, builder.build());
-        status.set(number, "connecting");
-        set.spawn(run_shard(
-            shard,
-            key,
-            sessions.clone(),
-            router.clone(),
-            egress.clone(),
-            status.clone(),
-            shutdown.clone(),
-        ));
+        result
     }
-    let mut result = Ok(());
-    while let Some(done) = set.join_next().await {
-        if let Ok(Err(fatal)) = done {
-            shutdown.cancel();
-            result = Err(fatal);
-        }
-    }
-    result
 }
 
 /// What must survive a restart to resume a shard's session, up to `seq`.
@@ -305,14 +319,12 @@ impl InFlight {
 }
 
 async fn run_shard(
+    gateway: Arc<Gateway>,
     mut shard: Shard<StoreIdentifyQueue>,
     key: String,
-    sessions: Arc<dyn Table>,
-    router: Arc<Router>,
-    egress: Arc<Egress>,
-    status: ShardStatus,
     shutdown: CancellationToken,
 ) -> Result<(), FatalClose> {
+    let Gateway { sessions, router, egress, status, .. } = &*gateway;
     let number = shard.id().number();
     let mut last_save = tokio::time::Instant::now();
     let mut saved_seq = 0;
@@ -367,7 +379,7 @@ async fn run_shard(
             let latest = shard.session().map_or(0, Session::sequence);
             let mark = in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).watermark(latest);
             if mark != saved_seq {
-                save_session(&*sessions, &key, session_attrs(&shard, mark)).await;
+                save_session(&**sessions, &key, session_attrs(&shard, mark)).await;
                 saved_seq = mark;
             }
             last_save = tokio::time::Instant::now();
@@ -377,7 +389,7 @@ async fn run_shard(
     while routing.join_next().await.is_some() {}
     if outcome.is_ok() {
         let latest = shard.session().map_or(0, Session::sequence);
-        save_session(&*sessions, &key, session_attrs(&shard, latest)).await;
+        save_session(&**sessions, &key, session_attrs(&shard, latest)).await;
     }
     outcome
 }

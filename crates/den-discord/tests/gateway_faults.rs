@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use den_core::{Clock, Job, Secret, SystemClock};
 use den_discord::events::InboundMessage;
-use den_discord::gateway::{GatewayConfig, ShardStatus, StoreIdentifyQueue};
+use den_discord::gateway::{Gateway, GatewayConfig, ShardStatus, StoreIdentifyQueue};
 use den_discord::{Egress, EgressConfig, IngressCx, Module, Router};
 use den_ops::Metrics;
 use den_storage::sqlite::{SqliteOptions, SqliteStore};
@@ -75,21 +75,23 @@ async fn rig(config: FakeConfig, wants_bots: bool) -> Rig {
         fake.app_id(),
         None,
     ));
-    let identify = StoreIdentifyQueue::new(Store::table(&*store, TableSpec::new("identify")).await.unwrap(), clock, 1);
-    let sessions = Store::table(&*store, TableSpec::new("sessions")).await.unwrap();
-    let gw = GatewayConfig {
-        token: Secret::new(fake.bot_token()),
-        intents: 1 | (1 << 9) | (1 << 15),
-        shards: 1,
-        shard_ids: None,
-        gateway_url: Some(fake.gateway_url()),
-    };
     let status = ShardStatus::default();
     let stop = CancellationToken::new();
-    let (st, sp) = (status.clone(), stop.clone());
-    let task = tokio::spawn(async move {
-        den_discord::gateway::run_shards(&gw, 1, 0..1, identify, sessions, router, egress, st, sp).await
-    });
+    let gw = Gateway {
+        config: GatewayConfig {
+            token: Secret::new(fake.bot_token()),
+            intents: 1 | (1 << 9) | (1 << 15),
+            shards: 1,
+            shard_ids: None,
+            gateway_url: Some(fake.gateway_url()),
+        },
+        identify: StoreIdentifyQueue::new(Store::table(&*store, TableSpec::new("identify")).await.unwrap(), clock, 1),
+        sessions: Store::table(&*store, TableSpec::new("sessions")).await.unwrap(),
+        router,
+        egress,
+        status: status.clone(),
+    };
+    let task = tokio::spawn(gw.run(stop.clone()));
     let r = Rig { fake, channel, user, counter, queue, status, stop, task, _dir: dir };
     wait(&r, "ready", |r| r.status.all_ready()).await;
     r

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use den_core::{Clock, SystemClock};
-use den_discord::gateway::{GatewayConfig, ShardStatus, StoreIdentifyQueue};
+use den_discord::gateway::{Gateway, GatewayConfig, ShardStatus, StoreIdentifyQueue};
 use den_discord::module::fetch_application;
 use den_discord::{Egress, EgressConfig, Module, Router};
 use den_ops::{Metrics, OpsState, QueueDepthCollector, ReadinessCheck};
@@ -248,29 +248,22 @@ async fn serve(
             max_concurrency,
         );
         let sessions = store.table(TableSpec::new("discord_sessions")).await?;
-        let config = GatewayConfig {
-            token: token.clone().context("the gateway needs the bot token")?,
-            intents: c.discord.intent_bits().map_err(anyhow::Error::msg)?,
-            shards: total,
-            shard_ids: Some((first, last)),
-            gateway_url: c.discord.gateway_url.clone(),
+        let gw = Gateway {
+            config: GatewayConfig {
+                token: token.clone().context("the gateway needs the bot token")?,
+                intents: c.discord.intent_bits().map_err(anyhow::Error::msg)?,
+                shards: total,
+                shard_ids: Some((first, last)),
+                gateway_url: c.discord.gateway_url.clone(),
+            },
+            identify,
+            sessions,
+            router: router.clone(),
+            egress: egress.clone(),
+            status: shard_status.clone(),
         };
         tracing::info!(shards = total, first, last = last - 1, max_concurrency, "connecting to the gateway");
-        let (router, egress, status, stop) = (router.clone(), egress.clone(), shard_status.clone(), shutdown.clone());
-        gateway = Some(tokio::spawn(async move {
-            den_discord::gateway::run_shards(
-                &config,
-                total,
-                first..last,
-                identify,
-                sessions,
-                router,
-                egress,
-                status,
-                stop,
-            )
-            .await
-        }));
+        gateway = Some(tokio::spawn(gw.run(shutdown.clone())));
     }
     if role.runs_interactions(c) {
         let key = public_key
