@@ -576,6 +576,11 @@ impl FakeDiscord {
         self.shared.stats().violations.clone()
     }
 
+    /// Spec violations so far, cleared: for tests that break the spec on purpose.
+    pub fn take_violations(&self) -> Vec<String> {
+        std::mem::take(&mut self.shared.stats().violations)
+    }
+
     /// Waits until `check` holds, re-checking whenever the fake's state changes.
     pub async fn wait_until(&self, what: &str, timeout: Duration, mut check: impl FnMut(&Self) -> bool) {
         let deadline = tokio::time::Instant::now() + timeout;
