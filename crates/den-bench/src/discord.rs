@@ -151,7 +151,8 @@ async fn gateway(
     let gw = Gateway {
         config: GatewayConfig {
             token: Secret::new(fake.bot_token()),
-            intents: 1 | (1 << 9) | (1 << 15),
+            intents: den_discord::gateway::intents_from_names(&["guilds", "guild_messages", "message_content"])
+                .unwrap_or(0),
             shards: 1,
             shard_ids: None,
             gateway_url: Some(fake.gateway_url()),

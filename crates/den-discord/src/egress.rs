@@ -182,6 +182,9 @@ pub struct Egress {
     app_id: std::sync::atomic::AtomicU64,
     no_pings: AllowedMentions,
     webhooks: Mutex<HashMap<u64, WebhookRef>>,
+    /// Held while a webhook is looked up or created, so two replies racing
+    /// into a fresh channel do not both create one (Discord allows 15).
+    webhook_setup: tokio::sync::Mutex<()>,
     webhook_table: Option<Arc<dyn Table>>,
 }
 
@@ -199,7 +202,14 @@ impl Egress {
         if let Some(proxy) = &config.api_proxy {
             builder = builder.proxy(proxy.clone(), true);
         }
-        Self { http: builder.build(), app_id: app_id.into(), no_pings, webhooks: Mutex::default(), webhook_table }
+        Self {
+            http: builder.build(),
+            app_id: app_id.into(),
+            no_pings,
+            webhooks: Mutex::default(),
+            webhook_setup: tokio::sync::Mutex::new(()),
+            webhook_table,
+        }
     }
 
     /// The twilight client, for calls this type has no helper for.
@@ -287,8 +297,13 @@ impl Egress {
     /// den's webhook in `channel`: cached, else found among the channel's
     /// webhooks, else created.
     async fn webhook(&self, channel: u64) -> DiscordResult<WebhookRef> {
-        if let Some(w) = self.webhooks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&channel) {
-            return Ok(w.clone());
+        if let Some(w) = self.cached_webhook(channel) {
+            return Ok(w);
+        }
+        let _setup = self.webhook_setup.lock().await;
+        // Someone may have set it up while we waited.
+        if let Some(w) = self.cached_webhook(channel) {
+            return Ok(w);
         }
         let key = format!("channel:{channel}");
         if let Some(table) = &self.webhook_table
@@ -339,6 +354,10 @@ impl Egress {
         }
         self.remember_webhook(channel, &w);
         Ok(w)
+    }
+
+    fn cached_webhook(&self, channel: u64) -> Option<WebhookRef> {
+        self.webhooks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&channel).cloned()
     }
 
     fn remember_webhook(&self, channel: u64, w: &WebhookRef) {

@@ -27,6 +27,39 @@ const IDENTIFY_SPACING: Duration = Duration::from_secs(5);
 /// Identifies allowed per 24 hours (Discord resets the token beyond this).
 const IDENTIFIES_PER_DAY: u64 = 1000;
 
+/// Gateway intents by the names Discord's docs use (lower case), with their bits.
+pub const INTENTS: &[(&str, u64)] = &[
+    ("guilds", 1 << 0),
+    ("guild_members", 1 << 1),
+    ("guild_moderation", 1 << 2),
+    ("guild_expressions", 1 << 3),
+    ("guild_integrations", 1 << 4),
+    ("guild_webhooks", 1 << 5),
+    ("guild_invites", 1 << 6),
+    ("guild_voice_states", 1 << 7),
+    ("guild_presences", 1 << 8),
+    ("guild_messages", 1 << 9),
+    ("guild_message_reactions", 1 << 10),
+    ("guild_message_typing", 1 << 11),
+    ("direct_messages", 1 << 12),
+    ("direct_message_reactions", 1 << 13),
+    ("direct_message_typing", 1 << 14),
+    ("message_content", 1 << 15),
+    ("guild_scheduled_events", 1 << 16),
+];
+
+/// The bits of intents named as in [`INTENTS`]; an unknown name is an error naming it.
+pub fn intents_from_names<S: AsRef<str>>(names: &[S]) -> Result<u64, String> {
+    names.iter().try_fold(0, |bits, name| {
+        let name = name.as_ref().to_lowercase();
+        INTENTS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, b)| bits | b)
+            .ok_or_else(|| format!("unknown intent {name:?}"))
+    })
+}
+
 /// A close code after which reconnecting cannot help, with what to do about it.
 #[must_use]
 pub fn fatal_close_advice(code: u16) -> Option<&'static str> {

@@ -145,3 +145,22 @@ async fn an_expired_interaction_token_is_reported_as_unauthorized() {
     let err = w.egress.edit_original(&token, "too late").await.unwrap_err();
     assert_eq!(err.kind(), den_discord::DiscordErrorKind::Unauthorized, "{err}");
 }
+
+#[tokio::test]
+async fn replies_racing_into_a_fresh_channel_share_one_webhook() {
+    let w = world(RateLimits::unlimited()).await;
+    let egress = std::sync::Arc::new(w.egress);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (egress, channel) = (egress.clone(), w.channel);
+        tasks.push(tokio::spawn(async move {
+            let who = Identity { name: format!("persona {i}"), avatar_url: None };
+            egress.send_as(channel, &who, "hello").await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(w.fake.webhooks(w.channel).len(), 1);
+    assert_eq!(w.fake.messages(w.channel).len(), 8);
+}

@@ -235,37 +235,10 @@ impl Default for DiscordConfig {
     }
 }
 
-/// Gateway intent bits by the names Discord's docs use (lower case).
-const INTENTS: &[(&str, u64)] = &[
-    ("guilds", 1 << 0),
-    ("guild_members", 1 << 1),
-    ("guild_moderation", 1 << 2),
-    ("guild_expressions", 1 << 3),
-    ("guild_integrations", 1 << 4),
-    ("guild_webhooks", 1 << 5),
-    ("guild_invites", 1 << 6),
-    ("guild_voice_states", 1 << 7),
-    ("guild_presences", 1 << 8),
-    ("guild_messages", 1 << 9),
-    ("guild_message_reactions", 1 << 10),
-    ("guild_message_typing", 1 << 11),
-    ("direct_messages", 1 << 12),
-    ("direct_message_reactions", 1 << 13),
-    ("direct_message_typing", 1 << 14),
-    ("message_content", 1 << 15),
-    ("guild_scheduled_events", 1 << 16),
-];
-
 impl DiscordConfig {
     /// The intents as bits.
     pub fn intent_bits(&self) -> Result<u64, String> {
-        self.intents.iter().try_fold(0, |bits, name| {
-            INTENTS
-                .iter()
-                .find(|(n, _)| *n == name.to_lowercase())
-                .map(|(_, b)| bits | b)
-                .ok_or_else(|| format!("discord.intents: unknown intent {name:?}"))
-        })
+        den_discord::gateway::intents_from_names(&self.intents).map_err(|e| format!("discord.intents: {e}"))
     }
 
     /// The `[first, last)` shard range of this process, when limited.
