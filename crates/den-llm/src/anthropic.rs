@@ -1,0 +1,171 @@
+//! Anthropic's Messages API, streaming, with the system prompt cached.
+
+use async_trait::async_trait;
+use futures_util::StreamExt as _;
+use serde_json::{Value, json};
+
+use crate::openai::transport;
+use crate::{
+    ChatModel, ChatRequest, ChatStream, FinishReason, LlmError, LlmErrorKind, ProviderConfig, Role, StreamEvent, Usage,
+    channel_stream, error_from_response, http_client, spoken, sse,
+};
+
+/// The API version den speaks.
+pub const API_VERSION: &str = "2023-06-01";
+
+/// The Anthropic provider.
+#[derive(Debug)]
+pub struct Anthropic {
+    config: ProviderConfig,
+    http: reqwest::Client,
+}
+
+impl Anthropic {
+    /// A provider reached as `config` says (base URL `https://api.anthropic.com`).
+    pub fn new(config: ProviderConfig) -> Result<Self, LlmError> {
+        let http = http_client(config.connect_timeout)?;
+        Ok(Self { config, http })
+    }
+
+    /// The request body. Messages must alternate and start with the user:
+    /// consecutive messages of one role are joined, and a conversation that
+    /// starts with the model gets a short user turn first.
+    fn body(&self, r: &ChatRequest) -> Value {
+        let mut turns: Vec<(Role, String)> = Vec::new();
+        for m in &r.messages {
+            let text = spoken(m);
+            match turns.last_mut() {
+                Some((role, acc)) if *role == m.role => {
+                    acc.push('\n');
+                    acc.push_str(&text);
+                }
+                _ => turns.push((m.role, text)),
+            }
+        }
+        if turns.first().is_none_or(|(role, _)| *role == Role::Assistant) {
+            turns.insert(0, (Role::User, "(the conversation continues)".to_owned()));
+        }
+        let messages: Vec<Value> = turns
+            .into_iter()
+            .map(|(role, text)| json!({"role": if role == Role::User { "user" } else { "assistant" }, "content": text}))
+            .collect();
+        let mut body = json!({
+            "model": r.model.clone().unwrap_or_else(|| self.config.model.clone()),
+            "max_tokens": r.max_tokens,
+            // The persona prompt is long and stable: cache it.
+            "system": [{"type": "text", "text": r.system, "cache_control": {"type": "ephemeral"}}],
+            "messages": messages,
+            "stream": true,
+        });
+        if let Some(t) = r.temperature {
+            body["temperature"] = json!(t);
+        }
+        if !r.stop.is_empty() {
+            body["stop_sequences"] = json!(r.stop);
+        }
+        body
+    }
+}
+
+fn finish(reason: &str) -> FinishReason {
+    match reason {
+        "end_turn" => FinishReason::Stop,
+        "max_tokens" => FinishReason::Length,
+        "stop_sequence" => FinishReason::StopSequence,
+        "refusal" => FinishReason::Refused,
+        other => FinishReason::Other(other.to_owned()),
+    }
+}
+
+fn stream_error_kind(error_type: &str) -> LlmErrorKind {
+    match error_type {
+        "rate_limit_error" => LlmErrorKind::RateLimited { retry_after: None },
+        "overloaded_error" | "api_error" => LlmErrorKind::Server,
+        "authentication_error" | "permission_error" => LlmErrorKind::Unauthorized,
+        _ => LlmErrorKind::BadRequest,
+    }
+}
+
+#[async_trait]
+impl ChatModel for Anthropic {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    async fn stream(&self, request: &ChatRequest) -> Result<ChatStream, LlmError> {
+        let name = self.config.name.clone();
+        let url = format!("{}/v1/messages", self.config.base_url.trim_end_matches('/'));
+        let mut req = self.http.post(url).header("anthropic-version", API_VERSION).json(&self.body(request));
+        if let Some(key) = &self.config.api_key {
+            req = req.header("x-api-key", key.expose());
+        }
+        for (k, v) in &self.config.extra_headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let response = req.send().await.map_err(|e| transport(&name, &e))?;
+        if !response.status().is_success() {
+            return Err(error_from_response(&name, response).await);
+        }
+        let events = sse::events(response.bytes_stream());
+        Ok(channel_stream(move |tx| async move {
+            let mut events = std::pin::pin!(events);
+            let mut usage = Usage::default();
+            let mut reason: Option<FinishReason> = None;
+            let fail = |kind, message: String| Err(LlmError::new(kind, name.clone(), message));
+            while let Some(event) = events.next().await {
+                let event = match event {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = tx.send(fail(LlmErrorKind::BrokenStream, e)).await;
+                        return;
+                    }
+                };
+                let Ok(v) = serde_json::from_str::<Value>(&event.data) else {
+                    let _ = tx
+                        .send(fail(
+                            LlmErrorKind::Malformed,
+                            format!("unreadable event: {}", event.data.chars().take(80).collect::<String>()),
+                        ))
+                        .await;
+                    return;
+                };
+                match v["type"].as_str().unwrap_or_default() {
+                    "message_start" => {
+                        let u = &v["message"]["usage"];
+                        usage.input_tokens = u["input_tokens"].as_u64().unwrap_or(0);
+                        usage.cache_read_tokens = u["cache_read_input_tokens"].as_u64().unwrap_or(0);
+                        usage.output_tokens = u["output_tokens"].as_u64().unwrap_or(0);
+                    }
+                    "content_block_delta" => {
+                        if let Some(text) = v["delta"]["text"].as_str().filter(|t| !t.is_empty())
+                            && tx.send(Ok(StreamEvent::Delta(text.to_owned()))).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    "message_delta" => {
+                        if let Some(r) = v["delta"]["stop_reason"].as_str() {
+                            reason = Some(finish(r));
+                        }
+                        if let Some(n) = v["usage"]["output_tokens"].as_u64() {
+                            usage.output_tokens = n;
+                        }
+                    }
+                    "message_stop" => {
+                        let end = Ok(StreamEvent::Done { usage, finish: reason.take().unwrap_or(FinishReason::Stop) });
+                        let _ = tx.send(end).await;
+                        return;
+                    }
+                    "error" => {
+                        let kind = stream_error_kind(v["error"]["type"].as_str().unwrap_or_default());
+                        let message = v["error"]["message"].as_str().unwrap_or("error in stream").to_owned();
+                        let _ = tx.send(fail(kind, message)).await;
+                        return;
+                    }
+                    _ => {} // ping, content_block_start, content_block_stop
+                }
+            }
+            let _ = tx.send(fail(LlmErrorKind::BrokenStream, "the stream ended before message_stop".into())).await;
+        }))
+    }
+}

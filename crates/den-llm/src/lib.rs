@@ -1,0 +1,301 @@
+//! den's language models.
+//!
+//! A [`ChatModel`] turns a [`ChatRequest`] into a stream of text deltas that
+//! ends with token usage and a finish reason. Dropping the stream cancels the
+//! request. Providers: [`anthropic::Anthropic`] (Messages API) and
+//! [`openai::OpenAiCompatible`] (LiteLLM, Ollama, vLLM, llama.cpp server,
+//! OpenRouter, OpenAI).
+
+pub mod anthropic;
+pub mod openai;
+mod sse;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+
+/// Who said a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A person (or anything that is not the model).
+    User,
+    /// The model.
+    Assistant,
+}
+
+/// One message of the conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Who said it.
+    pub role: Role,
+    /// The speaker's name, in multi-person conversations.
+    pub name: Option<String>,
+    /// The text.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A user message.
+    #[must_use]
+    pub fn user(name: Option<&str>, content: impl Into<String>) -> Self {
+        Self { role: Role::User, name: name.map(str::to_owned), content: content.into() }
+    }
+
+    /// A model message.
+    #[must_use]
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self { role: Role::Assistant, name: None, content: content.into() }
+    }
+}
+
+/// What to ask a model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    /// Instructions (persona, rules); providers that cache prompts cache this.
+    pub system: String,
+    /// The conversation, oldest first.
+    pub messages: Vec<ChatMessage>,
+    /// Most tokens to generate.
+    pub max_tokens: u32,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Stop sequences.
+    pub stop: Vec<String>,
+    /// A model other than the provider's default.
+    pub model: Option<String>,
+}
+
+impl ChatRequest {
+    /// A request with `system` and one user message.
+    #[must_use]
+    pub fn simple(system: impl Into<String>, user: impl Into<String>) -> Self {
+        Self {
+            system: system.into(),
+            messages: vec![ChatMessage::user(None, user)],
+            max_tokens: 256,
+            temperature: None,
+            stop: vec![],
+            model: None,
+        }
+    }
+}
+
+/// Tokens a call used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Generated tokens.
+    pub output_tokens: u64,
+    /// Prompt tokens served from the provider's cache.
+    pub cache_read_tokens: u64,
+}
+
+/// Why generation stopped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FinishReason {
+    /// The model finished.
+    Stop,
+    /// `max_tokens` was reached.
+    Length,
+    /// A stop sequence was produced.
+    StopSequence,
+    /// The provider refused (content filter).
+    Refused,
+    /// Something else the provider said.
+    Other(String),
+}
+
+/// One item of a response stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// More text.
+    Delta(String),
+    /// The end: usage and why it stopped. Always the last item of a successful stream.
+    Done {
+        /// Tokens used.
+        usage: Usage,
+        /// Why it stopped.
+        finish: FinishReason,
+    },
+}
+
+/// A response stream; drop it to cancel the request.
+pub type ChatStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, LlmError>> + Send>>;
+
+/// What went wrong calling a model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LlmErrorKind {
+    /// 429: slow down; `retry_after` when the provider said.
+    RateLimited {
+        /// The provider's `Retry-After`.
+        retry_after: Option<Duration>,
+    },
+    /// 5xx or an overloaded provider.
+    Server,
+    /// No answer in time (connect, first token or total).
+    Timeout,
+    /// The stream ended or broke before its end event.
+    BrokenStream,
+    /// The provider sent something den cannot read.
+    Malformed,
+    /// 401/403: the key is wrong or lacks access.
+    Unauthorized,
+    /// Another 4xx: the request itself is wrong; retrying will not help.
+    BadRequest,
+    /// The connection failed.
+    Transport,
+    /// den is not calling this provider now (circuit open, budget spent).
+    Unavailable,
+}
+
+impl LlmErrorKind {
+    /// Whether trying again later may succeed.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::RateLimited { .. } | Self::Server | Self::Timeout | Self::BrokenStream | Self::Transport)
+    }
+}
+
+/// An error from a model call. Its text never contains the API key.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{provider}: {message}")]
+pub struct LlmError {
+    kind: LlmErrorKind,
+    provider: String,
+    message: String,
+}
+
+impl LlmError {
+    /// A new error.
+    pub fn new(kind: LlmErrorKind, provider: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { kind, provider: provider.into(), message: message.into() }
+    }
+
+    /// What kind of error.
+    #[must_use]
+    pub fn kind(&self) -> &LlmErrorKind {
+        &self.kind
+    }
+
+    /// The provider's name.
+    #[must_use]
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+}
+
+/// A language model that streams.
+#[async_trait]
+pub trait ChatModel: Send + Sync {
+    /// The provider's name, for logs and metrics.
+    fn name(&self) -> &str;
+
+    /// Starts a completion. Errors before the first token come from here;
+    /// errors after it come through the stream.
+    async fn stream(&self, request: &ChatRequest) -> Result<ChatStream, LlmError>;
+}
+
+/// Reads a whole stream into its text, usage and finish reason.
+pub async fn collect(mut stream: ChatStream) -> Result<(String, Usage, FinishReason), LlmError> {
+    use futures_util::StreamExt as _;
+    let mut text = String::new();
+    while let Some(event) = stream.next().await {
+        match event? {
+            StreamEvent::Delta(d) => text.push_str(&d),
+            StreamEvent::Done { usage, finish } => return Ok((text, usage, finish)),
+        }
+    }
+    Err(LlmError::new(LlmErrorKind::BrokenStream, "stream", "ended without a final event"))
+}
+
+/// Maps an HTTP error status to a kind.
+pub(crate) fn status_kind(status: u16, retry_after: Option<Duration>) -> LlmErrorKind {
+    match status {
+        429 => LlmErrorKind::RateLimited { retry_after },
+        401 | 403 => LlmErrorKind::Unauthorized,
+        408 => LlmErrorKind::Timeout,
+        500..=599 => LlmErrorKind::Server,
+        _ => LlmErrorKind::BadRequest,
+    }
+}
+
+/// The `Retry-After` of a response, in seconds.
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(|s| Duration::from_secs_f64(s.min(3600.0)))
+}
+
+/// A client for providers: rustls with ring, no system proxy surprises.
+pub(crate) fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, LlmError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| LlmError::new(LlmErrorKind::Transport, "http", e.to_string()))
+}
+
+/// Turns a failed response into an error with the provider's message (never the key).
+pub(crate) async fn error_from_response(provider: &str, response: reqwest::Response) -> LlmError {
+    let status = response.status().as_u16();
+    let after = retry_after(response.headers());
+    let body = response.text().await.unwrap_or_default();
+    let detail = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v["error"]["message"].as_str().or(v["error"].as_str()).or(v["message"].as_str()).map(str::to_owned)
+        })
+        .unwrap_or_else(|| body.chars().take(200).collect());
+    LlmError::new(status_kind(status, after), provider, format!("HTTP {status}: {detail}"))
+}
+
+/// How a provider is reached.
+#[derive(Clone, Debug)]
+pub struct ProviderConfig {
+    /// Name for logs and metrics (`anthropic`, `litellm`, `ollama`...).
+    pub name: String,
+    /// Base URL: `https://api.anthropic.com`, or an OpenAI-compatible `.../v1`.
+    pub base_url: String,
+    /// API key, when the provider wants one.
+    pub api_key: Option<den_core::Secret>,
+    /// Default model.
+    pub model: String,
+    /// Extra headers sent with every request (OpenRouter's `HTTP-Referer`, LiteLLM tags...).
+    pub extra_headers: Vec<(String, String)>,
+    /// Longest wait for a connection.
+    pub connect_timeout: Duration,
+}
+
+/// Text of a message as the model sees it: a named speaker's name first, so
+/// every provider, whatever it does with names, knows who said what.
+pub(crate) fn spoken(m: &ChatMessage) -> String {
+    match (&m.role, &m.name) {
+        (Role::User, Some(name)) => format!("{name}: {}", m.content),
+        _ => m.content.clone(),
+    }
+}
+
+/// Runs `pump` on its own task, forwarding its events; the stream ends when
+/// `pump` returns, and dropping the stream stops `pump` (cancelling the request).
+pub(crate) fn channel_stream<F, Fut>(pump: F) -> ChatStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<StreamEvent, LlmError>>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let closed = tx.clone();
+    let fut = pump(tx);
+    tokio::spawn(async move {
+        tokio::select! {
+            () = fut => {}
+            () = closed.closed() => {}
+        }
+    });
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
+}
