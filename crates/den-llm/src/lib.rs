@@ -8,6 +8,7 @@
 
 pub mod anthropic;
 pub mod openai;
+pub mod resilience;
 mod sse;
 
 use std::pin::Pin;
