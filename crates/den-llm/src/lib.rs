@@ -7,6 +7,7 @@
 //! OpenRouter, OpenAI).
 
 pub mod anthropic;
+pub mod ledger;
 pub mod openai;
 pub mod resilience;
 mod sse;
