@@ -44,6 +44,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Talk to the configured language models.
+    Llm {
+        #[command(subcommand)]
+        command: LlmCommand,
+    },
     /// Manage the slash commands registered with Discord.
     Commands {
         #[command(subcommand)]
@@ -116,4 +121,14 @@ pub enum StoreCommand {
 pub enum ConfigCommand {
     /// Validate the configuration and print it, secrets redacted.
     Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LlmCommand {
+    /// Send a one-line prompt and print the reply, latency and tokens.
+    Ping {
+        /// Provider to ask (default: llm.primary).
+        #[arg(long, value_name = "NAME")]
+        provider: Option<String>,
+    },
 }

@@ -37,6 +37,8 @@ pub struct Config {
     pub discord: DiscordConfig,
     /// The HTTP interactions endpoint.
     pub interactions: InteractionsConfig,
+    /// Language models.
+    pub llm: LlmConfig,
 }
 
 /// `[store]`
@@ -276,6 +278,116 @@ impl Default for InteractionsConfig {
     }
 }
 
+/// `[llm]`: which models den talks to and how hard it tries.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmConfig {
+    /// Name of the provider to use first.
+    pub primary: String,
+    /// Name of the provider to use when the primary fails.
+    pub fallback: Option<String>,
+    /// Longest wait for the first token, in seconds.
+    pub first_token_timeout_secs: u64,
+    /// Longest a whole answer may take, in seconds.
+    pub total_timeout_secs: u64,
+    /// Attempts per provider.
+    pub max_attempts: u32,
+    /// Failures in a row that open a provider's circuit.
+    pub breaker_threshold: u32,
+    /// Seconds an open circuit waits before a trial call.
+    pub breaker_cooldown_secs: u64,
+    /// Tokens per guild per UTC day (0: unlimited).
+    pub daily_tokens_per_guild: u64,
+    /// Tokens per persona per guild per UTC day (0: unlimited).
+    pub daily_tokens_per_persona: u64,
+    /// The providers, by name.
+    pub provider: Vec<ProviderSection>,
+}
+
+/// `[[llm.provider]]`: one model endpoint.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSection {
+    /// Name used by `primary`, `fallback` and `den llm ping --provider`.
+    pub name: String,
+    /// `anthropic` or `openai` (any OpenAI-compatible server: LiteLLM, Ollama, vLLM, llama.cpp, OpenRouter).
+    pub kind: String,
+    /// Base URL (`https://api.anthropic.com`, `http://127.0.0.1:4000/v1`...).
+    pub base_url: String,
+    /// Default model.
+    pub model: String,
+    /// Environment variable holding the API key.
+    #[serde(default)]
+    pub key_env: Option<String>,
+    /// File holding the API key (wins over `key_env`).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Extra headers sent with every request.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        Self {
+            primary: "anthropic".into(),
+            fallback: None,
+            first_token_timeout_secs: 20,
+            total_timeout_secs: 90,
+            max_attempts: 3,
+            breaker_threshold: 5,
+            breaker_cooldown_secs: 30,
+            daily_tokens_per_guild: 0,
+            daily_tokens_per_persona: 0,
+            provider: vec![
+                ProviderSection {
+                    name: "anthropic".into(),
+                    kind: "anthropic".into(),
+                    base_url: "https://api.anthropic.com".into(),
+                    model: "claude-sonnet-4-5".into(),
+                    key_env: Some("ANTHROPIC_API_KEY".into()),
+                    key_file: None,
+                    headers: Default::default(),
+                },
+                ProviderSection {
+                    name: "litellm".into(),
+                    kind: "openai".into(),
+                    base_url: "http://127.0.0.1:4000/v1".into(),
+                    model: "default".into(),
+                    key_env: Some("LITELLM_API_KEY".into()),
+                    key_file: None,
+                    headers: Default::default(),
+                },
+            ],
+        }
+    }
+}
+
+impl LlmConfig {
+    /// The provider named `name`.
+    pub fn provider(&self, name: &str) -> Result<&ProviderSection, String> {
+        self.provider.iter().find(|p| p.name == name).ok_or_else(|| {
+            let known: Vec<&str> = self.provider.iter().map(|p| p.name.as_str()).collect();
+            format!("no LLM provider named {name:?} (configured: {})", known.join(", "))
+        })
+    }
+}
+
+/// Reads a provider's API key; `None` when it names no source.
+pub fn provider_key(p: &ProviderSection, env: &[(String, String)]) -> Result<Option<Secret>, ConfigError> {
+    if let Some(path) = &p.key_file {
+        return std::fs::read_to_string(path)
+            .map(|k| Some(Secret::new(k)))
+            .map_err(|e| ConfigError(format!("cannot read the API key of {} from {}: {e}", p.name, path.display())));
+    }
+    let Some(var) = &p.key_env else { return Ok(None) };
+    match env.iter().find(|(k, _)| k == var).map(|(_, v)| Secret::new(v.as_str())).filter(|s| !s.is_empty()) {
+        Some(key) => Ok(Some(key)),
+        None if p.kind == "anthropic" => Err(ConfigError(format!("no API key for {}: set {var}", p.name))),
+        None => Ok(None),
+    }
+}
+
 /// A configuration that could not be loaded; the message says where and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -436,6 +548,15 @@ fn validate(c: &Config) -> Result<(), String> {
     })?;
     if !c.interactions.path.starts_with('/') {
         return Err(format!("interactions.path {:?} must start with /", c.interactions.path));
+    }
+    for p in &c.llm.provider {
+        if p.kind != "anthropic" && p.kind != "openai" {
+            return Err(format!("llm.provider {:?}: kind must be anthropic or openai, not {:?}", p.name, p.kind));
+        }
+    }
+    c.llm.provider(&c.llm.primary).map_err(|e| format!("llm.primary: {e}"))?;
+    if let Some(f) = &c.llm.fallback {
+        c.llm.provider(f).map_err(|e| format!("llm.fallback: {e}"))?;
     }
     if let Some(key) = &c.discord.public_key {
         den_discord::interactions::parse_public_key(key).map_err(|e| format!("discord.public_key: {e}"))?;

@@ -3,6 +3,7 @@
 mod admin;
 mod cli;
 mod config;
+mod llm;
 mod roles;
 
 use std::process::ExitCode;
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
             Command::Store { command } => admin::store(command, &loaded.config).await,
             Command::Config { command } => admin::config(command, &loaded, &env),
             Command::Commands { command } => admin::commands(command, &loaded.config, &env).await,
+            Command::Llm { command } => llm::command(command, &loaded.config, &env).await,
         }
     });
     match result {
