@@ -126,6 +126,8 @@ impl Breaker {
 pub trait CallObserver: Send + Sync {
     /// A provider answered its first token after `ttft`.
     fn first_token(&self, provider: &str, ttft: Duration);
+    /// A provider finished an answer after `total`, using `usage`.
+    fn finished(&self, provider: &str, total: Duration, usage: &crate::Usage);
     /// A call attempt failed with `kind`.
     fn error(&self, provider: &str, kind: &LlmErrorKind);
     /// A provider's breaker changed state.
@@ -220,14 +222,24 @@ impl Resilient {
         let total = started + self.policy.total_timeout;
         let name = p.model.name().to_owned();
         let limit = self.policy.total_timeout;
+        let observer = self.observer.clone();
+        if let (StreamEvent::Done { usage, .. }, Some(o)) = (&first, &observer) {
+            o.finished(&name, started.elapsed(), usage);
+        }
         let rest = futures_util::stream::unfold((stream, false), move |(mut stream, over)| {
             let name = name.clone();
+            let observer = observer.clone();
             async move {
                 if over {
                     return None;
                 }
                 match tokio::time::timeout_at(total, stream.next()).await {
-                    Ok(Some(item)) => Some((item, (stream, false))),
+                    Ok(Some(item)) => {
+                        if let (Ok(StreamEvent::Done { usage, .. }), Some(o)) = (&item, &observer) {
+                            o.finished(&name, started.elapsed(), usage);
+                        }
+                        Some((item, (stream, false)))
+                    }
                     Ok(None) => None,
                     Err(_) => Some((
                         Err(LlmError::new(LlmErrorKind::Timeout, name, format!("answer took longer than {limit:?}"))),

@@ -27,6 +27,45 @@ pub fn provider(p: &ProviderSection, env: &[(String, String)]) -> anyhow::Result
     })
 }
 
+/// Feeds the resilience layer's observations into den's metrics. Modules
+/// that call models attach it to their `Resilient` model.
+#[derive(Debug)]
+#[allow(dead_code)] // constructed by modules that call models; none is wired in yet
+pub struct LlmMetrics(pub den_ops::Metrics);
+
+impl den_llm::resilience::CallObserver for LlmMetrics {
+    fn first_token(&self, provider: &str, ttft: Duration) {
+        self.0.llm_first_token(provider, ttft);
+    }
+    fn finished(&self, provider: &str, total: Duration, usage: &den_llm::Usage) {
+        self.0.llm_finished(provider, total, usage.input_tokens, usage.output_tokens);
+    }
+    fn error(&self, provider: &str, kind: &den_llm::LlmErrorKind) {
+        let kind = match kind {
+            den_llm::LlmErrorKind::RateLimited { .. } => "rate_limited",
+            den_llm::LlmErrorKind::Server => "server",
+            den_llm::LlmErrorKind::Timeout => "timeout",
+            den_llm::LlmErrorKind::BrokenStream => "broken_stream",
+            den_llm::LlmErrorKind::Malformed => "malformed",
+            den_llm::LlmErrorKind::Unauthorized => "unauthorized",
+            den_llm::LlmErrorKind::BadRequest => "bad_request",
+            den_llm::LlmErrorKind::Transport => "transport",
+            den_llm::LlmErrorKind::Unavailable => "unavailable",
+            _ => "other",
+        };
+        self.0.llm_error(provider, kind);
+    }
+    fn breaker(&self, provider: &str, state: den_llm::resilience::BreakerState) {
+        use den_llm::resilience::BreakerState;
+        let n = match state {
+            BreakerState::Closed { .. } => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open { .. } => 2,
+        };
+        self.0.llm_breaker(provider, n);
+    }
+}
+
 /// `den llm ...`
 pub async fn command(command: LlmCommand, c: &Config, env: &[(String, String)]) -> anyhow::Result<()> {
     match command {
@@ -71,6 +110,47 @@ pub async fn command(command: LlmCommand, c: &Config, env: &[(String, String)]) 
                 usage.cache_read_tokens
             );
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use den_core::SystemClock;
+    use den_llm::resilience::{Policy, Resilient};
+    use den_testkit::llm::{FakeLlm, Fault, Script, Wire};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn model_calls_show_up_in_metrics() {
+        let fake = FakeLlm::start(Wire::OpenAi, None).await.unwrap();
+        fake.push(Script::fault(Fault::Status(500)));
+        fake.push(Script::reply("one two three"));
+        let section = ProviderSection {
+            name: "local".into(),
+            kind: "openai".into(),
+            base_url: fake.base_url(),
+            model: "m".into(),
+            key_env: None,
+            key_file: None,
+            headers: Default::default(),
+        };
+        let metrics = den_ops::Metrics::new();
+        let policy = Policy { backoff_base: Duration::from_millis(10), ..Policy::default() };
+        let model = Resilient::new(provider(&section, &[]).unwrap(), None, policy, Arc::new(SystemClock))
+            .with_observer(Arc::new(LlmMetrics(metrics.clone())));
+        den_llm::collect(model.stream(&ChatRequest::simple("s", "hi")).await.unwrap()).await.unwrap();
+        let text = metrics.encode();
+        for line in [
+            r#"den_llm_errors_total{provider="local",kind="server"} 1"#,
+            r#"den_llm_tokens_total{provider="local",direction="out"} 3"#,
+            r#"den_llm_time_to_first_token_seconds_count{provider="local"} 1"#,
+            r#"den_llm_request_duration_seconds_count{provider="local"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
         }
     }
 }
