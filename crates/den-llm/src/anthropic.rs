@@ -4,10 +4,9 @@ use async_trait::async_trait;
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
-use crate::openai::transport;
 use crate::{
     ChatModel, ChatRequest, ChatStream, FinishReason, LlmError, LlmErrorKind, ProviderConfig, Role, StreamEvent, Usage,
-    channel_stream, error_from_response, http_client, spoken, sse,
+    channel_stream, http_client, open_events, spoken,
 };
 
 /// The API version den speaks.
@@ -99,35 +98,19 @@ impl ChatModel for Anthropic {
         if let Some(key) = &self.config.api_key {
             req = req.header("x-api-key", key.expose());
         }
-        for (k, v) in &self.config.extra_headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        let response = req.send().await.map_err(|e| transport(&name, &e))?;
-        if !response.status().is_success() {
-            return Err(error_from_response(&name, response).await);
-        }
-        let events = sse::events(response.bytes_stream());
+        let events = open_events(&name, req, &self.config.extra_headers).await?;
         Ok(channel_stream(move |tx| async move {
             let mut events = std::pin::pin!(events);
             let mut usage = Usage::default();
             let mut reason: Option<FinishReason> = None;
             let fail = |kind, message: String| Err(LlmError::new(kind, name.clone(), message));
-            while let Some(event) = events.next().await {
-                let event = match event {
-                    Ok(e) => e,
+            while let Some(v) = events.next().await {
+                let v = match v {
+                    Ok(v) => v,
                     Err(e) => {
-                        let _ = tx.send(fail(LlmErrorKind::BrokenStream, e)).await;
+                        let _ = tx.send(Err(e)).await;
                         return;
                     }
-                };
-                let Ok(v) = serde_json::from_str::<Value>(&event.data) else {
-                    let _ = tx
-                        .send(fail(
-                            LlmErrorKind::Malformed,
-                            format!("unreadable event: {}", event.data.chars().take(80).collect::<String>()),
-                        ))
-                        .await;
-                    return;
                 };
                 match v["type"].as_str().unwrap_or_default() {
                     "message_start" => {

@@ -283,6 +283,39 @@ pub(crate) fn spoken(m: &ChatMessage) -> String {
     }
 }
 
+/// Sends a streaming request and yields its server-sent events as JSON:
+/// a broken transport is a `BrokenStream` error, data that is not JSON a
+/// `Malformed` one, and OpenAI's `[DONE]` ends the stream.
+pub(crate) async fn open_events(
+    provider: &str,
+    request: reqwest::RequestBuilder,
+    extra_headers: &[(String, String)],
+) -> Result<impl futures_util::Stream<Item = Result<serde_json::Value, LlmError>> + Send + 'static, LlmError> {
+    use futures_util::StreamExt as _;
+    let mut request = request;
+    for (k, v) in extra_headers {
+        request = request.header(k.as_str(), v.as_str());
+    }
+    let response = request.send().await.map_err(|e| {
+        let kind = if e.is_timeout() { LlmErrorKind::Timeout } else { LlmErrorKind::Transport };
+        // reqwest's message names the URL, never headers: the key stays out.
+        LlmError::new(kind, provider, format!("cannot reach the provider: {e}"))
+    })?;
+    if !response.status().is_success() {
+        return Err(error_from_response(provider, response).await);
+    }
+    let name = provider.to_owned();
+    Ok(sse::events(response.bytes_stream())
+        .take_while(|e| std::future::ready(!matches!(e, Ok(ev) if ev.data == "[DONE]")))
+        .map(move |event| match event {
+            Err(e) => Err(LlmError::new(LlmErrorKind::BrokenStream, name.clone(), e)),
+            Ok(ev) => serde_json::from_str(&ev.data).map_err(|_| {
+                let head: String = ev.data.chars().take(80).collect();
+                LlmError::new(LlmErrorKind::Malformed, name.clone(), format!("unreadable event: {head}"))
+            }),
+        }))
+}
+
 /// Runs `pump` on its own task, forwarding its events; the stream ends when
 /// `pump` returns, and dropping the stream stops `pump` (cancelling the request).
 pub(crate) fn channel_stream<F, Fut>(pump: F) -> ChatStream

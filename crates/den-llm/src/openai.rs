@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::{
     ChatModel, ChatRequest, ChatStream, FinishReason, LlmError, LlmErrorKind, ProviderConfig, Role, StreamEvent, Usage,
-    channel_stream, error_from_response, http_client, spoken, sse,
+    channel_stream, http_client, open_events, spoken,
 };
 
 /// An OpenAI-compatible provider.
@@ -72,38 +72,19 @@ impl ChatModel for OpenAiCompatible {
         if let Some(key) = &self.config.api_key {
             req = req.bearer_auth(key.expose());
         }
-        for (k, v) in &self.config.extra_headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        let response = req.send().await.map_err(|e| transport(&name, &e))?;
-        if !response.status().is_success() {
-            return Err(error_from_response(&name, response).await);
-        }
-        let events = sse::events(response.bytes_stream());
+        let events = open_events(&name, req, &self.config.extra_headers).await?;
         Ok(channel_stream(move |tx| async move {
             let mut events = std::pin::pin!(events);
             let mut usage = Usage::default();
             let mut reason: Option<FinishReason> = None;
             let fail = |kind, message: String| Err(LlmError::new(kind, name.clone(), message));
-            while let Some(event) = events.next().await {
-                let event = match event {
-                    Ok(e) => e,
+            while let Some(v) = events.next().await {
+                let v = match v {
+                    Ok(v) => v,
                     Err(e) => {
-                        let _ = tx.send(fail(LlmErrorKind::BrokenStream, e)).await;
+                        let _ = tx.send(Err(e)).await;
                         return;
                     }
-                };
-                if event.data == "[DONE]" {
-                    break;
-                }
-                let Ok(v) = serde_json::from_str::<Value>(&event.data) else {
-                    let _ = tx
-                        .send(fail(
-                            LlmErrorKind::Malformed,
-                            format!("unreadable event: {}", event.data.chars().take(80).collect::<String>()),
-                        ))
-                        .await;
-                    return;
                 };
                 if let Some(err) = v.get("error") {
                     let message = err["message"].as_str().unwrap_or("error in stream").to_owned();
@@ -134,10 +115,4 @@ impl ChatModel for OpenAiCompatible {
             let _ = tx.send(end).await;
         }))
     }
-}
-
-pub(crate) fn transport(provider: &str, e: &reqwest::Error) -> LlmError {
-    let kind = if e.is_timeout() { LlmErrorKind::Timeout } else { LlmErrorKind::Transport };
-    // reqwest's message names the URL, never headers: the key stays out.
-    LlmError::new(kind, provider, format!("cannot reach the provider: {e}"))
 }
