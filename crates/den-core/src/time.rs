@@ -37,6 +37,22 @@ impl Timestamp {
     pub fn as_secs(self) -> i64 {
         self.0.div_euclid(1000)
     }
+
+    /// The UTC calendar date: (year, month 1-12, day 1-31).
+    #[must_use]
+    pub fn utc_date(self) -> (i64, u32, u32) {
+        // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+        let z = self.as_secs().div_euclid(86_400) + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        (year, u32::try_from(month).unwrap_or(1), u32::try_from(day).unwrap_or(1))
+    }
 }
 
 impl fmt::Display for Timestamp {
@@ -108,6 +124,14 @@ mod tests {
         assert_eq!(clock.now(), Timestamp(1_000));
         other.advance(Duration::from_millis(250));
         assert_eq!(clock.now(), Timestamp(1_250));
+    }
+
+    #[test]
+    fn utc_dates_follow_the_calendar_including_leap_days() {
+        assert_eq!(Timestamp(0).utc_date(), (1970, 1, 1));
+        assert_eq!(Timestamp(951_782_400_000).utc_date(), (2000, 2, 29));
+        assert_eq!(Timestamp(1_795_305_600_000).utc_date(), (2026, 11, 22));
+        assert_eq!(Timestamp(-1).utc_date(), (1969, 12, 31));
     }
 
     #[test]

@@ -72,12 +72,7 @@ impl Hub {
                 // Without MESSAGE_CONTENT, text arrives empty (mentions of the bot aside).
                 data["content"] = "".into();
             }
-            s.seq += 1;
-            let frame = json!({"op": 0, "t": event, "s": s.seq, "d": data}).to_string();
-            s.log.push((s.seq, frame.clone()));
-            if let Some(tx) = &s.tx {
-                let _ = tx.send(Ctl::Send(frame));
-            }
+            s.push(event, &data);
         }
     }
 
@@ -258,12 +253,19 @@ fn resume(shared: &Shared, d: &Value, tx: &mpsc::UnboundedSender<Ctl>) -> Result
 impl Hub {
     fn dispatch_to(&mut self, session: &str, event: &str, data: &Value) {
         if let Some(s) = self.sessions.iter_mut().find(|s| s.id == session) {
-            s.seq += 1;
-            let frame = json!({"op": 0, "t": event, "s": s.seq, "d": data}).to_string();
-            s.log.push((s.seq, frame.clone()));
-            if let Some(tx) = &s.tx {
-                let _ = tx.send(Ctl::Send(frame));
-            }
+            s.push(event, data);
+        }
+    }
+}
+
+impl GwSession {
+    /// Numbers a dispatch, keeps it for replay, and sends it if connected.
+    fn push(&mut self, event: &str, data: &Value) {
+        self.seq += 1;
+        let frame = json!({"op": 0, "t": event, "s": self.seq, "d": data}).to_string();
+        self.log.push((self.seq, frame.clone()));
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Ctl::Send(frame));
         }
     }
 }
