@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::{
     ChatModel, ChatRequest, ChatStream, FinishReason, LlmError, LlmErrorKind, ProviderConfig, Role, StreamEvent, Usage,
-    channel_stream, http_client, open_events, spoken,
+    alternating_turns, channel_stream, http_client, open_events,
 };
 
 /// The API version den speaks.
@@ -26,24 +26,9 @@ impl Anthropic {
         Ok(Self { config, http })
     }
 
-    /// The request body. Messages must alternate and start with the user:
-    /// consecutive messages of one role are joined, and a conversation that
-    /// starts with the model gets a short user turn first.
+    /// The request body; messages alternate and start with the user.
     fn body(&self, r: &ChatRequest) -> Value {
-        let mut turns: Vec<(Role, String)> = Vec::new();
-        for m in &r.messages {
-            let text = spoken(m);
-            match turns.last_mut() {
-                Some((role, acc)) if *role == m.role => {
-                    acc.push('\n');
-                    acc.push_str(&text);
-                }
-                _ => turns.push((m.role, text)),
-            }
-        }
-        if turns.first().is_none_or(|(role, _)| *role == Role::Assistant) {
-            turns.insert(0, (Role::User, "(the conversation continues)".to_owned()));
-        }
+        let turns = alternating_turns(&r.messages);
         let messages: Vec<Value> = turns
             .into_iter()
             .map(|(role, text)| json!({"role": if role == Role::User { "user" } else { "assistant" }, "content": text}))

@@ -4,9 +4,12 @@
 //! ends with token usage and a finish reason. Dropping the stream cancels the
 //! request. Providers: [`anthropic::Anthropic`] (Messages API) and
 //! [`openai::OpenAiCompatible`] (LiteLLM, Ollama, vLLM, llama.cpp server,
-//! OpenRouter, OpenAI).
+//! OpenRouter, OpenAI), and with the `aws` feature `bedrock::Bedrock`
+//! (AWS Bedrock's ConverseStream).
 
 pub mod anthropic;
+#[cfg(feature = "aws")]
+pub mod bedrock;
 pub mod ledger;
 pub mod openai;
 pub mod resilience;
@@ -281,6 +284,28 @@ pub(crate) fn spoken(m: &ChatMessage) -> String {
         (Role::User, Some(name)) => format!("{name}: {}", m.content),
         _ => m.content.clone(),
     }
+}
+
+/// The conversation as alternating turns that start with the user, which
+/// Anthropic and Bedrock require: consecutive messages of one role are
+/// joined, and a conversation that starts with the model gets a short user
+/// turn first.
+pub(crate) fn alternating_turns(messages: &[ChatMessage]) -> Vec<(Role, String)> {
+    let mut turns: Vec<(Role, String)> = Vec::new();
+    for m in messages {
+        let text = spoken(m);
+        match turns.last_mut() {
+            Some((role, acc)) if *role == m.role => {
+                acc.push('\n');
+                acc.push_str(&text);
+            }
+            _ => turns.push((m.role, text)),
+        }
+    }
+    if turns.first().is_none_or(|(role, _)| *role == Role::Assistant) {
+        turns.insert(0, (Role::User, "(the conversation continues)".to_owned()));
+    }
+    turns
 }
 
 /// Sends a streaming request and yields its server-sent events as JSON:

@@ -26,6 +26,7 @@ fn model(wire: Wire, fake: &FakeLlm, key: &str) -> Box<dyn ChatModel> {
     match wire {
         Wire::Anthropic => Box::new(Anthropic::new(config(fake, key)).unwrap()),
         Wire::OpenAi => Box::new(OpenAiCompatible::new(config(fake, key)).unwrap()),
+        Wire::Bedrock => unreachable!("Bedrock has its own tests (tests/bedrock.rs)"),
     }
 }
 
@@ -94,6 +95,7 @@ async fn prompts_name_speakers_and_anthropic_caches_the_system_prompt() {
                 assert_eq!(messages[1]["content"], "ada: hi gran");
                 assert_eq!(body["stream_options"]["include_usage"], true);
             }
+            Wire::Bedrock => unreachable!(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Fake LLM servers on 127.0.0.1 speaking Anthropic's Messages API or the
-//! OpenAI-compatible chat-completions API, streaming over server-sent events.
+//! OpenAI-compatible chat-completions API (server-sent events), or AWS
+//! Bedrock's ConverseStream (the AWS event-stream binary framing).
 //!
 //! Tests script replies (text, time to first token, tokens per second) and
 //! faults (429 with Retry-After, 500, a hang, a stream cut mid-way, malformed
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
@@ -25,6 +26,9 @@ pub enum Wire {
     Anthropic,
     /// `POST /v1/chat/completions`.
     OpenAi,
+    /// `POST /model/{model}/converse-stream`; the "API key" is the AWS access
+    /// key id the request must be signed with (the signature is not checked).
+    Bedrock,
 }
 
 /// A failure to inject.
@@ -86,6 +90,8 @@ impl Script {
 /// A request the fake received.
 #[derive(Clone, Debug)]
 pub struct RecordedRequest {
+    /// The request path (Bedrock names the model there).
+    pub path: String,
     /// The JSON body.
     pub body: Value,
     /// Whether it carried the expected API key.
@@ -138,6 +144,7 @@ impl FakeLlm {
         let path = match wire {
             Wire::Anthropic => "/v1/messages",
             Wire::OpenAi => "/v1/chat/completions",
+            Wire::Bedrock => "/model/{model}/converse-stream",
         };
         let app = axum::Router::new().route(path, post(handle)).with_state(state.clone());
         let task = tokio::spawn(async move {
@@ -150,7 +157,7 @@ impl FakeLlm {
     #[must_use]
     pub fn base_url(&self) -> String {
         match self.state.wire {
-            Wire::Anthropic => format!("http://{}", self.addr),
+            Wire::Anthropic | Wire::Bedrock => format!("http://{}", self.addr),
             Wire::OpenAi => format!("http://{}/v1", self.addr),
         }
     }
@@ -190,17 +197,21 @@ fn words(v: &Value) -> u64 {
     }
 }
 
-async fn handle(State(state): State<Arc<LlmState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(State(state): State<Arc<LlmState>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let presented = match state.wire {
         Wire::Anthropic => header("x-api-key"),
         Wire::OpenAi => header("authorization").and_then(|a| a.strip_prefix("Bearer ").map(str::to_owned)),
+        Wire::Bedrock => header("authorization").and_then(|a| {
+            let scope = a.strip_prefix("AWS4-HMAC-SHA256 Credential=")?;
+            scope.split('/').next().map(str::to_owned)
+        }),
     };
     let authorized = state.api_key.as_ref().is_none_or(|k| presented.as_deref() == Some(k.as_str()));
     let Ok(json) = serde_json::from_slice::<Value>(&body) else {
         return error(state.wire, 400, "invalid_request_error", "body is not JSON");
     };
-    lock(&state.requests).push(RecordedRequest { body: json.clone(), authorized });
+    lock(&state.requests).push(RecordedRequest { path: uri.path().to_owned(), body: json.clone(), authorized });
     if !authorized {
         return error(state.wire, 401, "authentication_error", "invalid x-api-key");
     }
@@ -222,15 +233,61 @@ async fn handle(State(state): State<Arc<LlmState>>, headers: HeaderMap, body: By
     let stream = futures_util::stream::unfold(Plan::new(script, input_tokens), move |mut plan| async move {
         plan.next(wire).await.map(|chunk| (Ok::<Bytes, Infallible>(Bytes::from(chunk)), plan))
     });
-    ([("content-type", "text/event-stream"), ("cache-control", "no-cache")], Body::from_stream(stream)).into_response()
+    let content_type = match wire {
+        Wire::Bedrock => "application/vnd.amazon.eventstream",
+        _ => "text/event-stream",
+    };
+    ([("content-type", content_type), ("cache-control", "no-cache")], Body::from_stream(stream)).into_response()
 }
 
 fn error(wire: Wire, status: u16, kind: &str, message: &str) -> Response {
     let body = match wire {
         Wire::Anthropic => json!({"type": "error", "error": {"type": kind, "message": message}}),
         Wire::OpenAi => json!({"error": {"message": message, "type": kind, "code": status}}),
+        Wire::Bedrock => json!({"message": message}),
     };
-    (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), axum::Json(body)).into_response()
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, axum::Json(body)).into_response();
+    if wire == Wire::Bedrock {
+        let exception = match status.as_u16() {
+            429 => "ThrottlingException",
+            401 | 403 => "UnrecognizedClientException",
+            503 => "ServiceUnavailableException",
+            500..=599 => "InternalServerException",
+            _ => "ValidationException",
+        };
+        response.headers_mut().insert("x-amzn-errortype", axum::http::HeaderValue::from_static(exception));
+    }
+    response
+}
+
+/// One message of the AWS event-stream framing: a prelude (total length,
+/// headers length, CRC-32 of both), string headers, the payload, and a CRC-32
+/// of everything before it.
+fn event_frame(event_type: &str, payload: &[u8]) -> Vec<u8> {
+    let mut headers = Vec::new();
+    for (name, value) in
+        [(":event-type", event_type), (":content-type", "application/json"), (":message-type", "event")]
+    {
+        headers.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
+        headers.extend_from_slice(name.as_bytes());
+        headers.push(7); // string
+        headers.extend_from_slice(&u16::try_from(value.len()).unwrap_or(u16::MAX).to_be_bytes());
+        headers.extend_from_slice(value.as_bytes());
+    }
+    let total = 12 + headers.len() + payload.len() + 4;
+    let mut frame = Vec::with_capacity(total);
+    frame.extend_from_slice(&u32::try_from(total).unwrap_or(u32::MAX).to_be_bytes());
+    frame.extend_from_slice(&u32::try_from(headers.len()).unwrap_or(u32::MAX).to_be_bytes());
+    frame.extend_from_slice(&crc32fast::hash(&frame).to_be_bytes());
+    frame.extend_from_slice(&headers);
+    frame.extend_from_slice(payload);
+    frame.extend_from_slice(&crc32fast::hash(&frame).to_be_bytes());
+    frame
+}
+
+fn bedrock_event(event_type: &str, payload: &Value) -> Vec<u8> {
+    event_frame(event_type, payload.to_string().as_bytes())
 }
 
 /// Where a scripted stream is.
@@ -255,7 +312,7 @@ impl Plan {
         }
     }
 
-    async fn next(&mut self, wire: Wire) -> Option<String> {
+    async fn next(&mut self, wire: Wire) -> Option<Vec<u8>> {
         // Stage 0: the opening event (after the time to first token).
         if self.stage == 0 {
             self.stage = 1;
@@ -265,17 +322,24 @@ impl Plan {
             }
             tokio::time::sleep(self.script.time_to_first_token).await;
             if self.script.fault == Some(Fault::Malformed) {
-                return Some("data: {this is not json\n\n".into());
+                return Some(match wire {
+                    Wire::Bedrock => event_frame("messageStart", b"{this is not json"),
+                    _ => b"data: {this is not json\n\n".to_vec(),
+                });
+            }
+            if wire == Wire::Bedrock {
+                return Some(bedrock_event("messageStart", &json!({"role": "assistant"})));
             }
             if wire == Wire::Anthropic {
                 let start = json!({"type": "message_start", "message": {"id": "msg_fake", "type": "message", "role": "assistant",
                     "content": [], "model": "fake", "usage": {"input_tokens": self.input_tokens, "output_tokens": 1, "cache_read_input_tokens": 0}}});
                 return Some(
-                    Self::sse(Some("message_start"), &start)
+                    (Self::sse(Some("message_start"), &start)
                         + &Self::sse(
                             Some("content_block_start"),
                             &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-                        ),
+                        ))
+                    .into_bytes(),
                 );
             }
         }
@@ -298,11 +362,16 @@ impl Plan {
                     Wire::Anthropic => Self::sse(
                         Some("content_block_delta"),
                         &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}),
-                    ),
+                    )
+                    .into_bytes(),
                     Wire::OpenAi => Self::sse(
                         None,
                         &json!({"choices": [{"index": 0, "delta": {"content": t}, "finish_reason": null}]}),
-                    ),
+                    )
+                    .into_bytes(),
+                    Wire::Bedrock => {
+                        bedrock_event("contentBlockDelta", &json!({"contentBlockIndex": 0, "delta": {"text": t}}))
+                    }
                 });
             }
             self.stage = 2;
@@ -316,6 +385,7 @@ impl Plan {
                         )
                         + &Self::sse(Some("message_stop"), &json!({"type": "message_stop"}))
                 }
+                .into_bytes(),
                 Wire::OpenAi => {
                     Self::sse(None, &json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
                         + &Self::sse(
@@ -323,6 +393,17 @@ impl Plan {
                             &json!({"choices": [], "usage": {"prompt_tokens": self.input_tokens, "completion_tokens": out, "total_tokens": self.input_tokens + out}}),
                         )
                         + "data: [DONE]\n\n"
+                }
+                .into_bytes(),
+                Wire::Bedrock => {
+                    let mut frames = bedrock_event("contentBlockStop", &json!({"contentBlockIndex": 0}));
+                    frames.extend(bedrock_event("messageStop", &json!({"stopReason": "end_turn"})));
+                    frames.extend(bedrock_event(
+                        "metadata",
+                        &json!({"usage": {"inputTokens": self.input_tokens, "outputTokens": out,
+                            "totalTokens": self.input_tokens + out}, "metrics": {"latencyMs": 1}}),
+                    ));
+                    frames
                 }
             });
         }

@@ -310,10 +310,16 @@ pub struct LlmConfig {
 pub struct ProviderSection {
     /// Name used by `primary`, `fallback` and `den llm ping --provider`.
     pub name: String,
-    /// `anthropic` or `openai` (any OpenAI-compatible server: LiteLLM, Ollama, vLLM, llama.cpp, OpenRouter).
+    /// `anthropic`, `openai` (any OpenAI-compatible server: LiteLLM, Ollama,
+    /// vLLM, llama.cpp, OpenRouter) or `bedrock` (AWS, with the `aws` feature).
     pub kind: String,
-    /// Base URL (`https://api.anthropic.com`, `http://127.0.0.1:4000/v1`...).
+    /// Base URL (`https://api.anthropic.com`, `http://127.0.0.1:4000/v1`...);
+    /// for `bedrock`, an optional endpoint override (a VPC endpoint).
+    #[serde(default)]
     pub base_url: String,
+    /// AWS region, for `bedrock` (required there; never assumed).
+    #[serde(default)]
+    pub region: Option<String>,
     /// Default model.
     pub model: String,
     /// Environment variable holding the API key.
@@ -347,6 +353,7 @@ impl Default for LlmConfig {
                     model: "claude-sonnet-4-5".into(),
                     key_env: Some("ANTHROPIC_API_KEY".into()),
                     key_file: None,
+                    region: None,
                     headers: Default::default(),
                 },
                 ProviderSection {
@@ -356,6 +363,7 @@ impl Default for LlmConfig {
                     model: "default".into(),
                     key_env: Some("LITELLM_API_KEY".into()),
                     key_file: None,
+                    region: None,
                     headers: Default::default(),
                 },
             ],
@@ -550,8 +558,26 @@ fn validate(c: &Config) -> Result<(), String> {
         return Err(format!("interactions.path {:?} must start with /", c.interactions.path));
     }
     for p in &c.llm.provider {
-        if p.kind != "anthropic" && p.kind != "openai" {
-            return Err(format!("llm.provider {:?}: kind must be anthropic or openai, not {:?}", p.name, p.kind));
+        let name = &p.name;
+        match p.kind.as_str() {
+            "anthropic" | "openai" if p.base_url.trim().is_empty() => {
+                return Err(format!("llm.provider {name:?}: base_url is required for {}", p.kind));
+            }
+            "anthropic" | "openai" => {}
+            "bedrock" => {
+                if p.region.as_deref().is_none_or(|r| r.trim().is_empty()) {
+                    return Err(format!("llm.provider {name:?}: bedrock needs region (such as \"us-east-1\")"));
+                }
+                if p.key_env.is_some() || p.key_file.is_some() {
+                    return Err(format!(
+                        "llm.provider {name:?}: bedrock takes credentials from the AWS chain \
+                         (AWS_PROFILE, AWS_ACCESS_KEY_ID, a task or instance role); remove key_env and key_file"
+                    ));
+                }
+            }
+            other => {
+                return Err(format!("llm.provider {name:?}: kind must be anthropic, openai or bedrock, not {other:?}"));
+            }
         }
     }
     c.llm.provider(&c.llm.primary).map_err(|e| format!("llm.primary: {e}"))?;

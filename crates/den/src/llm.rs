@@ -12,7 +12,7 @@ use crate::cli::LlmCommand;
 use crate::config::{self, Config, ProviderSection};
 
 /// The provider a section describes.
-pub fn provider(p: &ProviderSection, env: &[(String, String)]) -> anyhow::Result<Arc<dyn ChatModel>> {
+pub async fn provider(p: &ProviderSection, env: &[(String, String)]) -> anyhow::Result<Arc<dyn ChatModel>> {
     let config = ProviderConfig {
         name: p.name.clone(),
         base_url: p.base_url.clone(),
@@ -23,8 +23,26 @@ pub fn provider(p: &ProviderSection, env: &[(String, String)]) -> anyhow::Result
     };
     Ok(match p.kind.as_str() {
         "anthropic" => Arc::new(Anthropic::new(config)?),
+        "bedrock" => bedrock(config, p).await?,
         _ => Arc::new(OpenAiCompatible::new(config)?),
     })
+}
+
+#[cfg(feature = "aws")]
+async fn bedrock(config: ProviderConfig, p: &ProviderSection) -> anyhow::Result<Arc<dyn ChatModel>> {
+    let options =
+        den_llm::bedrock::BedrockOptions { region: p.region.clone().unwrap_or_default(), static_credentials: None };
+    Ok(Arc::new(den_llm::bedrock::Bedrock::new(config, options).await?))
+}
+
+#[cfg(not(feature = "aws"))]
+#[allow(clippy::unused_async)] // the same signature as the `aws` build's
+async fn bedrock(_: ProviderConfig, p: &ProviderSection) -> anyhow::Result<Arc<dyn ChatModel>> {
+    anyhow::bail!(
+        "llm.provider {:?} is bedrock, but this den was built without AWS support: \
+         build with `cargo build --release -p den --features aws`",
+        p.name
+    )
 }
 
 /// Feeds the resilience layer's observations into den's metrics. Modules
@@ -72,7 +90,7 @@ pub async fn command(command: LlmCommand, c: &Config, env: &[(String, String)]) 
         LlmCommand::Ping { provider: name } => {
             let name = name.unwrap_or_else(|| c.llm.primary.clone());
             let section = c.llm.provider(&name).map_err(anyhow::Error::msg)?;
-            let model = provider(section, env)?;
+            let model = provider(section, env).await?;
             let request = ChatRequest::simple(
                 "You are a health check. Answer in one short sentence.",
                 "Say that you are working, in one short sentence.",
@@ -136,11 +154,12 @@ mod tests {
             model: "m".into(),
             key_env: None,
             key_file: None,
+            region: None,
             headers: Default::default(),
         };
         let metrics = den_ops::Metrics::new();
         let policy = Policy { backoff_base: Duration::from_millis(10), ..Policy::default() };
-        let model = Resilient::new(provider(&section, &[]).unwrap(), None, policy, Arc::new(SystemClock))
+        let model = Resilient::new(provider(&section, &[]).await.unwrap(), None, policy, Arc::new(SystemClock))
             .with_observer(Arc::new(LlmMetrics(metrics.clone())));
         den_llm::collect(model.stream(&ChatRequest::simple("s", "hi")).await.unwrap()).await.unwrap();
         let text = metrics.encode();

@@ -64,3 +64,41 @@ fn an_unreachable_endpoint_and_a_missing_key_get_one_clear_line() {
     let out = scratch.output(&["llm", "ping", "--provider", "nope"], &[]);
     assert!(stderr(&out).contains("no LLM provider named \"nope\""), "{}", stderr(&out));
 }
+
+/// Bedrock takes its credentials from the standard AWS chain (here the
+/// environment) and its region from den.toml.
+#[cfg(feature = "aws")]
+#[test]
+fn ping_reaches_bedrock_with_credentials_from_the_aws_chain() {
+    let (_rt, fake) = fake(Wire::Bedrock);
+    fake.push(Script::reply("Bedrock says hello."));
+    let scratch = Scratch::new();
+    let config = format!(
+        "[llm]\nprimary = \"claude\"\n\n[[llm.provider]]\nname = \"claude\"\nkind = \"bedrock\"\nregion = \"eu-central-1\"\n\
+         base_url = \"{}\"\nmodel = \"anthropic.claude-haiku\"\n",
+        fake.base_url()
+    );
+    std::fs::write(scratch.path().join("den.toml"), config).unwrap();
+    let secret = "bedrock/secret+Key/EXAMPLE";
+    let env = [("AWS_ACCESS_KEY_ID", KEY), ("AWS_SECRET_ACCESS_KEY", secret), ("AWS_EC2_METADATA_DISABLED", "true")];
+    let out = scratch.output(&["llm", "ping"], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("claude (anthropic.claude-haiku): Bedrock says hello."), "{}", stdout(&out));
+    assert!(fake.requests()[0].authorized, "signed with the key id from the environment");
+
+    let out = scratch.output(&["llm", "ping"], &[("AWS_ACCESS_KEY_ID", "AKIDOTHER"), env[1], env[2]]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.lines().count() == 1, "{err}");
+    assert!(!err.contains(secret), "{err}");
+}
+
+#[test]
+fn a_bedrock_provider_without_a_region_is_a_config_error() {
+    let scratch = Scratch::new();
+    let config =
+        "[llm]\nprimary = \"claude\"\n\n[[llm.provider]]\nname = \"claude\"\nkind = \"bedrock\"\nmodel = \"m\"\n";
+    std::fs::write(scratch.path().join("den.toml"), config).unwrap();
+    let out = scratch.output(&["config", "check"], &[("DISCORD_TOKEN", "x")]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("bedrock needs region"), "{}", stderr(&out));
+}
