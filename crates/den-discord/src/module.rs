@@ -120,7 +120,7 @@ impl CommandSpec {
             "contexts": [0],
         });
         if let Some(p) = self.default_member_permissions {
-            v["default_member_permissions"] = p.to_string().into();
+            v["default_member_permissions"] = p.into();
         }
         v
     }
@@ -247,29 +247,29 @@ pub async fn sync_commands(
     commands: &[CommandSpec],
     guild: Option<u64>,
 ) -> Result<usize, crate::DiscordError> {
-    use twilight_model::application::command::Command;
-    let parsed: Vec<Command> = commands
-        .iter()
-        .map(|c| {
-            let mut v = c.to_json();
-            // twilight's model wants a version; Discord assigns the real one.
-            v["version"] = "1".into();
-            serde_json::from_value(v)
-                .map_err(|e| crate::egress::local("sync commands", format!("command {}: {e}", c.name)))
-        })
-        .collect::<Result<_, _>>()?;
-    let app = twilight_model::id::Id::new_checked(egress.app_id())
-        .ok_or_else(|| crate::egress::local("sync commands", "no application id"))?;
-    let client = egress.client().interaction(app);
-    let response = match guild {
-        Some(g) => {
-            let g = twilight_model::id::Id::new_checked(g)
-                .ok_or_else(|| crate::egress::local("sync commands", "guild id 0"))?;
-            client.set_guild_commands(g, &parsed).await
-        }
-        None => client.set_global_commands(&parsed).await,
+    use twilight_http::routing::Route;
+    // Sent as den builds it: twilight's model would turn
+    // `default_member_permissions` into a string, where Discord's API
+    // description asks for an integer.
+    let body: Vec<Value> = commands.iter().map(CommandSpec::to_json).collect();
+    let application_id = egress.app_id();
+    if application_id == 0 {
+        return Err(crate::egress::local("sync commands", "no application id"));
     }
-    .map_err(|e| crate::egress::from_twilight("sync commands", e))?;
+    let route = match guild {
+        Some(0) => return Err(crate::egress::local("sync commands", "guild id 0")),
+        Some(guild_id) => Route::SetGuildCommands { application_id, guild_id },
+        None => Route::SetGlobalCommands { application_id },
+    };
+    let request = twilight_http::request::Request::builder(&route)
+        .json(&body)
+        .build()
+        .map_err(|e| crate::egress::from_twilight("sync commands", e))?;
+    let response = egress
+        .client()
+        .request::<Vec<Value>>(request)
+        .await
+        .map_err(|e| crate::egress::from_twilight("sync commands", e))?;
     let bytes = response.bytes().await.map_err(|e| crate::egress::local("sync commands", e.to_string()))?;
     let registered: Vec<Value> =
         serde_json::from_slice(&bytes).map_err(|e| crate::egress::local("sync commands", e.to_string()))?;

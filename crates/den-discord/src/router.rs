@@ -201,6 +201,20 @@ impl Router {
     }
 }
 
+/// Where a deferred answer goes when the interaction token no longer works.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// Post it in the channel, naming the person (for answers anyone may see).
+    Channel,
+    /// Drop it (for private answers: memories, settings).
+    Drop,
+}
+
+/// How long after its creation an interaction's first response may still be
+/// on its way (Discord wants it within 3 s): until then, an original message
+/// that does not exist yet is waited for rather than given up on.
+const ACK_GRACE: Duration = Duration::from_secs(5);
+
 /// Finishes a deferred interaction from a worker: edits the original
 /// response while the token is valid, else posts in the channel (the token
 /// lasts 15 minutes; a retried job may run later than that).
@@ -210,23 +224,50 @@ pub async fn finish_interaction(
     iref: &InteractionRef,
     text: &str,
 ) -> Result<(), crate::DiscordError> {
-    let age = clock.now().since(iref.created_at);
-    if age + TOKEN_MARGIN < TOKEN_LIFETIME {
+    finish_interaction_or(egress, clock, iref, text, Fallback::Channel).await
+}
+
+/// Like [`finish_interaction`], with a choice of what happens when the token
+/// no longer works. A worker can be faster than the acknowledgement that
+/// ingress sends after enqueueing the job: an original response that is not
+/// there yet is waited for while the interaction is young.
+pub async fn finish_interaction_or(
+    egress: &Egress,
+    clock: &dyn Clock,
+    iref: &InteractionRef,
+    text: &str,
+    fallback: Fallback,
+) -> Result<(), crate::DiscordError> {
+    // Bounded in real time too, whatever the clock says.
+    for attempt in 0.. {
+        let age = clock.now().since(iref.created_at);
+        if age + TOKEN_MARGIN >= TOKEN_LIFETIME {
+            break;
+        }
         match egress.edit_original(&iref.token, text).await {
             Ok(()) => return Ok(()),
+            Err(e) if e.kind() == crate::DiscordErrorKind::NotFound && age < ACK_GRACE && attempt < 100 => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             Err(e)
                 if e.kind() == crate::DiscordErrorKind::Unauthorized
                     || e.kind() == crate::DiscordErrorKind::NotFound =>
             {
-                tracing::info!(error = %e, "interaction token no longer works; posting in the channel instead");
+                tracing::info!(error = %e, "interaction token no longer works");
+                break;
             }
             Err(e) => return Err(e),
         }
+    }
+    if fallback == Fallback::Drop {
+        tracing::warn!(interaction = iref.id, "private answer dropped: the interaction token no longer works");
+        return Ok(());
     }
     let Some(channel) = iref.channel_id else {
         tracing::warn!(interaction = iref.id, "token expired and no channel to post in; the answer is dropped");
         return Ok(());
     };
+    tracing::info!(interaction = iref.id, "posting the answer in the channel instead");
     let text = match iref.user_id {
         // Name the person without pinging them (allowed_mentions stays empty).
         Some(user) => format!("<@{user}> {text}"),

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use den_core::{Clock, ManualClock, Secret, SystemClock};
 use den_discord::gateway::StoreIdentifyQueue;
-use den_discord::router::finish_interaction;
+use den_discord::router::{Fallback, finish_interaction, finish_interaction_or};
 use den_discord::{Ack, Egress, EgressConfig, InteractionRef};
 use den_storage::sqlite::{SqliteOptions, SqliteStore};
 use den_storage::{Store, TableSpec};
@@ -95,4 +95,81 @@ async fn a_job_finishing_after_the_token_expired_posts_in_the_channel() {
     assert!(late[0].pinged_users.is_empty(), "names the person without pinging");
     let ops: Vec<String> = fake.requests()[before..].iter().map(|r| r.operation.clone()).collect();
     assert_eq!(ops, ["create_message"], "no doomed call with the expired token");
+}
+
+/// Ingress enqueues a job before it acknowledges the interaction, so a fast
+/// worker can finish before the acknowledgement lands: the answer waits for
+/// the original response instead of taking the expired-token path.
+#[tokio::test]
+async fn a_worker_faster_than_the_acknowledgement_still_edits_the_original() {
+    let fake = FakeDiscord::start(FakeConfig::default()).await.unwrap();
+    let user = fake.add_user("ada");
+    let guild = fake.add_guild("tavern", user);
+    let channel = fake.add_text_channel(guild, "general");
+    let egress = Arc::new(Egress::new(
+        &EgressConfig {
+            token: Some(Secret::new(fake.bot_token())),
+            api_proxy: Some(fake.rest_addr()),
+            timeout: Duration::from_secs(10),
+        },
+        fake.app_id(),
+        None,
+    ));
+    for fallback in [Fallback::Channel, Fallback::Drop] {
+        let token = fake.invoke_command(user, channel, "memories", &[]);
+        let interaction = fake.interaction(&token).unwrap();
+        let iref = InteractionRef {
+            id: interaction.id,
+            token: token.clone(),
+            channel_id: Some(channel),
+            guild_id: Some(guild),
+            user_id: Some(user),
+            created_at: SystemClock.now(),
+        };
+        let late_ack = {
+            let (egress, token) = (egress.clone(), token.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                egress.respond(interaction.id, &token, &Ack::Defer { ephemeral: true }).await.unwrap();
+            })
+        };
+        finish_interaction_or(&egress, &SystemClock, &iref, "private answer", fallback).await.unwrap();
+        late_ack.await.unwrap();
+        let original = fake.message(fake.interaction(&token).unwrap().original.unwrap()).unwrap();
+        assert_eq!(original.content, "private answer", "{fallback:?}");
+        assert!(fake.messages(channel).iter().all(|m| m.flags & 64 != 0 || !m.content.contains("private answer")));
+    }
+}
+
+#[tokio::test]
+async fn a_private_answer_is_dropped_not_posted_when_the_token_is_dead() {
+    let fake = FakeDiscord::start(FakeConfig::default()).await.unwrap();
+    let user = fake.add_user("ada");
+    let guild = fake.add_guild("tavern", user);
+    let channel = fake.add_text_channel(guild, "general");
+    let egress = Egress::new(
+        &EgressConfig {
+            token: Some(Secret::new(fake.bot_token())),
+            api_proxy: Some(fake.rest_addr()),
+            timeout: Duration::from_secs(10),
+        },
+        fake.app_id(),
+        None,
+    );
+    let token = fake.invoke_command(user, channel, "memories", &[]);
+    let interaction = fake.interaction(&token).unwrap();
+    egress.respond(interaction.id, &token, &Ack::Defer { ephemeral: true }).await.unwrap();
+    let clock = ManualClock::new(SystemClock.now());
+    let iref = InteractionRef {
+        id: interaction.id,
+        token,
+        channel_id: Some(channel),
+        guild_id: Some(guild),
+        user_id: Some(user),
+        created_at: clock.now(),
+    };
+    clock.advance(Duration::from_secs(20 * 60));
+    fake.advance(Duration::from_secs(20 * 60));
+    finish_interaction_or(&egress, &clock, &iref, "your secrets", Fallback::Drop).await.unwrap();
+    assert!(fake.messages(channel).iter().all(|m| !m.content.contains("your secrets")));
 }

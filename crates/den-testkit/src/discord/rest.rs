@@ -603,7 +603,12 @@ fn run(
             for c in body.as_array().cloned().unwrap_or_default() {
                 let mut v = json!({
                     "id": model.snowflake().to_string(), "application_id": model.app_id.to_string(), "version": "1",
-                    "default_member_permissions": c.get("default_member_permissions").cloned().unwrap_or(Value::Null),
+                    // Taken as an integer (or a string), answered as a string, like Discord.
+                    "default_member_permissions": match c.get("default_member_permissions") {
+                        Some(Value::Number(n)) => Value::String(n.to_string()),
+                        Some(v) => v.clone(),
+                        None => Value::Null,
+                    },
                     "type": c.get("type").cloned().unwrap_or(1.into()), "name": c["name"], "description": c.get("description").cloned().unwrap_or("".into()),
                 });
                 if let Some(o) = c.get("options") {
