@@ -8,7 +8,7 @@ use den_storage::{PeekedMessage, Queue, Store};
 
 use crate::cli::{CommandsCommand, ConfigCommand, DlqCommand, QueueCommand, StoreCommand};
 use crate::config::{self, Config, Loaded};
-use crate::roles::{egress, modules, open_store};
+use crate::roles::{ModuleCx, egress, modules, open_store};
 
 async fn open(c: &Config) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn Queue>)> {
     let store = open_store(c).await?;
@@ -186,7 +186,19 @@ pub async fn commands(command: CommandsCommand, c: &Config, env: &[(String, Stri
             let clock: Arc<dyn Clock> = Arc::new(SystemClock);
             let result = async {
                 let (egress, _) = egress(c, Some(token), &store).await?;
-                let commands: Vec<_> = modules(&egress, &queue, &clock).iter().flat_map(|m| m.commands()).collect();
+                let metrics = den_ops::Metrics::new();
+                let jobs = den_worker::JobQueue::new(queue.clone(), c.queue.name.clone(), metrics.clone());
+                let cx = ModuleCx {
+                    config: c,
+                    env,
+                    store: &store,
+                    egress: &egress,
+                    jobs: &jobs,
+                    queue: &queue,
+                    clock: &clock,
+                    metrics: &metrics,
+                };
+                let commands: Vec<_> = modules(&cx).await?.iter().flat_map(|m| m.commands()).collect();
                 let names: Vec<String> = commands.iter().map(|c| format!("/{}", c.name)).collect();
                 let n = den_discord::module::sync_commands(&egress, &commands, guild).await?;
                 let scope = guild.map_or_else(|| "globally".to_owned(), |g| format!("in guild {g}"));

@@ -54,6 +54,63 @@ pub enum Command {
         #[command(subcommand)]
         command: CommandsCommand,
     },
+    /// Manage persona files and character cards.
+    Persona {
+        #[command(subcommand)]
+        command: PersonaCommand,
+    },
+    /// Chat with the personas in the terminal (same model and memory as in Discord).
+    Chat {
+        /// The persona to talk to (default: the first; name another in a message to switch).
+        #[arg(long, value_name = "NAME")]
+        persona: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PersonaCommand {
+    /// List the personas of `personas.dir`, and any broken files.
+    List,
+    /// Print a persona's file and the character den builds from it.
+    Show {
+        /// Id, name or nickname.
+        name: String,
+    },
+    /// Check persona files (default: every file of `personas.dir`).
+    Validate {
+        /// Files to check.
+        files: Vec<std::path::PathBuf>,
+    },
+    /// Write a new persona file to fill in.
+    New {
+        /// Its id (a-z, 0-9, -).
+        id: String,
+        /// Its display name (default: from the id).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Import a Character Card V2/V3 (JSON or PNG) as a persona.
+    Import {
+        /// The card file.
+        file: std::path::PathBuf,
+        /// Replace a persona with the same id.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Export a persona as a Character Card (unknown fields of an imported card are kept).
+    Export {
+        /// Id, name or nickname.
+        name: String,
+        /// `json` or `png`.
+        #[arg(long, default_value = "json")]
+        format: String,
+        /// Write a V3 card (default V2).
+        #[arg(long)]
+        v3: bool,
+        /// Output file (default: `<id>.json` or `<id>.png`).
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

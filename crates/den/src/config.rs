@@ -39,6 +39,102 @@ pub struct Config {
     pub interactions: InteractionsConfig,
     /// Language models.
     pub llm: LlmConfig,
+    /// AI Roast Den personas.
+    pub personas: PersonasSection,
+}
+
+/// `[personas]`: AI Roast Den.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PersonasSection {
+    /// Run the personas module.
+    pub enabled: bool,
+    /// Folder of persona files (`*.toml`), reloaded when they change.
+    pub dir: PathBuf,
+    /// The memory database (transcripts and facts); default: `memory.db` beside the store.
+    pub memory_path: Option<PathBuf>,
+    /// Prefix of `!ask` and `!roast`.
+    pub prefix: String,
+    /// Persona messages in a row without a person before they stop answering each other.
+    pub max_persona_streak: u32,
+    /// Seconds between persona-to-persona replies.
+    pub persona_gap_secs: u64,
+    /// Persona-to-persona replies per channel per hour.
+    pub hourly_persona_cap: u32,
+    /// Requests per person per minute.
+    pub user_per_minute: u32,
+    /// Persona replies per channel per minute.
+    pub channel_per_minute: u32,
+    /// Least milliseconds between edits of a streaming reply (0: post only the finished reply).
+    pub stream_edit_ms: u64,
+    /// Transcript lines offered to the model.
+    pub transcript_lines: usize,
+    /// Most prompt tokens.
+    pub prompt_budget_tokens: usize,
+    /// Most reply tokens.
+    pub max_reply_tokens: u32,
+    /// Extra output-filter patterns (regular expressions, case-insensitive).
+    pub deny_patterns: Vec<String>,
+    /// Replies an `/influence` directive lasts.
+    pub directive_turns: u32,
+}
+
+impl Default for PersonasSection {
+    fn default() -> Self {
+        let d = den_personas::PersonasConfig::default();
+        Self {
+            enabled: true,
+            dir: PathBuf::from("personas"),
+            memory_path: None,
+            prefix: d.prefix,
+            max_persona_streak: d.max_persona_streak,
+            persona_gap_secs: d.persona_gap.as_secs(),
+            hourly_persona_cap: d.hourly_persona_cap,
+            user_per_minute: d.user_per_minute,
+            channel_per_minute: d.channel_per_minute,
+            stream_edit_ms: 1_000,
+            transcript_lines: d.transcript_lines,
+            prompt_budget_tokens: d.prompt_budget_tokens,
+            max_reply_tokens: d.max_reply_tokens,
+            deny_patterns: d.deny_patterns,
+            directive_turns: d.directive_turns,
+        }
+    }
+}
+
+impl Config {
+    /// The personas module's settings.
+    #[must_use]
+    pub fn personas_config(&self) -> den_personas::PersonasConfig {
+        let p = &self.personas;
+        let limit = |n: u64| (n > 0).then_some(n);
+        den_personas::PersonasConfig {
+            prefix: p.prefix.clone(),
+            max_persona_streak: p.max_persona_streak,
+            persona_gap: std::time::Duration::from_secs(p.persona_gap_secs),
+            hourly_persona_cap: p.hourly_persona_cap,
+            user_per_minute: p.user_per_minute,
+            channel_per_minute: p.channel_per_minute,
+            stream_edit_interval: (p.stream_edit_ms > 0).then(|| std::time::Duration::from_millis(p.stream_edit_ms)),
+            transcript_lines: p.transcript_lines,
+            prompt_budget_tokens: p.prompt_budget_tokens,
+            max_reply_tokens: p.max_reply_tokens,
+            deny_patterns: p.deny_patterns.clone(),
+            directive_turns: p.directive_turns,
+            budget: den_llm::ledger::Budget {
+                per_guild: limit(self.llm.daily_tokens_per_guild),
+                per_persona: limit(self.llm.daily_tokens_per_persona),
+            },
+        }
+    }
+
+    /// Where persona memory lives.
+    #[must_use]
+    pub fn memory_path(&self) -> PathBuf {
+        self.personas.memory_path.clone().unwrap_or_else(|| {
+            self.store.path.parent().map_or_else(|| PathBuf::from("memory.db"), |d| d.join("memory.db"))
+        })
+    }
 }
 
 /// `[store]`
@@ -554,6 +650,8 @@ fn validate(c: &Config) -> Result<(), String> {
     c.interactions.listen.parse::<SocketAddr>().map_err(|_| {
         format!("interactions.listen {:?} is not an address like 127.0.0.1:8081", c.interactions.listen)
     })?;
+    den_personas::safety::OutputFilter::new(&c.personas.deny_patterns, vec![])
+        .map_err(|e| format!("personas.deny_patterns: {e}"))?;
     if !c.interactions.path.starts_with('/') {
         return Err(format!("interactions.path {:?} must start with /", c.interactions.path));
     }

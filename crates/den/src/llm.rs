@@ -48,7 +48,6 @@ async fn bedrock(_: ProviderConfig, p: &ProviderSection) -> anyhow::Result<Arc<d
 /// Feeds the resilience layer's observations into den's metrics. Modules
 /// that call models attach it to their `Resilient` model.
 #[derive(Debug)]
-#[allow(dead_code)] // constructed by modules that call models; none is wired in yet
 pub struct LlmMetrics(pub den_ops::Metrics);
 
 impl den_llm::resilience::CallObserver for LlmMetrics {

@@ -4,6 +4,7 @@ mod admin;
 mod cli;
 mod config;
 mod llm;
+mod personas;
 mod roles;
 
 use std::process::ExitCode;
@@ -50,6 +51,8 @@ fn main() -> ExitCode {
             Command::Config { command } => admin::config(command, &loaded, &env),
             Command::Commands { command } => admin::commands(command, &loaded.config, &env).await,
             Command::Llm { command } => llm::command(command, &loaded.config, &env).await,
+            Command::Persona { command } => personas::command(command, &loaded.config),
+            Command::Chat { persona } => personas::chat(persona, &loaded.config, &env).await,
         }
     });
     match result {

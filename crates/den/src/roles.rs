@@ -74,9 +74,34 @@ pub async fn open_store(c: &Config) -> anyhow::Result<Arc<dyn Store>> {
     }
 }
 
+/// What modules are built from.
+pub struct ModuleCx<'a> {
+    /// The configuration.
+    pub config: &'a Config,
+    /// The process environment (API keys, persona bot tokens).
+    pub env: &'a [(String, String)],
+    /// The store.
+    pub store: &'a Arc<dyn Store>,
+    /// The one egress.
+    pub egress: &'a Arc<Egress>,
+    /// The job queue.
+    pub jobs: &'a JobQueue,
+    /// Its backend.
+    pub queue: &'a Arc<dyn Queue>,
+    /// The clock.
+    pub clock: &'a Arc<dyn Clock>,
+    /// Metrics.
+    pub metrics: &'a Metrics,
+}
+
 /// Every module den runs, wired to the process's egress and queue.
-pub fn modules(egress: &Arc<Egress>, queue: &Arc<dyn Queue>, clock: &Arc<dyn Clock>) -> Vec<Arc<dyn Module>> {
-    vec![den_status::StatusModule::new(egress.clone(), queue.clone(), clock.clone())]
+pub async fn modules(cx: &ModuleCx<'_>) -> anyhow::Result<Vec<Arc<dyn Module>>> {
+    let mut modules: Vec<Arc<dyn Module>> =
+        vec![den_status::StatusModule::new(cx.egress.clone(), cx.queue.clone(), cx.clock.clone())];
+    if cx.config.personas.enabled {
+        modules.push(crate::personas::module(cx).await?);
+    }
+    Ok(modules)
 }
 
 /// The one egress of a process, with the application id known.
@@ -183,11 +208,20 @@ pub async fn run(role: Role, loaded: &Loaded, env: &[(String, String)]) -> anyho
     let metrics = Metrics::new();
     let raw_store = open_store(c).await?;
     let store: Arc<dyn Store> = Arc::new(Metered::new(raw_store, Arc::new(metrics.clone())));
-    let result = serve(role, c, token, &shutdown, &clock, &metrics, &store).await;
+    let process = Process { env, clock: &clock, metrics: &metrics, store: &store };
+    let result = serve(role, c, token, &shutdown, &process).await;
     shutdown.cancel();
     store.close().await.context("closing the store")?;
     tracing::info!(role = role.name(), "den stopped");
     result
+}
+
+/// What a running process shares with its parts.
+struct Process<'a> {
+    env: &'a [(String, String)],
+    clock: &'a Arc<dyn Clock>,
+    metrics: &'a Metrics,
+    store: &'a Arc<dyn Store>,
 }
 
 async fn serve(
@@ -195,16 +229,17 @@ async fn serve(
     c: &Config,
     token: Option<den_core::Secret>,
     shutdown: &CancellationToken,
-    clock: &Arc<dyn Clock>,
-    metrics: &Metrics,
-    store: &Arc<dyn Store>,
+    process: &Process<'_>,
 ) -> anyhow::Result<()> {
+    let Process { env, clock, metrics, store } = *process;
     let queue = store.queue();
     let spec = c.queue.spec(&c.worker);
     queue.create_queue(&spec).await.context("cannot create the job queue")?;
     let (egress, public_key) = egress(c, token.clone(), store).await?;
-    let modules = modules(&egress, &queue, clock);
     let jobs = JobQueue::new(queue.clone(), spec.name.clone(), metrics.clone());
+    let modules =
+        modules(&ModuleCx { config: c, env, store, egress: &egress, jobs: &jobs, queue: &queue, clock, metrics })
+            .await?;
     let router = Arc::new(Router::new(modules.clone(), jobs, clock.clone(), metrics.clone()));
 
     if role == Role::All && c.discord.sync_commands {

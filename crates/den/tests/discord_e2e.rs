@@ -209,10 +209,15 @@ fn commands_sync_registers_every_module_command_in_one_request() {
     let guild = discord.guild.to_string();
     let out = scratch.output_with(&discord, &["commands", "sync", "--guild", &guild], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("registered 2 command(s) in guild"), "{}", stdout(&out));
-    let names: Vec<String> =
-        discord.fake.commands(Some(discord.guild)).iter().map(|c| c["name"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(names, ["ping", "status"]);
+    let commands = discord.fake.commands(Some(discord.guild));
+    let names: Vec<&str> = commands.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert!(stdout(&out).contains(&format!("registered {} command(s) in guild", names.len())), "{}", stdout(&out));
+    for expected in ["ping", "status", "ask", "roast", "remember", "forget", "memories", "mute", "influence"] {
+        assert!(names.contains(&expected), "/{expected} missing from {names:?}");
+    }
+    let mute = commands.iter().find(|c| c["name"] == "mute").unwrap();
+    let permissions = mute["default_member_permissions"].to_string();
+    assert_eq!(permissions.trim_matches('"'), "32", "admin commands are for Manage Server by default");
     let bulk = discord.fake.requests().iter().filter(|r| r.operation == "bulk_set_guild_application_commands").count();
     assert_eq!(bulk, 1);
     assert!(discord.fake.violations().is_empty());
@@ -270,11 +275,15 @@ fn den_run_registers_commands_at_start_when_configured() {
     let den = scratch.start_with(
         &discord,
         "run",
-        &[("DEN_DISCORD__SYNC_COMMANDS", "true"), ("DEN_DISCORD__SYNC_GUILD", &guild)],
+        &[
+            ("DEN_DISCORD__SYNC_COMMANDS", "true"),
+            ("DEN_DISCORD__SYNC_GUILD", &guild),
+            ("DEN_PERSONAS__ENABLED", "false"),
+        ],
     );
     den.wait_ready(WAIT);
     let names: Vec<String> =
         discord.fake.commands(Some(discord.guild)).iter().map(|c| c["name"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(names, ["ping", "status"]);
+    assert_eq!(names, ["ping", "status"], "only the enabled modules' commands");
     assert!(discord.fake.commands(None).is_empty(), "nothing registered globally");
 }
