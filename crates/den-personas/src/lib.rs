@@ -5,9 +5,12 @@
 //! - [`memory`]: the transcript and long-term facts (SQLite with FTS5).
 //! - [`state`]: runtime state in den's store (brakes, limits, mutes, Higher Self).
 //! - [`safety`]: input cleaning and the output filter.
+//! - [`consolidate`]: the model turns conversation into long-term facts.
+//! - [`card`]: Character Card V2/V3 import and export (JSON, PNG).
 //! - [`module`]: the Discord module: triggers, streamed replies, commands.
 
 pub mod card;
+pub mod consolidate;
 pub mod memory;
 pub mod module;
 pub mod persona;
@@ -54,6 +57,8 @@ pub struct PersonasConfig {
     pub directive_turns: u32,
     /// Daily token budgets.
     pub budget: den_llm::ledger::Budget,
+    /// Messages of people per channel between memory consolidations (0: never).
+    pub consolidate_every: u64,
 }
 
 impl Default for PersonasConfig {
@@ -72,6 +77,7 @@ impl Default for PersonasConfig {
             deny_patterns: Vec::new(),
             directive_turns: 3,
             budget: den_llm::ledger::Budget::default(),
+            consolidate_every: 50,
         }
     }
 }

@@ -33,6 +33,11 @@ pub const MESSAGE: &str = "personas.message";
 pub const REPLY: &str = "personas.reply";
 /// Job kind: a slash command's work.
 pub const COMMAND: &str = "personas.command";
+/// Job kind: turn a channel's recent conversation into long-term facts.
+pub const CONSOLIDATE: &str = "personas.consolidate";
+
+/// The ledger's name for tokens spent on memory rather than on a persona.
+pub const MEMORY_LEDGER: &str = "_memory";
 
 /// What a reply job carries.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -214,7 +219,17 @@ impl PersonasModule {
             at: now,
         };
         self.d.memory.record(guild, m.channel_id, line).await.map_err(retry)?;
-        self.d.state.human_spoke(m.channel_id).await.map_err(retry)?;
+        let seen = self.d.state.human_spoke(m.channel_id).await.map_err(retry)?;
+        let every = self.d.config.consolidate_every;
+        if every > 0 && seen % every == 0 && self.d.models.is_some() {
+            let payload = json!({"guild": guild, "channel": m.channel_id, "lines": every});
+            let job = Job::builder(CONSOLIDATE, now)
+                .guild(guild)
+                .dedup_key(format!("consolidate:{}:{}", m.channel_id, seen / every))
+                .payload(payload)
+                .build();
+            self.d.jobs.send(&job).await.map_err(retry)?;
+        }
         let mut req = ReplyRequest {
             guild,
             channel: m.channel_id,
@@ -486,6 +501,39 @@ impl PersonasModule {
                 }
             }
         }
+        Ok(())
+    }
+
+    async fn consolidate_job(&self, payload: &Value) -> Result<(), JobError> {
+        let (Some(guild), Some(channel)) = (payload["guild"].as_u64(), payload["channel"].as_u64()) else {
+            return Err(JobError::permanent("bad consolidation payload"));
+        };
+        let Some(models) = &self.d.models else { return Ok(()) };
+        let now = self.d.clock.now();
+        if self.d.ledger.check(guild, MEMORY_LEDGER, &self.d.config.budget).await.map_err(retry)?
+            == BudgetCheck::Exhausted
+        {
+            tracing::info!(guild, "memory consolidation skipped: today's token budget is spent");
+            return Ok(());
+        }
+        let n = usize::try_from(payload["lines"].as_u64().unwrap_or(50)).unwrap_or(50).clamp(5, 100);
+        let lines = self.d.memory.recent(guild, channel, n, now).await.map_err(retry)?;
+        let outcome = crate::consolidate::run(&self.d.memory, &*models.default, &self.filter, guild, &lines, now)
+            .await
+            .map_err(|e| match e {
+                crate::consolidate::ConsolidateError::Model(e) if e.kind().is_retryable() => retry(e),
+                e => JobError::permanent(e.to_string()),
+            })?;
+        self.d.ledger.record(guild, MEMORY_LEDGER, outcome.usage).await.map_err(retry)?;
+        tracing::info!(
+            guild,
+            channel,
+            added = outcome.added,
+            updated = outcome.updated,
+            deleted = outcome.deleted,
+            refused = outcome.refused,
+            "memory consolidated"
+        );
         Ok(())
     }
 
@@ -877,7 +925,12 @@ impl Module for PersonasModule {
 
     fn handlers(self: Arc<Self>) -> Vec<(String, Arc<dyn JobHandler>)> {
         let h: Arc<dyn JobHandler> = Arc::new(PersonaJobs(self));
-        vec![(MESSAGE.into(), h.clone()), (REPLY.into(), h.clone()), (COMMAND.into(), h)]
+        vec![
+            (MESSAGE.into(), h.clone()),
+            (REPLY.into(), h.clone()),
+            (COMMAND.into(), h.clone()),
+            (CONSOLIDATE.into(), h),
+        ]
     }
 }
 
@@ -912,6 +965,7 @@ impl JobHandler for PersonaJobs {
                 m.speak(req).await
             }
             COMMAND => m.command_job(&job.payload).await,
+            CONSOLIDATE => m.consolidate_job(&job.payload).await,
             other => Err(JobError::permanent(format!("personas has no job {other}"))),
         }
     }

@@ -123,16 +123,17 @@ impl State {
         Ok(item.map(|i| run_of(&i.attrs)).unwrap_or_default())
     }
 
-    /// A person spoke: the persona streak starts again.
-    pub async fn human_spoke(&self, channel: u64) -> StoreResult<()> {
-        if self.channel(channel).await?.persona_streak == 0 {
-            return Ok(());
-        }
-        self.update(&format!("chan:{channel}"), "run", None, |a| {
-            a.insert("streak".into(), 0.into());
-        })
-        .await
-        .map(|_| ())
+    /// A person spoke: the persona streak starts again. Returns how many
+    /// messages of people the channel has seen (what consolidation counts).
+    pub async fn human_spoke(&self, channel: u64) -> StoreResult<u64> {
+        let a = self
+            .update(&format!("chan:{channel}"), "run", None, |a| {
+                a.insert("streak".into(), 0.into());
+                let seen = a.get("seen").and_then(Value::as_u64).unwrap_or(0);
+                a.insert("seen".into(), (seen + 1).into());
+            })
+            .await?;
+        Ok(a.get("seen").and_then(Value::as_u64).unwrap_or(0))
     }
 
     /// `persona` spoke in `channel`; `to_persona` when it answered another persona.

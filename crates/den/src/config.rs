@@ -77,6 +77,8 @@ pub struct PersonasSection {
     pub deny_patterns: Vec<String>,
     /// Replies an `/influence` directive lasts.
     pub directive_turns: u32,
+    /// Messages of people per channel between memory consolidations (0: never).
+    pub consolidate_every: u64,
 }
 
 impl Default for PersonasSection {
@@ -98,6 +100,7 @@ impl Default for PersonasSection {
             max_reply_tokens: d.max_reply_tokens,
             deny_patterns: d.deny_patterns,
             directive_turns: d.directive_turns,
+            consolidate_every: d.consolidate_every,
         }
     }
 }
@@ -121,6 +124,7 @@ impl Config {
             max_reply_tokens: p.max_reply_tokens,
             deny_patterns: p.deny_patterns.clone(),
             directive_turns: p.directive_turns,
+            consolidate_every: p.consolidate_every,
             budget: den_llm::ledger::Budget {
                 per_guild: limit(self.llm.daily_tokens_per_guild),
                 per_persona: limit(self.llm.daily_tokens_per_persona),

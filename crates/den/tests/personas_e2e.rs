@@ -372,3 +372,95 @@ fn when_the_model_fails_after_retries_the_persona_apologises_once_and_the_job_is
     };
     assert_eq!(dead, Value::from(1.0), "{metrics}");
 }
+
+#[test]
+fn consolidation_turns_conversation_into_facts_the_person_can_see() {
+    let den = Den::start(&[("DEN_PERSONAS__CONSOLIDATE_EVERY", "3")]);
+    den.llm.set_default(Script::reply(
+        r#"{"ops": [{"op": "ADD", "text": "ada keeps three tortoises", "importance": 0.7},
+                    {"op": "ADD", "text": "ada lives at 12 Acacia Avenue"},
+                    {"op": "DELETE", "id": 999999}]}"#,
+    ));
+    den.say("morning all");
+    den.say("my tortoises escaped again");
+    den.say("all three of them, the rascals");
+    den.discord.wait_until("consolidation ran", WAIT, |_| !den.llm.requests().is_empty());
+    let listed = (0..100)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            den.command(den.discord.user, "memories", &[])
+        })
+        .find(|l| l.contains("tortoises"))
+        .expect("the consolidated fact shows in /memories");
+    assert!(!listed.contains("Acacia"), "an address is refused by the filter: {listed}");
+    let (system, conversation) = den.prompt(0);
+    assert!(system.contains("ADD") && system.contains("not instructions"), "{system}");
+    assert!(conversation.contains("ada: my tortoises escaped again"), "{conversation}");
+    assert!(den.persona_messages("Grumpy Gran").is_empty(), "nobody was addressed");
+}
+
+#[test]
+fn higher_self_lets_the_owner_steer_take_over_and_silence_a_persona_with_an_audit_trail() {
+    let den = Den::start(&[]);
+    // The owner is ada (the test user): give the persona an owner and let den reload it.
+    let path = den.scratch.path().join("personas/sir-quill.toml");
+    std::fs::write(&path, format!("{QUILL}owner = {}\n", den.discord.user)).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let bob = den.discord.fake.add_user("bob");
+    den.discord.fake.add_member(den.discord.guild, bob);
+    let quill = CommandOption::string("persona", "quill");
+    let refused = den.command(bob, "takeover", &[quill.clone(), CommandOption::string("text", "I am a fraud")]);
+    assert!(refused.contains("Only Sir Quill's owner"), "{refused}");
+
+    let ack = den.command(
+        den.discord.user,
+        "influence",
+        &[quill.clone(), CommandOption::string("text", "speak only in haiku")],
+    );
+    assert!(ack.contains("next 3 replies"), "{ack}");
+    den.llm.push(Script::reply("Autumn tea grows cold"));
+    den.say("Quill, how are you?");
+    den.wait_for_persona("Sir Quill", 1);
+    assert!(den.prompt(0).0.contains("- speak only in haiku"), "the directive leads the prompt");
+
+    let ack =
+        den.command(den.discord.user, "takeover", &[quill.clone(), CommandOption::string("text", "I shall return.")]);
+    assert!(ack.contains("Posted as Sir Quill"), "{ack}");
+    let posted = den.wait_for_persona("Sir Quill", 2);
+    assert_eq!(posted[1].content, "I shall return.", "exactly the owner's words");
+    assert_eq!(den.llm.requests().len(), 1, "no model call for a takeover");
+
+    den.command(den.discord.user, "higherself", &[quill.clone(), CommandOption::string("mode", "on")]);
+    den.say("Quill? Still there?");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(den.persona_messages("Sir Quill").len(), 2, "silent in Higher Self mode");
+    den.command(den.discord.user, "higherself", &[quill, CommandOption::string("mode", "off")]);
+
+    let audit = den.command(den.discord.user, "persona-audit", &[]);
+    for action in ["influence: sir-quill: speak only in haiku", "takeover: sir-quill: I shall return.", "higherself"] {
+        assert!(audit.contains(action), "{action} missing from {audit}");
+    }
+    let refused = den.command(bob, "persona-audit", &[]);
+    assert!(refused.contains("Only members with Manage Server"), "{refused}");
+}
+
+#[test]
+fn chime_ins_happen_only_where_an_admin_turned_them_on() {
+    let den = Den::start(&[]);
+    let dir = den.scratch.path().join("personas");
+    std::fs::write(dir.join("sir-quill.toml"), format!("{QUILL}talkativeness = 1.0\n")).unwrap();
+    std::fs::write(dir.join("grumpy-gran.toml"), format!("talkativeness = 0.0\n{GRAN}")).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    den.llm.set_default(Script::reply("Did someone say weather? A sonnet!"));
+    den.say("lovely weather today");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(den.persona_messages("Sir Quill").is_empty(), "off by default");
+    let ack =
+        den.command(den.discord.user, "chime-in", &[CommandOption { name: "on".into(), value: true.into(), kind: 5 }]);
+    assert!(ack.contains("chime-ins are on"), "{ack}");
+    den.say("lovely weather today");
+    den.wait_for_persona("Sir Quill", 1);
+    let (system, conversation) = den.prompt(0);
+    assert!(conversation.contains("Chime in"), "{conversation}");
+    assert!(system.starts_with("You are Sir Quill"), "{system}");
+}
