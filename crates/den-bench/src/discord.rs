@@ -146,6 +146,31 @@ async fn gateway(
     tokio::task::JoinHandle<Result<(), den_discord::gateway::FatalClose>>,
     ShardStatus,
 )> {
+    let store: Arc<dyn Store> = rig.store.clone();
+    shard(fake, &store, rig.router.clone(), rig.egress.clone()).await
+}
+
+/// One shard feeding `router`, once it is ready; for other scenarios.
+pub(crate) async fn start_gateway(
+    fake: &FakeDiscord,
+    store: &Arc<dyn Store>,
+    router: Arc<Router>,
+    egress: Arc<Egress>,
+) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<Result<(), den_discord::gateway::FatalClose>>)> {
+    let (stop, task, _) = shard(fake, store, router, egress).await?;
+    Ok((stop, task))
+}
+
+async fn shard(
+    fake: &FakeDiscord,
+    store: &Arc<dyn Store>,
+    router: Arc<Router>,
+    egress: Arc<Egress>,
+) -> anyhow::Result<(
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), den_discord::gateway::FatalClose>>,
+    ShardStatus,
+)> {
     let stop = CancellationToken::new();
     let status = ShardStatus::default();
     let gw = Gateway {
@@ -158,13 +183,13 @@ async fn gateway(
             gateway_url: Some(fake.gateway_url()),
         },
         identify: StoreIdentifyQueue::new(
-            Store::table(&*rig.store, TableSpec::new("discord_identify")).await?,
+            store.table(TableSpec::new("discord_identify")).await?,
             Arc::new(SystemClock),
             1,
         ),
-        sessions: Store::table(&*rig.store, TableSpec::new("discord_sessions")).await?,
-        router: rig.router.clone(),
-        egress: rig.egress.clone(),
+        sessions: store.table(TableSpec::new("discord_sessions")).await?,
+        router,
+        egress,
         status: status.clone(),
     };
     let task = tokio::spawn(gw.run(stop.clone()));

@@ -4,6 +4,7 @@
 
 mod discord;
 mod memory;
+mod persona;
 mod queue;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,10 @@ enum Scenario {
     Ingest(discord::IngestOptions),
     /// Time from INTERACTION_CREATE to the deferred callback, at a steady rate.
     Interactions(discord::InteractionsOptions),
+    /// Time from MESSAGE_CREATE to a persona's first visible words, minus the model's time to first token.
+    Persona(persona::PersonaOptions),
+    /// Memory recall latency with many facts in one guild.
+    Recall(persona::RecallOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,6 +39,8 @@ fn main() -> anyhow::Result<()> {
         Scenario::Memory(o) => memory::run(&o)?,
         Scenario::Ingest(o) => discord::ingest(&o)?,
         Scenario::Interactions(o) => discord::interactions(&o)?,
+        Scenario::Persona(o) => persona::persona(&o)?,
+        Scenario::Recall(o) => persona::recall(&o)?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

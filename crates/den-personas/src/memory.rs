@@ -124,22 +124,25 @@ impl MemoryStore {
                 text TEXT NOT NULL,
                 importance REAL NOT NULL,
                 source TEXT NOT NULL,
-                updated_ms INTEGER NOT NULL
+                updated_ms INTEGER NOT NULL,
+                scope TEXT NOT NULL
             );
             CREATE INDEX IF NOT EXISTS facts_by_user ON facts(guild, user_id);
             CREATE INDEX IF NOT EXISTS facts_by_persona ON facts(guild, persona);
+            -- `scope` holds one token naming whose fact it is, so that a recall
+            -- ranks only the facts it may use instead of every match in the guild.
             CREATE VIRTUAL TABLE IF NOT EXISTS facts_fts USING fts5(
-                text, content = 'facts', content_rowid = 'id', tokenize = 'porter unicode61'
+                text, scope, content = 'facts', content_rowid = 'id', tokenize = 'porter unicode61', detail = column
             );
             CREATE TRIGGER IF NOT EXISTS facts_ai AFTER INSERT ON facts BEGIN
-                INSERT INTO facts_fts(rowid, text) VALUES (new.id, new.text);
+                INSERT INTO facts_fts(rowid, text, scope) VALUES (new.id, new.text, new.scope);
             END;
             CREATE TRIGGER IF NOT EXISTS facts_ad AFTER DELETE ON facts BEGIN
-                INSERT INTO facts_fts(facts_fts, rowid, text) VALUES ('delete', old.id, old.text);
+                INSERT INTO facts_fts(facts_fts, rowid, text, scope) VALUES ('delete', old.id, old.text, old.scope);
             END;
             CREATE TRIGGER IF NOT EXISTS facts_au AFTER UPDATE OF text ON facts BEGIN
-                INSERT INTO facts_fts(facts_fts, rowid, text) VALUES ('delete', old.id, old.text);
-                INSERT INTO facts_fts(rowid, text) VALUES (new.id, new.text);
+                INSERT INTO facts_fts(facts_fts, rowid, text, scope) VALUES ('delete', old.id, old.text, old.scope);
+                INSERT INTO facts_fts(rowid, text, scope) VALUES (new.id, new.text, new.scope);
             END;
             CREATE TABLE IF NOT EXISTS transcript(
                 guild INTEGER NOT NULL,
@@ -260,6 +263,7 @@ impl MemoryStore {
         source: &str,
         now: Timestamp,
     ) -> Result<i64, MemoryError> {
+        let scope = scope_token(guild, &subject);
         let (user, persona) = match subject {
             Subject::User(u) => (Some(u as i64), None),
             Subject::Persona(p) => (None, Some(p)),
@@ -268,9 +272,9 @@ impl MemoryStore {
         let source = source.to_owned();
         self.run(move |c| {
             c.execute(
-                "INSERT INTO facts(guild, user_id, persona, text, importance, source, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![guild as i64, user, persona, text, importance.clamp(0.0, 1.0), source, now.0],
+                "INSERT INTO facts(guild, user_id, persona, text, importance, source, updated_ms, scope)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![guild as i64, user, persona, text, importance.clamp(0.0, 1.0), source, now.0, scope],
             )?;
             Ok(c.last_insert_rowid())
         })
@@ -338,6 +342,12 @@ impl MemoryStore {
     /// persona's own, and what the persona knows of the person, scored by
     /// relevance to `query` (BM25), importance and recency; best first.
     /// Facts about anyone else are never candidates.
+    ///
+    /// The candidates are the person's and the persona's most recent facts
+    /// plus older ones the full-text index matches. BM25 is computed by den
+    /// over those candidates: FTS5's own `bm25()` derives its IDF by scanning
+    /// each term's whole doclist, which for common words in a big guild costs
+    /// milliseconds, and the person's own facts are the right corpus anyway.
     pub async fn recall(
         &self,
         guild: u64,
@@ -347,41 +357,52 @@ impl MemoryStore {
         limit: usize,
         now: Timestamp,
     ) -> Result<Vec<Recalled>, MemoryError> {
+        let scopes = [
+            scope_token(guild, &Subject::User(user)),
+            scope_token(guild, &Subject::PersonaUser(persona.to_owned(), user)),
+            scope_token(guild, &Subject::Persona(persona.to_owned())),
+        ];
         let persona = persona.to_owned();
-        let fts = fts_query(query);
+        let fts = fts_query(query).map(|q| format!("text : ({q}) AND scope : ({})", scopes.join(" OR ")));
+        let terms = query_terms(query);
         self.run(move |c| {
-            let scope = "f.guild = ?1
-                AND ((f.user_id = ?2 AND (f.persona IS NULL OR f.persona = ?3))
-                     OR (f.user_id IS NULL AND f.persona = ?3))";
-            let mut candidates: Vec<(Fact, f64)> = Vec::new();
-            if let Some(q) = &fts {
-                let mut stmt = c.prepare_cached(&format!(
-                    "SELECT {FACT_COLUMNS_F}, bm25(facts_fts) FROM facts_fts JOIN facts f ON f.id = facts_fts.rowid
-                     WHERE facts_fts MATCH ?4 AND {scope} ORDER BY bm25(facts_fts) LIMIT 50"
-                ))?;
-                let rows = stmt.query_map(params![guild as i64, user as i64, persona, q], |r| {
-                    Ok((fact(r)?, -r.get::<_, f64>(8)?))
-                })?;
-                candidates = rows.collect::<Result<_, _>>()?;
-            }
-            // A small always-present block: the most important, freshest facts.
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {FACT_COLUMNS_F} FROM facts f WHERE {scope}
-                 ORDER BY f.importance DESC, f.updated_ms DESC LIMIT 12"
+            let mut by_user = c.prepare_cached(&format!(
+                "SELECT {FACT_COLUMNS_F} FROM facts f WHERE f.guild = ?1 AND f.user_id = ?2
+                 AND (f.persona IS NULL OR f.persona = ?3) ORDER BY f.updated_ms DESC LIMIT {RECENT}"
             ))?;
-            for f in stmt.query_map(params![guild as i64, user as i64, persona], fact)? {
-                let f = f?;
-                if !candidates.iter().any(|(c, _)| c.id == f.id) {
-                    candidates.push((f, 0.0));
+            let mut by_persona = c.prepare_cached(&format!(
+                "SELECT {FACT_COLUMNS_F} FROM facts f WHERE f.guild = ?1 AND f.persona = ?2 AND f.user_id IS NULL
+                 ORDER BY f.updated_ms DESC LIMIT {RECENT}"
+            ))?;
+            let mut corpus: Vec<Fact> =
+                by_user.query_map(params![guild as i64, user as i64, persona], fact)?.collect::<Result<_, _>>()?;
+            corpus.extend(by_persona.query_map(params![guild as i64, persona], fact)?.collect::<Result<Vec<_>, _>>()?);
+            if let Some(q) = &fts {
+                // Older facts beyond the recent window that still match.
+                let mut matched = c.prepare_cached(&format!(
+                    "SELECT {FACT_COLUMNS_F} FROM facts_fts JOIN facts f ON f.id = facts_fts.rowid
+                     WHERE facts_fts MATCH ?1 AND f.guild = ?2
+                       AND ((f.user_id = ?3 AND (f.persona IS NULL OR f.persona = ?4))
+                            OR (f.user_id IS NULL AND f.persona = ?4))
+                     LIMIT 200"
+                ))?;
+                let known: std::collections::HashSet<i64> = corpus.iter().map(|f| f.id).collect();
+                for f in matched.query_map(params![q, guild as i64, user as i64, persona], fact)? {
+                    let f = f?;
+                    if !known.contains(&f.id) {
+                        corpus.push(f);
+                    }
                 }
             }
-            let best = candidates.iter().map(|(_, r)| *r).fold(0.0_f64, f64::max);
-            let mut scored: Vec<Recalled> = candidates
+            let relevance = bm25(&corpus, &terms);
+            let best = relevance.iter().copied().fold(0.0_f64, f64::max);
+            let mut scored: Vec<Recalled> = corpus
                 .into_iter()
+                .zip(relevance)
                 .map(|(fact, relevance)| {
                     let hours = ((now.0 - fact.updated.0).max(0) as f64) / 3_600_000.0;
                     let recency = 0.995_f64.powf(hours);
-                    let relevance = if best > 0.0 { relevance.max(0.0) / best } else { 0.0 };
+                    let relevance = if best > 0.0 { relevance / best } else { 0.0 };
                     let score = W_RELEVANCE * relevance + W_IMPORTANCE * fact.importance + W_RECENCY * recency;
                     Recalled { fact, score }
                 })
@@ -418,6 +439,78 @@ fn scrub(c: &Connection) -> Result<(), MemoryError> {
     Ok(())
 }
 
+/// Most recent facts per scope that a recall scores.
+const RECENT: usize = 300;
+
+/// Words of `text` as scoring compares them: lowercase, stemmed.
+fn words(text: &str, stemmer: &rust_stemmers::Stemmer) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.chars().count() >= 2)
+        .map(|w| stemmer.stem(&w.to_lowercase()).into_owned())
+        .collect()
+}
+
+/// The distinct, stemmed content words of a query.
+fn query_terms(query: &str) -> Vec<String> {
+    let stemmer = rust_stemmers::Stemmer::create(rust_stemmers::Algorithm::English);
+    let mut terms: Vec<String> = Vec::new();
+    for w in query.split(|c: char| !c.is_alphanumeric()).map(str::to_lowercase) {
+        if w.chars().count() >= 3 && !STOP.contains(&w.as_str()) {
+            let t = stemmer.stem(&w).into_owned();
+            if !terms.contains(&t) {
+                terms.push(t);
+            }
+        }
+        if terms.len() == 16 {
+            break;
+        }
+    }
+    terms
+}
+
+/// Okapi BM25 (k1 = 1.2, b = 0.75) of each fact for `terms`, with the
+/// facts themselves as the corpus.
+fn bm25(facts: &[Fact], terms: &[String]) -> Vec<f64> {
+    if terms.is_empty() || facts.is_empty() {
+        return vec![0.0; facts.len()];
+    }
+    let stemmer = rust_stemmers::Stemmer::create(rust_stemmers::Algorithm::English);
+    let docs: Vec<Vec<String>> = facts.iter().map(|f| words(&f.text, &stemmer)).collect();
+    let n = docs.len() as f64;
+    let avgdl = (docs.iter().map(Vec::len).sum::<usize>() as f64 / n).max(1.0);
+    let idf: Vec<f64> = terms
+        .iter()
+        .map(|t| {
+            let df = docs.iter().filter(|d| d.contains(t)).count() as f64;
+            (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
+        })
+        .collect();
+    docs.iter()
+        .map(|d| {
+            let dl = d.len() as f64;
+            terms
+                .iter()
+                .zip(&idf)
+                .map(|(t, idf)| {
+                    let tf = d.iter().filter(|w| *w == t).count() as f64;
+                    idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * dl / avgdl))
+                })
+                .sum()
+        })
+        .collect()
+}
+
+/// The full-text token naming whose fact it is (letters and digits only, so
+/// the tokenizer keeps it whole).
+fn scope_token(guild: u64, subject: &Subject) -> String {
+    let alnum = |p: &str| p.chars().filter(char::is_ascii_alphanumeric).collect::<String>();
+    match subject {
+        Subject::User(u) => format!("sg{guild}u{u}"),
+        Subject::PersonaUser(p, u) => format!("sg{guild}u{u}p{}", alnum(p)),
+        Subject::Persona(p) => format!("sg{guild}p{}", alnum(p)),
+    }
+}
+
 const FACT_COLUMNS: &str = "id, guild, user_id, persona, text, importance, source, updated_ms";
 const FACT_COLUMNS_F: &str = "f.id, f.guild, f.user_id, f.persona, f.text, f.importance, f.source, f.updated_ms";
 
@@ -434,14 +527,16 @@ fn fact(r: &rusqlite::Row<'_>) -> rusqlite::Result<Fact> {
     })
 }
 
+/// Words too common to search for.
+const STOP: &[&str] = &[
+    "the", "and", "for", "you", "your", "are", "was", "what", "that", "this", "with", "have", "has", "but", "not",
+    "about", "does", "did", "can", "how", "who", "why", "when", "where", "they", "them", "his", "her", "she", "him",
+    "our", "its", "just", "like", "from",
+];
+
 /// An FTS5 query of the words of `text`: quoted (so nothing in it is
 /// syntax), OR-ed, short and common words dropped, at most 16 terms.
 fn fts_query(text: &str) -> Option<String> {
-    const STOP: &[&str] = &[
-        "the", "and", "for", "you", "your", "are", "was", "what", "that", "this", "with", "have", "has", "but", "not",
-        "about", "does", "did", "can", "how", "who", "why", "when", "where", "they", "them", "his", "her", "she",
-        "him", "our", "its", "just", "like", "from",
-    ];
     let mut terms: Vec<String> = Vec::new();
     for w in text.split(|c: char| !c.is_alphanumeric()).map(str::to_lowercase) {
         if w.chars().count() >= 3 && !STOP.contains(&w.as_str()) && !terms.contains(&w) {
@@ -479,6 +574,23 @@ mod tests {
         assert!(texts.contains(&"Ada is learning the violin"), "important facts are always there");
         assert!(texts.contains(&"Gran won the bake-off in 1987"), "the persona's own facts");
         assert!(!texts.iter().any(|t| t.contains("Bob") || t.contains("another guild")), "{texts:?}");
+    }
+
+    #[tokio::test]
+    async fn an_old_fact_beyond_the_recent_window_is_found_by_the_full_text_index() {
+        let m = MemoryStore::in_memory().unwrap();
+        let old = Timestamp(NOW.0 - 400 * 86_400_000);
+        m.remember(1, Subject::User(10), "Ada once rode a zeppelin over Bruges".into(), 0.2, "remember", old)
+            .await
+            .unwrap();
+        for i in 0..(RECENT + 10) {
+            let at = Timestamp(NOW.0 - i as i64);
+            m.remember(1, Subject::User(10), format!("Ada fact number {i}"), 0.2, "remember", at).await.unwrap();
+        }
+        let r = m.recall(1, "gran", 10, "have you ever been on a zeppelin?", 5, NOW).await.unwrap();
+        assert_eq!(r[0].fact.text, "Ada once rode a zeppelin over Bruges");
+        let r = m.recall(1, "gran", 10, "zeppelins!", 5, NOW).await.unwrap();
+        assert_eq!(r[0].fact.text, "Ada once rode a zeppelin over Bruges", "stemmed: plurals match");
     }
 
     #[tokio::test]
