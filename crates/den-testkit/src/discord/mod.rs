@@ -282,7 +282,22 @@ impl FakeDiscord {
         id
     }
 
-    /// Adds a bot account other than den's.
+    /// Adds another bot account den may post as (multi-bot mode), a member of
+    /// every guild; returns its user id and token.
+    pub fn add_bot_account(&self, name: &str) -> (u64, String) {
+        let mut m = self.shared.model();
+        let id = m.snowflake();
+        let token = format!("bot-token-{id}");
+        let user = User { id, name: name.into(), bot: true };
+        m.users.insert(id, user.clone());
+        m.other_bots.insert(token.clone(), user);
+        for g in m.guilds.values_mut() {
+            g.members.insert(id, Vec::new());
+        }
+        (id, token)
+    }
+
+    /// Adds a bot account other than den's (another application's bot, seen in channels).
     pub fn add_bot_user(&self, name: &str) -> u64 {
         let mut m = self.shared.model();
         let id = m.snowflake();

@@ -151,8 +151,10 @@ pub struct Model {
     next_id: u64,
     /// The application.
     pub app_id: u64,
-    /// den's bot account.
+    /// den's bot account (while a request of another bot account runs: that account).
     pub bot: User,
+    /// Other bot accounts den may post as (a persona's own bot), by token.
+    pub other_bots: BTreeMap<String, User>,
     /// Users by id.
     pub users: BTreeMap<u64, User>,
     /// Guilds by id.
@@ -179,6 +181,7 @@ impl Model {
             next_id: 0,
             app_id: 0,
             bot: User { id: 0, name: String::new(), bot: true },
+            other_bots: BTreeMap::new(),
             users: BTreeMap::new(),
             guilds: BTreeMap::new(),
             roles: BTreeMap::new(),

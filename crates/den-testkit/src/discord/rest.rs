@@ -69,7 +69,13 @@ pub(crate) async fn handle(
 
     let token_route = op.params.contains_key("webhook_token") || op.params.contains_key("interaction_token");
     let bot_auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    if !token_route {
+    // A request of another bot account runs as that account (its messages are its own).
+    let other_bot = bot_auth
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Bot "))
+        .and_then(|t| shared.model().other_bots.get(t).cloned())
+        .filter(|_| !token_route);
+    if !token_route && other_bot.is_none() {
         let expected = format!("Bot {}", shared.config.bot_token);
         if bot_auth.as_deref() != Some(expected.as_str()) {
             shared.stats().invalid_requests += 1;
@@ -130,7 +136,15 @@ pub(crate) async fn handle(
 
     let result = {
         let mut model = shared.model();
-        run(&shared, &mut model, &op.id, &op.params, &query, &json_body)
+        match other_bot {
+            Some(acting) => {
+                let den = std::mem::replace(&mut model.bot, acting);
+                let result = run(&shared, &mut model, &op.id, &op.params, &query, &json_body);
+                model.bot = den;
+                result
+            }
+            None => run(&shared, &mut model, &op.id, &op.params, &query, &json_body),
+        }
     };
     let response = match result {
         Ok((status, body)) => {
