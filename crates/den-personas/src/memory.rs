@@ -23,6 +23,9 @@ pub struct Line {
     pub user_id: u64,
     /// The persona that said it, if one did.
     pub persona: Option<String>,
+    /// For a persona's line, the person it answered (0: nobody): forgetting
+    /// that person removes it too, since it may echo what they said.
+    pub about_user: u64,
     /// The name shown for the author.
     pub author: String,
     /// The text (already cleaned).
@@ -153,9 +156,11 @@ impl MemoryStore {
                 author TEXT NOT NULL,
                 text TEXT NOT NULL,
                 at_ms INTEGER NOT NULL,
+                about_user INTEGER NOT NULL DEFAULT 0,
                 PRIMARY KEY (guild, channel, message_id)
             ) WITHOUT ROWID;
             CREATE INDEX IF NOT EXISTS transcript_by_user ON transcript(guild, user_id);
+            CREATE INDEX IF NOT EXISTS transcript_by_about ON transcript(guild, about_user);
             CREATE INDEX IF NOT EXISTS transcript_by_age ON transcript(at_ms);
             ",
         )?;
@@ -181,7 +186,7 @@ impl MemoryStore {
     pub async fn record(&self, guild: u64, channel: u64, line: Line) -> Result<(), MemoryError> {
         self.run(move |c| {
             c.execute(
-                "INSERT OR REPLACE INTO transcript VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT OR REPLACE INTO transcript VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     guild as i64,
                     channel as i64,
@@ -190,7 +195,8 @@ impl MemoryStore {
                     line.persona,
                     line.author,
                     line.text,
-                    line.at.0
+                    line.at.0,
+                    line.about_user as i64
                 ],
             )?;
             Ok(())
@@ -203,7 +209,7 @@ impl MemoryStore {
         let since = now.0 - TRANSCRIPT_DAYS * 86_400_000;
         self.run(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT message_id, user_id, persona, author, text, at_ms FROM transcript
+                "SELECT message_id, user_id, persona, author, text, at_ms, about_user FROM transcript
                  WHERE guild = ?1 AND channel = ?2 AND at_ms >= ?3 ORDER BY message_id DESC LIMIT ?4",
             )?;
             let mut lines = stmt
@@ -215,6 +221,7 @@ impl MemoryStore {
                         author: r.get(3)?,
                         text: r.get(4)?,
                         at: Timestamp(r.get(5)?),
+                        about_user: r.get::<_, i64>(6)? as u64,
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -228,7 +235,7 @@ impl MemoryStore {
     pub async fn line(&self, guild: u64, channel: u64, message_id: u64) -> Result<Option<Line>, MemoryError> {
         self.run(move |c| {
             Ok(c.query_row(
-                "SELECT message_id, user_id, persona, author, text, at_ms FROM transcript
+                "SELECT message_id, user_id, persona, author, text, at_ms, about_user FROM transcript
                  WHERE guild = ?1 AND channel = ?2 AND message_id = ?3",
                 params![guild as i64, channel as i64, message_id as i64],
                 |r| {
@@ -239,6 +246,7 @@ impl MemoryStore {
                         author: r.get(3)?,
                         text: r.get(4)?,
                         at: Timestamp(r.get(5)?),
+                        about_user: r.get::<_, i64>(6)? as u64,
                     })
                 },
             )
@@ -309,7 +317,8 @@ impl MemoryStore {
     }
 
     /// Forgets `user` in `guild`: facts about them (those containing `text`,
-    /// or all) and, when forgetting all, their transcript lines. Returns how
+    /// or all) and, when forgetting all, their transcript lines and the
+    /// personas' lines that answered them. Returns how
     /// many rows went. The full-text index is rebuilt without them and the WAL
     /// truncated, so their words remain nowhere in the files.
     pub async fn forget_user(&self, guild: u64, user: u64, text: Option<String>) -> Result<usize, MemoryError> {
@@ -327,7 +336,7 @@ impl MemoryStore {
             };
             if text.is_none() {
                 gone += tx.execute(
-                    "DELETE FROM transcript WHERE guild = ?1 AND user_id = ?2",
+                    "DELETE FROM transcript WHERE guild = ?1 AND (user_id = ?2 OR about_user = ?2)",
                     params![guild as i64, user as i64],
                 )?;
             }
@@ -622,13 +631,16 @@ mod tests {
             author: "x".into(),
             text: text.into(),
             at: NOW,
+            about_user: 0,
         };
         m.record(1, 5, line(100, 10, &format!("my hint is {secret}"))).await.unwrap();
         m.record(1, 5, line(101, 11, "choo choo")).await.unwrap();
-        assert_eq!(m.mentions(secret).await.unwrap(), 5, "two facts, two index entries, one line");
+        let echo = Line { persona: Some("gran".into()), about_user: 10, ..line(102, 0, &format!("{secret}, dear?")) };
+        m.record(1, 5, echo).await.unwrap();
+        assert_eq!(m.mentions(secret).await.unwrap(), 6, "two facts, two index entries, two lines");
 
         let gone = m.forget_user(1, 10, None).await.unwrap();
-        assert_eq!(gone, 3);
+        assert_eq!(gone, 4, "two facts, ada's line and the persona's answer to her");
         assert_eq!(m.mentions(secret).await.unwrap(), 0);
         assert!(m.about_user(1, 10).await.unwrap().is_empty());
         assert_eq!(m.about_user(1, 11).await.unwrap().len(), 1, "others keep theirs");
@@ -657,7 +669,15 @@ mod tests {
         let m = MemoryStore::in_memory().unwrap();
         for i in 0..5u64 {
             let at = Timestamp(NOW.0 - (40 - i as i64 * 10) * 86_400_000);
-            let l = Line { message_id: i, user_id: 1, persona: None, author: "a".into(), text: format!("m{i}"), at };
+            let l = Line {
+                message_id: i,
+                user_id: 1,
+                persona: None,
+                author: "a".into(),
+                text: format!("m{i}"),
+                at,
+                about_user: 0,
+            };
             m.record(1, 2, l).await.unwrap();
         }
         let texts: Vec<String> = m.recent(1, 2, 10, NOW).await.unwrap().into_iter().map(|l| l.text).collect();

@@ -217,6 +217,7 @@ impl PersonasModule {
             author: m.author.display_name().to_owned(),
             text: text.clone(),
             at: now,
+            about_user: 0,
         };
         self.d.memory.record(guild, m.channel_id, line).await.map_err(retry)?;
         let seen = self.d.state.human_spoke(m.channel_id).await.map_err(retry)?;
@@ -358,8 +359,15 @@ impl PersonasModule {
         }
         let now = self.d.clock.now();
         let Some(last) = posted.last().copied() else { return Ok(()) };
-        let line =
-            Line { message_id: last, user_id: 0, persona: Some(p.id.clone()), author: p.name.clone(), text, at: now };
+        let line = Line {
+            message_id: last,
+            user_id: 0,
+            persona: Some(p.id.clone()),
+            author: p.name.clone(),
+            text,
+            at: now,
+            about_user: req.user_id,
+        };
         self.d.memory.record(req.guild, req.channel, line.clone()).await.map_err(retry)?;
         self.cue_next_persona(&p, &req, &line).await
     }
@@ -655,6 +663,7 @@ impl PersonasModule {
                                 author: p.name.clone(),
                                 text: text.clone(),
                                 at: now,
+                                about_user: 0,
                             };
                             mem.record(guild, channel, line).await.map_err(retry)?;
                         }
@@ -715,6 +724,7 @@ pub async fn compose(
                 author: author.clone(),
                 text: text.clone(),
                 at: now,
+                about_user: 0,
             })
         }),
         None => None,
@@ -741,6 +751,7 @@ pub async fn compose(
             author: req.user_name.clone(),
             text: req.text.clone(),
             at: now,
+            about_user: 0,
         });
     }
     Ok(crate::prompt::build(&PromptParts {

@@ -228,6 +228,7 @@ mod tests {
             author: author.into(),
             text: text.into(),
             at: Timestamp(id as i64),
+            about_user: 0,
         }
     }
 

@@ -81,6 +81,20 @@ pub async fn module(cx: &ModuleCx<'_>) -> anyhow::Result<Arc<dyn Module>> {
         }
     });
     let memory = den_personas::memory::MemoryStore::open(&c.memory_path())?;
+    // Transcripts are kept 30 days: older lines are deleted every hour.
+    let expiring = memory.clone();
+    let clock = cx.clock.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            match expiring.expire(clock.now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(lines = n, "expired transcript lines deleted"),
+                Err(e) => tracing::warn!(error = %e, "cannot expire transcript lines"),
+            }
+        }
+    });
     let state = den_personas::state::State::new(cx.store.table(den_personas::state::table_spec()).await?);
     let ledger = Ledger::new(cx.store.table(den_llm::ledger::table_spec()).await?, cx.clock.clone());
     let models = models(cx).await;
@@ -311,6 +325,7 @@ pub async fn chat(persona: Option<String>, c: &Config, env: &[(String, String)])
                 author: you.clone(),
                 text: text.clone(),
                 at: now,
+                about_user: 0,
             };
             memory.record(guild, channel, line).await?;
             if let Some(named) = personas.all().into_iter().find(|p| p.is_named_in(&text)) {
@@ -366,6 +381,7 @@ pub async fn chat(persona: Option<String>, c: &Config, env: &[(String, String)])
                 author: current.name.clone(),
                 text: reply.trim().to_owned(),
                 at: clock.now(),
+                about_user: user,
             };
             memory.record(guild, channel, line).await?;
             String::new()

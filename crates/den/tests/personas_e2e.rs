@@ -236,9 +236,14 @@ fn remember_reaches_a_later_prompt_and_forget_leaves_no_trace() {
     let listed = den.command(den.discord.user, "memories", &[]);
     assert!(listed.contains(secret), "{listed}");
 
-    den.llm.push(Script::reply("Noisy instrument, that."));
+    // The persona echoes it: its line answered ada, so forgetting ada removes it too.
+    den.llm.push(Script::reply(&format!("A {secret}? Noisy instrument, that.")));
     den.say(&format!("Gran, should I practise the {secret} tonight?"));
-    den.wait_for_persona("Grumpy Gran", 1);
+    let first = den.wait_for_persona("Grumpy Gran", 1);
+    den.discord.wait_until("the echo is complete", WAIT, |f| {
+        f.message(first[0].id).is_some_and(|m| m.content.ends_with("Noisy instrument, that."))
+    });
+    std::thread::sleep(Duration::from_millis(300));
     let (system, _) = den.prompt(0);
     assert!(system.contains(&format!("<notes>\n- I play the {secret}")), "the memory is in the prompt: {system}");
 
@@ -463,4 +468,58 @@ fn chime_ins_happen_only_where_an_admin_turned_them_on() {
     let (system, conversation) = den.prompt(0);
     assert!(conversation.contains("Chime in"), "{conversation}");
     assert!(system.starts_with("You are Sir Quill"), "{system}");
+}
+
+#[test]
+fn a_reply_longer_than_2000_characters_streams_into_two_messages() {
+    let den = Den::start(&[]);
+    let reply: String = (0..260).map(|i| format!("word{i:03} ")).collect::<String>().trim_end().to_owned();
+    assert!(reply.chars().count() > 2_000);
+    den.llm.push(Script::reply(&reply).rate(400.0));
+    den.say("Gran, tell me a long story");
+    den.discord.wait_until("the whole story is posted", WAIT, |_| {
+        let parts = den.persona_messages("Grumpy Gran");
+        parts.len() == 2 && parts[1].content.ends_with("word259")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let parts = den.persona_messages("Grumpy Gran");
+    assert_eq!(parts.len(), 2, "split, and no third message");
+    assert!(parts.iter().all(|m| m.content.chars().count() <= 2_000));
+    let joined: Vec<&str> = parts.iter().flat_map(|m| m.content.split_whitespace()).collect();
+    assert_eq!(joined.join(" "), reply, "nothing lost or repeated at the split");
+    assert!(parts[0].edits >= 1, "the first part streamed before it filled up");
+}
+
+#[test]
+fn a_persona_with_its_own_token_posts_as_its_own_bot_account() {
+    let discord = Discord::start();
+    let (quill_bot, quill_token) = discord.fake.add_bot_account("Sir Quill");
+    let llm = discord.rt.block_on(FakeLlm::start(Wire::OpenAi, Some(KEY))).unwrap();
+    let scratch = Scratch::new();
+    let dir = scratch.path().join("personas");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("sir-quill.toml"), format!("{QUILL}token_env = \"QUILL_TOKEN\"\n")).unwrap();
+    let config = format!(
+        "[llm]\nprimary = \"fake\"\n\n[[llm.provider]]\nname = \"fake\"\nkind = \"openai\"\nbase_url = \"{}\"\n\
+         model = \"fake-1\"\nkey_env = \"FAKE_LLM_KEY\"\n",
+        llm.base_url()
+    );
+    std::fs::write(scratch.path().join("den.toml"), config).unwrap();
+    let env = [("FAKE_LLM_KEY", KEY), ("QUILL_TOKEN", quill_token.as_str()), ("DEN_PERSONAS__STREAM_EDIT_MS", "200")];
+    let running = scratch.start_with(&discord, "run", &env);
+    running.wait_ready(WAIT);
+    llm.push(Script::reply("Egads, I speak for myself now!").rate(20.0));
+    discord.fake.post_as(discord.user, discord.channel, "Quill, who are you?");
+    discord.wait_until("Quill's own bot answers", WAIT, |f| {
+        f.messages(discord.channel)
+            .iter()
+            .any(|m| m.author_id == quill_bot && m.content == "Egads, I speak for myself now!")
+    });
+    let posted: Vec<Message> =
+        discord.fake.messages(discord.channel).into_iter().filter(|m| m.author_id == quill_bot).collect();
+    assert_eq!(posted.len(), 1, "one message, streamed by editing it");
+    assert!(posted[0].webhook_id.is_none() && posted[0].edits >= 1);
+    assert!(discord.fake.webhooks(discord.channel).is_empty(), "no webhook needed");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(llm.requests().len(), 1, "its own bot message is not answered");
 }
