@@ -194,7 +194,7 @@ impl PersonasModule {
         Ok(None)
     }
 
-    async fn on_message_job(&self, payload: &Value) -> Result<(), JobError> {
+    async fn on_message_job(&self, job_id: &str, payload: &Value) -> Result<(), JobError> {
         let m: InboundMessage = serde_json::from_value(payload["message"].clone())
             .map_err(|e| JobError::permanent(format!("bad message payload: {e}")))?;
         let Some(guild) = m.guild_id else { return Ok(()) };
@@ -258,7 +258,7 @@ impl PersonasModule {
                     let Some(p) = self.d.personas.find(who) else { return Ok(()) };
                     req.persona = p.id.clone();
                     req.text = question.trim().to_owned();
-                    return self.speak(req).await;
+                    return self.speak(job_id, req).await;
                 }
                 "roast" => {
                     let mut words: Vec<&str> = args.split_whitespace().collect();
@@ -273,7 +273,7 @@ impl PersonasModule {
                     let target = words.join(" ");
                     req.persona = p.id.clone();
                     req.roast = Some(if target.is_empty() { req.user_name.clone() } else { target });
-                    return self.speak(req).await;
+                    return self.speak(job_id, req).await;
                 }
                 _ => {}
             }
@@ -281,7 +281,7 @@ impl PersonasModule {
         let Some((chosen, chime_in)) = self.choose(&m, &text).await? else { return Ok(()) };
         req.persona = chosen.id.clone();
         req.chime_in = chime_in;
-        self.speak(req).await
+        self.speak(job_id, req).await
     }
 
     /// Rate limits for a person's request; `Ok(false)` when it must not be answered.
@@ -289,9 +289,14 @@ impl PersonasModule {
         let now = self.d.clock.now();
         let s = &self.d.state;
         let c = &self.d.config;
+        let own = s.guild_limits(req.guild).await.map_err(retry)?;
         let windows = [
-            (format!("user:{}:{}", req.guild, req.user_id), c.user_per_minute, req.user_id != 0),
-            (format!("chan:{}", req.channel), c.channel_per_minute, true),
+            (
+                format!("user:{}:{}", req.guild, req.user_id),
+                own.user_per_minute.unwrap_or(c.user_per_minute),
+                req.user_id != 0,
+            ),
+            (format!("chan:{}", req.channel), own.channel_per_minute.unwrap_or(c.channel_per_minute), true),
         ];
         for (key, limit, applies) in windows {
             if !applies {
@@ -309,7 +314,11 @@ impl PersonasModule {
                 Window::Silenced => return Ok(false),
             }
         }
-        match self.d.ledger.check(req.guild, &p.id, &c.budget).await.map_err(retry)? {
+        let mut budget = c.budget;
+        if let Some(n) = own.daily_tokens.filter(|n| *n > 0) {
+            budget.per_guild = Some(n);
+        }
+        match self.d.ledger.check(req.guild, &p.id, &budget).await.map_err(retry)? {
             BudgetCheck::Allowed { .. } => Ok(true),
             BudgetCheck::Exhausted => {
                 if s.first_today(&format!("budget:{}", req.guild), now).await.map_err(retry)? {
@@ -321,10 +330,15 @@ impl PersonasModule {
         }
     }
 
-    /// A persona answers.
-    async fn speak(&self, req: ReplyRequest) -> Result<(), JobError> {
+    /// A persona answers, once per job: a redelivered job whose reply already
+    /// started to appear does nothing.
+    async fn speak(&self, job_id: &str, req: ReplyRequest) -> Result<(), JobError> {
         let Some(p) = self.d.personas.find(&req.persona) else { return Ok(()) };
         let s = &self.d.state;
+        if s.reply_posted(job_id).await.map_err(retry)? {
+            tracing::info!(job = job_id, "reply already posted by an earlier delivery");
+            return Ok(());
+        }
         if s.is_muted(req.guild, &p.id, req.channel).await.map_err(retry)?
             || s.higher_self(req.guild, &p.id).await.map_err(retry)?
         {
@@ -343,7 +357,7 @@ impl PersonasModule {
         let directives: Vec<String> = directive.into_iter().map(|d| d.text).collect();
         let request = compose(&self.d.memory, &self.d.config, &p, &req, &directives, now).await.map_err(retry)?;
         let model = models.for_persona(&p);
-        let outcome = self.stream_reply(&p, req.channel, model.stream(&request).await).await;
+        let outcome = self.stream_reply(job_id, &p, req.channel, model.stream(&request).await).await;
         let (posted, text, usage) = match outcome {
             Ok(done) => done,
             Err(ReplyFailure::Model(e)) => {
@@ -423,12 +437,13 @@ impl PersonasModule {
     /// filter is regenerated once, then replaced.
     async fn stream_reply(
         &self,
+        job_id: &str,
         p: &Persona,
         channel: u64,
         opened: Result<ChatStream, LlmError>,
     ) -> Result<(Vec<u64>, String, Option<Usage>), ReplyFailure> {
         let mut stream = opened.map_err(ReplyFailure::Model)?;
-        let mut shown = Shown::default();
+        let mut shown = Shown { job: job_id.to_owned(), ..Shown::default() };
         let mut text = String::new();
         let mut last_flush = Instant::now();
         let interval = self.d.config.stream_edit_interval;
@@ -499,6 +514,11 @@ impl PersonasModule {
             } else {
                 let ids = self.post(p, channel, piece).await.map_err(ReplyFailure::Discord)?;
                 let now = self.d.clock.now();
+                if shown.ids.is_empty()
+                    && let Err(e) = self.d.state.mark_reply_posted(&shown.job, now).await
+                {
+                    tracing::warn!(error = %e, "cannot record that a reply was posted");
+                }
                 for id in ids {
                     // Marked at once, so a quick reply to it finds its persona.
                     if let Err(e) = self.d.state.mark_persona_message(id, &p.id, now).await {
@@ -680,6 +700,31 @@ impl PersonasModule {
                     }
                 }
             }
+            "persona-settings" => {
+                let num = |k: &str| payload["options"].get(k).and_then(Value::as_u64);
+                let change = crate::state::GuildLimits {
+                    user_per_minute: num("user-per-minute").map(|n| n.min(1_000) as u32),
+                    channel_per_minute: num("channel-per-minute").map(|n| n.min(1_000) as u32),
+                    daily_tokens: num("daily-tokens"),
+                };
+                let limits = if change == crate::state::GuildLimits::default() {
+                    s.guild_limits(guild).await.map_err(retry)?
+                } else {
+                    s.audit(guild, user, "persona-settings", &format!("{change:?}"), now).await.map_err(retry)?;
+                    s.set_guild_limits(guild, change).await.map_err(retry)?
+                };
+                let c = &self.d.config;
+                let tokens = match limits.daily_tokens.filter(|n| *n > 0).or(c.budget.per_guild) {
+                    Some(n) => n.to_string(),
+                    None => "unlimited".to_owned(),
+                };
+                format!(
+                    "Limits here: {} requests per person per minute, {} persona replies per channel per minute, {} tokens a day.",
+                    limits.user_per_minute.unwrap_or(c.user_per_minute),
+                    limits.channel_per_minute.unwrap_or(c.channel_per_minute),
+                    tokens
+                )
+            }
             "persona-audit" => {
                 let entries = s.audit_log(guild, 20).await.map_err(retry)?;
                 if entries.is_empty() {
@@ -770,6 +815,7 @@ pub async fn compose(
 /// What a streaming reply has shown so far.
 #[derive(Default)]
 struct Shown {
+    job: String,
     ids: Vec<u64>,
     texts: Vec<String>,
 }
@@ -853,6 +899,28 @@ impl Module for PersonasModule {
                 default_member_permissions: admin,
                 ..CommandSpec::new("persona-audit", "Admins: the Higher Self and moderation log")
             },
+            CommandSpec {
+                default_member_permissions: admin,
+                ..CommandSpec::new("persona-settings", "Admins: this server's persona limits (no options: show them)")
+                    .option(OptionSpec::new(
+                        "user-per-minute",
+                        "Requests per person per minute",
+                        OptionKind::Integer,
+                        false,
+                    ))
+                    .option(OptionSpec::new(
+                        "channel-per-minute",
+                        "Persona replies per channel per minute",
+                        OptionKind::Integer,
+                        false,
+                    ))
+                    .option(OptionSpec::new(
+                        "daily-tokens",
+                        "Model tokens per day (0: den's default)",
+                        OptionKind::Integer,
+                        false,
+                    ))
+            },
         ]
     }
 
@@ -927,7 +995,7 @@ impl Module for PersonasModule {
                 }
                 Some(self.deferred(i, command, guild, admin, cx))
             }
-            "mute" | "unmute" | "chime-in" | "persona-audit" if !admin => {
+            "mute" | "unmute" | "chime-in" | "persona-audit" | "persona-settings" if !admin => {
                 Some(Reaction::reply("Only members with Manage Server can do that.", true))
             }
             _ => Some(self.deferred(i, command, guild, admin, cx)),
@@ -969,11 +1037,11 @@ impl JobHandler for PersonaJobs {
     async fn run(&self, job: &Job, _cx: &JobContext) -> Result<(), JobError> {
         let m = &self.0;
         match job.kind.as_str() {
-            MESSAGE => m.on_message_job(&job.payload).await,
+            MESSAGE => m.on_message_job(&job.id, &job.payload).await,
             REPLY => {
                 let req: ReplyRequest = serde_json::from_value(job.payload.clone())
                     .map_err(|e| JobError::permanent(format!("bad reply payload: {e}")))?;
-                m.speak(req).await
+                m.speak(&job.id, req).await
             }
             COMMAND => m.command_job(&job.payload).await,
             CONSOLIDATE => m.consolidate_job(&job.payload).await,

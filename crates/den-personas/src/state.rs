@@ -41,6 +41,17 @@ pub enum Window {
     Silenced,
 }
 
+/// Limits a guild's admins set over den's configured ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuildLimits {
+    /// Requests per person per minute.
+    pub user_per_minute: Option<u32>,
+    /// Persona replies per channel per minute.
+    pub channel_per_minute: Option<u32>,
+    /// Tokens per UTC day for the whole guild (0: den's configured budget).
+    pub daily_tokens: Option<u64>,
+}
+
 /// A Higher Self directive: followed for the next `remaining` replies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Directive {
@@ -115,6 +126,18 @@ impl State {
             .get(&format!("msg:{message}"), "m")
             .await?
             .and_then(|i| i.attrs.get("persona").and_then(Value::as_str).map(str::to_owned)))
+    }
+
+    /// Records that the reply of job `job` has started to appear in Discord
+    /// (kept a day: longer than any redelivery of the job).
+    pub async fn mark_reply_posted(&self, job: &str, now: Timestamp) -> StoreResult<()> {
+        let put = Put::new(format!("job:{job}"), "posted", Map::new()).expires_at(Timestamp(now.0 + DAY));
+        self.table.put(put).await.map(|_| ())
+    }
+
+    /// Whether an earlier delivery of job `job` already posted its reply.
+    pub async fn reply_posted(&self, job: &str) -> StoreResult<bool> {
+        Ok(self.table.get(&format!("job:{job}"), "posted").await?.is_some())
     }
 
     /// A channel's activity.
@@ -233,6 +256,34 @@ impl State {
             }
         }
         Ok(false)
+    }
+
+    /// A guild's own limits, where its admins set them.
+    pub async fn guild_limits(&self, guild: u64) -> StoreResult<GuildLimits> {
+        let item = self.table.get(&format!("guild:{guild}"), "limits").await?;
+        let get = |k: &str| item.as_ref().and_then(|i| i.attrs.get(k)).and_then(Value::as_u64);
+        Ok(GuildLimits {
+            user_per_minute: get("user_per_minute").map(|n| n as u32),
+            channel_per_minute: get("channel_per_minute").map(|n| n as u32),
+            daily_tokens: get("daily_tokens"),
+        })
+    }
+
+    /// Changes the limits given (`Some`), keeps the others.
+    pub async fn set_guild_limits(&self, guild: u64, limits: GuildLimits) -> StoreResult<GuildLimits> {
+        self.update(&format!("guild:{guild}"), "limits", None, |a| {
+            if let Some(n) = limits.user_per_minute {
+                a.insert("user_per_minute".into(), n.into());
+            }
+            if let Some(n) = limits.channel_per_minute {
+                a.insert("channel_per_minute".into(), n.into());
+            }
+            if let Some(n) = limits.daily_tokens {
+                a.insert("daily_tokens".into(), n.into());
+            }
+        })
+        .await?;
+        self.guild_limits(guild).await
     }
 
     /// Turns unprompted chime-ins on or off in a channel.

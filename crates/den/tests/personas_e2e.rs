@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use den_testkit::discord::{CommandOption, Message};
+use den_testkit::discord::{CommandOption, Injected, Message};
 use den_testkit::llm::{FakeLlm, Fault, Script, Wire};
 use serde_json::Value;
 use support::{Discord, Running, Scratch};
@@ -522,4 +522,42 @@ fn a_persona_with_its_own_token_posts_as_its_own_bot_account() {
     assert!(discord.fake.webhooks(discord.channel).is_empty(), "no webhook needed");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(llm.requests().len(), 1, "its own bot message is not answered");
+}
+
+/// Every job may run twice: a reply job redelivered after Discord failed in
+/// the middle of its stream does not post the reply again.
+#[test]
+fn a_reply_job_redelivered_after_a_discord_failure_mid_stream_posts_nothing_twice() {
+    let mut den = Den::start(&[]);
+    for _ in 0..5 {
+        den.discord.fake.inject("update_webhook_message", Injected::Status(500));
+    }
+    den.llm.push(Script::reply("This sentence streams slowly enough to be edited on its way out.").rate(20.0));
+    den.say("Gran, say something slowly");
+    den.wait_for_persona("Grumpy Gran", 1);
+    let running = den.running.as_mut().unwrap();
+    running.wait_for_log("reply already posted by an earlier delivery", WAIT);
+    assert_eq!(den.persona_messages("Grumpy Gran").len(), 1, "not posted twice");
+    assert_eq!(den.llm.requests().len(), 1, "the model was not asked twice");
+}
+
+#[test]
+fn admins_set_their_servers_own_limits() {
+    let den = Den::start(&[]);
+    let shown = den.command(den.discord.user, "persona-settings", &[]);
+    assert!(shown.contains("5 requests per person per minute") && shown.contains("unlimited"), "{shown}");
+    let one = CommandOption { name: "user-per-minute".into(), value: 1.into(), kind: 4 };
+    let set = den.command(den.discord.user, "persona-settings", std::slice::from_ref(&one));
+    assert!(set.contains("1 requests per person per minute"), "{set}");
+    let bob = den.discord.fake.add_user("bob");
+    den.discord.fake.add_member(den.discord.guild, bob);
+    assert!(den.command(bob, "persona-settings", &[one]).contains("Only members with Manage Server"));
+
+    den.llm.set_default(Script::reply("Mm."));
+    den.say("Gran, one");
+    den.wait_for_persona("Grumpy Gran", 1);
+    den.say("Gran, two");
+    let posted = den.wait_for_persona("Grumpy Gran", 2);
+    assert!(posted[1].content.contains("Give me a minute"), "{}", posted[1].content);
+    assert_eq!(den.llm.requests().len(), 1);
 }
