@@ -257,6 +257,36 @@ impl Egress {
         }
     }
 
+    /// Sends a request with a JSON body den built itself, through the same
+    /// client and retries as everything else; answers the JSON (null for 204).
+    pub(crate) async fn raw(
+        &self,
+        what: &str,
+        route: &twilight_http::routing::Route<'_>,
+        body: Option<&Value>,
+    ) -> DiscordResult<Value> {
+        let response = self
+            .retrying(what, || {
+                let mut request = twilight_http::request::Request::builder(route);
+                if let Some(b) = body {
+                    request = request.json(b);
+                }
+                let built = request.build();
+                async move {
+                    match built {
+                        Ok(r) => self.http.request::<Value>(r).await,
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .await?;
+        let bytes = response.bytes().await.map_err(|e| local(what, e.to_string()))?;
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| local(what, format!("unreadable answer: {e}")))
+    }
+
     /// Posts `text` in `channel` as den, split into as many messages as it
     /// takes; the first replies to `reply_to` when given. Returns the message ids.
     pub async fn send_text(&self, channel: u64, text: &str, reply_to: Option<u64>) -> DiscordResult<Vec<u64>> {

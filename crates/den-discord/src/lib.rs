@@ -8,6 +8,7 @@
 pub mod egress;
 pub mod events;
 pub mod gateway;
+pub mod guild;
 pub mod interactions;
 pub mod module;
 pub mod router;

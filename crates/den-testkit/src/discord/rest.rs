@@ -333,6 +333,26 @@ fn edit_message(m: &mut Message, body: &Value) {
     m.edits += 1;
 }
 
+/// Overwrites as Discord keeps and answers them: permission bits as strings
+/// (requests may send integers).
+fn stored_overwrites(v: &Value) -> Vec<Value> {
+    let text = |x: &Value| match x {
+        Value::Number(n) => Value::String(n.to_string()),
+        other => other.clone(),
+    };
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| {
+            let mut o = o.clone();
+            for k in ["allow", "deny"] {
+                o[k] = text(&o[k]);
+            }
+            o
+        })
+        .collect()
+}
+
 fn bot_author(model: &Model) -> (u64, String, Option<String>, bool) {
     (model.bot.id, model.bot.name.clone(), None, true)
 }
@@ -678,6 +698,18 @@ fn run(
                     ));
                 }
             }
+            // Like Discord: each forum tag gets an id, and its emoji fields are answered as null.
+            let tags: Vec<Value> = body["available_tags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    json!({"id": model.snowflake().to_string(), "name": t["name"],
+                        "moderated": t["moderated"].as_bool().unwrap_or(false),
+                        "emoji_id": t.get("emoji_id").cloned().unwrap_or(Value::Null),
+                        "emoji_name": t.get("emoji_name").cloned().unwrap_or(Value::Null)})
+                })
+                .collect();
             let c = Channel {
                 id: model.snowflake(),
                 guild_id: guild,
@@ -686,12 +718,12 @@ fn run(
                 topic: body["topic"].as_str().map(str::to_owned),
                 parent_id,
                 position: body["position"].as_i64().unwrap_or(0),
-                overwrites: body["permission_overwrites"].as_array().cloned().unwrap_or_default(),
-                tags: body["available_tags"].as_array().cloned().unwrap_or_default(),
+                overwrites: stored_overwrites(&body["permission_overwrites"]),
+                tags,
             };
             let json = model::channel_json(&c);
             model.channels.insert(c.id, c);
-            Ok((200, json))
+            Ok((201, json))
         }
         "update_channel" => {
             let c =
@@ -705,8 +737,8 @@ fn run(
             if body.get("parent_id").is_some() {
                 c.parent_id = snowflake(&body["parent_id"]);
             }
-            if let Some(o) = body["permission_overwrites"].as_array() {
-                c.overwrites = o.clone();
+            if body["permission_overwrites"].is_array() {
+                c.overwrites = stored_overwrites(&body["permission_overwrites"]);
             }
             Ok((200, model::channel_json(c)))
         }
@@ -736,7 +768,11 @@ fn run(
                 guild_id: guild,
                 name: body["name"].as_str().unwrap_or("new role").to_owned(),
                 // Like Discord: without explicit permissions a role copies @everyone's.
-                permissions: body["permissions"].as_str().map(str::to_owned).unwrap_or(everyone),
+                permissions: match &body["permissions"] {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    _ => everyone,
+                },
                 position,
             };
             let json = model::role_json(&r);
