@@ -164,6 +164,8 @@ pub struct InboundInteraction {
     pub user: Option<Author>,
     /// The invoker's permissions in the channel.
     pub permissions: u64,
+    /// den's own permissions in the channel (`app_permissions`), when Discord says.
+    pub app_permissions: Option<u64>,
     /// The command's name (slash commands).
     pub command: Option<String>,
     /// Options by name; subcommand options flattened as `sub.option`.
@@ -188,6 +190,7 @@ impl InboundInteraction {
         let user_value = if member["user"].is_object() { &member["user"] } else { &v["user"] };
         let user = serde_json::from_value::<Author>(user_value.clone()).ok();
         let permissions = member["permissions"].as_str().and_then(|p| p.parse().ok()).unwrap_or(0);
+        let app_permissions = v["app_permissions"].as_str().and_then(|p| p.parse().ok());
         let channel_id = parse_snowflake(&v["channel_id"]).or_else(|| parse_snowflake(&v["channel"]["id"]));
         let mut options = serde_json::Map::new();
         flatten_options(&v["data"]["options"], "", &mut options);
@@ -204,6 +207,7 @@ impl InboundInteraction {
             channel_id,
             user,
             permissions,
+            app_permissions,
             command: v["data"]["name"].as_str().map(str::to_owned),
             options,
             custom_id: v["data"]["custom_id"].as_str().map(str::to_owned),
@@ -227,6 +231,17 @@ impl InboundInteraction {
     #[must_use]
     pub fn has_permission(&self, permission: u64) -> bool {
         self.permissions & ADMINISTRATOR != 0 || self.permissions & permission == permission
+    }
+
+    /// The bits of `needed` den itself lacks in the channel (none when it is
+    /// an administrator; `needed` when Discord did not say).
+    #[must_use]
+    pub fn app_lacks(&self, needed: u64) -> u64 {
+        match self.app_permissions {
+            Some(p) if p & ADMINISTRATOR != 0 => 0,
+            Some(p) => needed & !p,
+            None => needed,
+        }
     }
 }
 
@@ -278,7 +293,13 @@ mod tests {
         assert_eq!(i.option_str("add.name"), Some("Dragons"));
         assert!(i.has_permission(MANAGE_CHANNELS));
         assert!(!i.has_permission(MANAGE_ROLES));
+        assert_eq!(i.app_lacks(MANAGE_CHANNELS), MANAGE_CHANNELS, "unknown: assume lacking");
         assert_eq!(i.user.unwrap().id, 5);
         assert!(InboundInteraction::parse(r#"{"type":2}"#).is_err());
+        let with_app = d.replace(r#""type":2,"#, r#""type":2,"app_permissions":"16","#);
+        let i = InboundInteraction::parse(&with_app).unwrap();
+        assert_eq!(i.app_lacks(MANAGE_CHANNELS | MANAGE_ROLES), MANAGE_ROLES);
+        let admin = d.replace(r#""type":2,"#, r#""type":2,"app_permissions":"8","#);
+        assert_eq!(InboundInteraction::parse(&admin).unwrap().app_lacks(MANAGE_ROLES), 0);
     }
 }
