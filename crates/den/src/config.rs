@@ -41,6 +41,22 @@ pub struct Config {
     pub llm: LlmConfig,
     /// AI Roast Den personas.
     pub personas: PersonasSection,
+    /// Channelwright campaigns.
+    pub campaigns: CampaignsSection,
+}
+
+/// `[campaigns]`: Channelwright.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CampaignsSection {
+    /// Run the campaigns module.
+    pub enabled: bool,
+}
+
+impl Default for CampaignsSection {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 /// `[personas]`: AI Roast Den.

@@ -101,6 +101,10 @@ pub async fn modules(cx: &ModuleCx<'_>) -> anyhow::Result<Vec<Arc<dyn Module>>> 
     if cx.config.personas.enabled {
         modules.push(crate::personas::module(cx).await?);
     }
+    if cx.config.campaigns.enabled {
+        let plans = den_campaigns::plan::Plans::new(cx.store.table(den_campaigns::plan::table_spec()).await?);
+        modules.push(den_campaigns::CampaignsModule::new(cx.egress.clone(), plans, cx.clock.clone(), vec![]));
+    }
     Ok(modules)
 }
 

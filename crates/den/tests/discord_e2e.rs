@@ -212,7 +212,9 @@ fn commands_sync_registers_every_module_command_in_one_request() {
     let commands = discord.fake.commands(Some(discord.guild));
     let names: Vec<&str> = commands.iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert!(stdout(&out).contains(&format!("registered {} command(s) in guild", names.len())), "{}", stdout(&out));
-    for expected in ["ping", "status", "ask", "roast", "remember", "forget", "memories", "mute", "influence"] {
+    for expected in
+        ["ping", "status", "ask", "roast", "remember", "forget", "memories", "mute", "influence", "add-campaign"]
+    {
         assert!(names.contains(&expected), "/{expected} missing from {names:?}");
     }
     let mute = commands.iter().find(|c| c["name"] == "mute").unwrap();
@@ -279,6 +281,7 @@ fn den_run_registers_commands_at_start_when_configured() {
             ("DEN_DISCORD__SYNC_COMMANDS", "true"),
             ("DEN_DISCORD__SYNC_GUILD", &guild),
             ("DEN_PERSONAS__ENABLED", "false"),
+            ("DEN_CAMPAIGNS__ENABLED", "false"),
         ],
     );
     den.wait_ready(WAIT);

@@ -420,6 +420,7 @@ impl FakeDiscord {
         let name = m.users.get(&user).map_or_else(|| "someone".to_owned(), |u| u.name.clone());
         let owner = m.guilds.get(&guild).is_some_and(|g| g.owner_id == user);
         let permissions = if owner { "2251799813685247" } else { "104324673" };
+        let app_permissions = m.app_permissions.unwrap_or(2_251_799_813_685_247).to_string();
         let mut payload = json!({
             "id": id.to_string(), "application_id": m.app_id.to_string(), "type": kind, "data": data,
             "guild_id": guild.to_string(), "channel_id": channel.to_string(),
@@ -428,7 +429,7 @@ impl FakeDiscord {
                 "user": model::user_json(user, &name, false, None), "roles": [], "permissions": permissions,
                 "joined_at": model::iso8601(m.now()), "deaf": false, "mute": false, "flags": 0,
             },
-            "token": token, "version": 1, "app_permissions": "2251799813685247", "locale": "en-US",
+            "token": token, "version": 1, "app_permissions": app_permissions, "locale": "en-US",
             "guild_locale": "en-US", "entitlements": [], "authorizing_integration_owners": {"0": guild.to_string()},
             "context": 0, "attachment_size_limit": 10_485_760,
         });
@@ -618,6 +619,11 @@ impl FakeDiscord {
     /// The next call of operation `op` (an OpenAPI operationId) fails this way.
     pub fn inject(&self, op: &str, failure: Injected) {
         lock(&self.shared.injected).entry(op.to_owned()).or_default().push(failure);
+    }
+
+    /// Sets den's permissions as interactions will report them (`app_permissions`).
+    pub fn set_app_permissions(&self, permissions: u64) {
+        self.shared.model().app_permissions = Some(permissions);
     }
 
     /// Moves the fake's clock forward (interaction tokens age).

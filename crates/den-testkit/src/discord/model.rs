@@ -173,6 +173,8 @@ pub struct Model {
     pub interactions: HashMap<String, Interaction>,
     /// How far fake time is ahead of the wall clock.
     pub time_offset: Duration,
+    /// den's permissions as interactions report them (`app_permissions`); `None`: all.
+    pub app_permissions: Option<u64>,
 }
 
 impl Model {
@@ -191,6 +193,7 @@ impl Model {
             commands: HashMap::new(),
             interactions: HashMap::new(),
             time_offset: Duration::ZERO,
+            app_permissions: None,
         };
         m.app_id = m.snowflake();
         // A bot user's id equals its application's id.

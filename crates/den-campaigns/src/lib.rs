@@ -1,0 +1,259 @@
+//! Channelwright: a campaign's space in seconds, exactly once.
+//!
+//! `/add-campaign` answers at once (deferred), stores a plan (roles, a
+//! private category, the template's channels), then a job carries it out step
+//! by step: each step idempotent, so a crash or a retry resumes without
+//! duplicates. Progress is drawn in the deferred answer at most once a second
+//! and never holds up creation; a summary ends it.
+//!
+//! - [`template`]: templates (TOML) and the shipped default.
+//! - [`plan`]: the stored plan, the idempotent builder, progress and summary.
+
+pub mod plan;
+pub mod template;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use den_core::{Clock, Job};
+use den_discord::events::{InboundInteraction, MANAGE_CHANNELS, MANAGE_ROLES};
+use den_discord::router::finish_interaction;
+use den_discord::{CommandSpec, Egress, IngressCx, InteractionRef, Module, OptionKind, OptionSpec, Reaction};
+use den_worker::{JobContext, JobError, JobHandler};
+use serde_json::{Value, json};
+
+use crate::plan::{BuildError, Gm, Plan, Plans, Status};
+use crate::template::Template;
+
+/// Job kind: plan (if new) and build a campaign.
+pub const BUILD: &str = "campaigns.build";
+
+/// The campaigns module.
+pub struct CampaignsModule {
+    egress: Arc<Egress>,
+    plans: Plans,
+    clock: Arc<dyn Clock>,
+    templates: Vec<Template>,
+    /// Least time between progress edits.
+    progress_every: Duration,
+}
+
+impl std::fmt::Debug for CampaignsModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CampaignsModule").field("templates", &self.templates.len()).finish_non_exhaustive()
+    }
+}
+
+fn retry(e: impl std::fmt::Display) -> JobError {
+    JobError::retry(e.to_string())
+}
+
+impl CampaignsModule {
+    /// The module, with the default template and `templates`.
+    pub fn new(egress: Arc<Egress>, plans: Plans, clock: Arc<dyn Clock>, templates: Vec<Template>) -> Arc<Self> {
+        let mut all = vec![Template::default_template()];
+        all.extend(templates.into_iter().filter(|t| t.name != "default"));
+        Arc::new(Self { egress, plans, clock, templates: all, progress_every: Duration::from_secs(1) })
+    }
+
+    fn template(&self, name: &str) -> Option<&Template> {
+        self.templates.iter().find(|t| t.name.eq_ignore_ascii_case(name))
+    }
+
+    async fn build_job(&self, payload: &Value) -> Result<(), JobError> {
+        let iref = serde_json::from_value::<InteractionRef>(payload["interaction"].clone())
+            .map_err(|e| JobError::permanent(format!("bad campaign payload: {e}")))?;
+        let guild = iref.guild_id.ok_or_else(|| JobError::permanent("no guild"))?;
+        let name = payload["name"].as_str().unwrap_or_default().to_owned();
+        let template = self.template(payload["template"].as_str().unwrap_or("default")).cloned();
+        let Some(template) = template else {
+            return self.finish(&iref, "No such template.").await;
+        };
+        let gm = payload["gm"].as_u64().map_or(Gm::Role, Gm::User);
+        let now = self.clock.now();
+        let (plan, version) = match self.plans.get(guild, &name).await.map_err(retry)? {
+            // A retry of this very request resumes; anyone else's is a duplicate.
+            Some((p, v)) if p.interaction.as_ref().map(|i| i.id) == Some(iref.id) => (p, v),
+            Some(_) => {
+                return self.finish(&iref, &format!("There is already a campaign called **{name}** here.")).await;
+            }
+            None => {
+                let mut plan = Plan::new(guild, &name, gm, &template, now);
+                plan.interaction = Some(iref.clone());
+                if !self.plans.create(&plan).await.map_err(retry)? {
+                    return self.finish(&iref, &format!("There is already a campaign called **{name}** here.")).await;
+                }
+                self.plans.get(guild, &name).await.map_err(retry)?.ok_or_else(|| retry("plan vanished"))?
+            }
+        };
+        if plan.status == Status::Done {
+            return self.finish(&iref, &plan::summary(&plan)).await;
+        }
+        // Progress goes through a reporter that edits at most once per
+        // interval: creation never waits on an edit.
+        let latest: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let reporter = {
+            let (latest, stop, egress, token, every) =
+                (latest.clone(), stop.clone(), self.egress.clone(), iref.token.clone(), self.progress_every);
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(every) => {}
+                    }
+                    let text = latest.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                    if let Some(t) = text
+                        && let Err(e) = egress.edit_original(&token, &t).await
+                    {
+                        tracing::debug!(error = %e, "progress edit failed");
+                    }
+                }
+            })
+        };
+        let report = |p: &Plan, last: &str| {
+            *latest.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(plan::progress_text(p, last));
+        };
+        let bot = self.egress.app_id();
+        let outcome = plan::build(&self.egress, &self.plans, plan.clone(), version, bot, &report, None).await;
+        stop.cancel();
+        let _ = reporter.await;
+        match outcome {
+            Ok(done) => self.finish(&iref, &plan::summary(&done)).await,
+            Err(BuildError::Transient(e)) => Err(retry(e)),
+            Err(BuildError::Store(e)) => Err(retry(e)),
+            Err(BuildError::Step { step, source }) => {
+                if let Some((mut p, v)) = self.plans.get(guild, &name).await.map_err(retry)? {
+                    p.status = Status::Failed;
+                    p.failures.push(format!("{step}: {source}"));
+                    let _ = self.plans.save(&p, v).await;
+                }
+                let text = format!(
+                    "❌ **Campaign {name}**: Discord refused to create **{step}** ({source}). What was created so far is \
+                     kept; fix the cause and run the same command again to finish, or remove it by hand."
+                );
+                self.finish(&iref, &text).await?;
+                Err(JobError::permanent(format!("campaign step {step} failed")))
+            }
+        }
+    }
+
+    async fn finish(&self, iref: &InteractionRef, text: &str) -> Result<(), JobError> {
+        finish_interaction(&self.egress, &*self.clock, iref, text).await.map_err(retry)
+    }
+}
+
+#[async_trait]
+impl Module for CampaignsModule {
+    fn name(&self) -> &'static str {
+        "campaigns"
+    }
+
+    fn commands(&self) -> Vec<CommandSpec> {
+        let mut template =
+            OptionSpec::new("template", "Which channel set (default: default)", OptionKind::String, false);
+        template.choices = self.templates.iter().map(|t| (t.name.clone(), t.name.clone())).collect();
+        vec![
+            CommandSpec {
+                default_member_permissions: Some(MANAGE_CHANNELS),
+                ..CommandSpec::new("add-campaign", "Create a campaign's role, category and channels")
+                    .option(OptionSpec::new("name", "The campaign's name", OptionKind::String, true))
+                    .option(template)
+                    .option(OptionSpec::new("gm", "The game master (default: a GM role)", OptionKind::User, false))
+            },
+            CommandSpec::new("list-campaigns", "The campaigns of this server"),
+        ]
+    }
+
+    async fn on_interaction(&self, i: &InboundInteraction, cx: &IngressCx) -> Option<Reaction> {
+        match i.command.as_deref()? {
+            "add-campaign" => {
+                if i.guild_id.is_none() {
+                    return Some(Reaction::reply("Campaigns live in servers.", true));
+                }
+                if !i.has_permission(MANAGE_CHANNELS) {
+                    return Some(Reaction::reply("You need Manage Channels to add a campaign.", true));
+                }
+                let name = match plan::check_name(i.option_str("name").unwrap_or_default()) {
+                    Ok(n) => n,
+                    Err(e) => return Some(Reaction::reply(e, true)),
+                };
+                let lacks = i.app_lacks(MANAGE_CHANNELS | MANAGE_ROLES);
+                if lacks != 0 {
+                    let mut missing = Vec::new();
+                    if lacks & MANAGE_CHANNELS != 0 {
+                        missing.push("Manage Channels");
+                    }
+                    if lacks & MANAGE_ROLES != 0 {
+                        missing.push("Manage Roles");
+                    }
+                    return Some(Reaction::reply(
+                        format!(
+                            "den needs the {} permission{} here to build a campaign: give its role {} in Server \
+                             Settings → Roles.",
+                            missing.join(" and "),
+                            if missing.len() > 1 { "s" } else { "" },
+                            if missing.len() > 1 { "them" } else { "it" }
+                        ),
+                        true,
+                    ));
+                }
+                let template = i.option_str("template").unwrap_or("default");
+                if self.template(template).is_none() {
+                    return Some(Reaction::reply(format!("No template called {template:?}."), true));
+                }
+                let payload = json!({
+                    "interaction": InteractionRef::of(i, cx.now),
+                    "name": name,
+                    "template": template,
+                    "gm": i.option_user("gm"),
+                });
+                let job = Job::builder(BUILD, cx.now).guild(i.guild_id.unwrap_or(0)).payload(payload).build();
+                Some(Reaction::defer(job, false))
+            }
+            "list-campaigns" => {
+                let guild = i.guild_id?;
+                // A read of one partition; answered at once.
+                let plans = match self.plans.list(guild).await {
+                    Ok(p) => p,
+                    Err(e) => return Some(Reaction::reply(format!("Cannot read the campaigns now: {e}"), true)),
+                };
+                if plans.is_empty() {
+                    return Some(Reaction::reply("No campaigns yet: `/add-campaign name:...`", true));
+                }
+                let lines: Vec<String> = plans
+                    .iter()
+                    .map(|p| {
+                        let (done, total) = p.progress();
+                        let state = match p.status {
+                            Status::Done => "ready".to_owned(),
+                            Status::Building => format!("building {done}/{total}"),
+                            Status::Failed => format!("failed at {done}/{total}"),
+                        };
+                        format!("• **{}** ({state})", p.name)
+                    })
+                    .collect();
+                Some(Reaction::reply(lines.join("\n"), true))
+            }
+            _ => None,
+        }
+    }
+
+    fn handlers(self: Arc<Self>) -> Vec<(String, Arc<dyn JobHandler>)> {
+        vec![(BUILD.into(), Arc::new(CampaignJobs(self)))]
+    }
+}
+
+/// Runs the module's jobs.
+pub struct CampaignJobs(pub Arc<CampaignsModule>);
+
+#[async_trait]
+impl JobHandler for CampaignJobs {
+    async fn run(&self, job: &Job, _cx: &JobContext) -> Result<(), JobError> {
+        match job.kind.as_str() {
+            BUILD => self.0.build_job(&job.payload).await,
+            other => Err(JobError::permanent(format!("campaigns has no job {other}"))),
+        }
+    }
+}

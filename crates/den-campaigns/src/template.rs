@@ -1,0 +1,152 @@
+//! Campaign templates: the roles, category and channels a campaign gets.
+
+use den_discord::guild::ChannelKind;
+use serde::{Deserialize, Serialize};
+
+/// The shipped default: the original bot's channel set.
+pub const DEFAULT: &str = include_str!("../templates/default.toml");
+
+/// A channel of a template.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelTemplate {
+    /// Name (`{name}` is the campaign's).
+    pub name: String,
+    /// Type (default text).
+    #[serde(default = "text")]
+    pub kind: ChannelKind,
+    /// Topic (text and forum).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Only the GM (and den) see it.
+    #[serde(default)]
+    pub private: bool,
+    /// Forum tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+fn text() -> ChannelKind {
+    ChannelKind::Text
+}
+
+/// A template.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Template {
+    /// Its name (`/add-campaign template:`).
+    pub name: String,
+    /// What it makes.
+    #[serde(default)]
+    pub description: String,
+    /// The members role's name.
+    #[serde(default = "members_role")]
+    pub members_role: String,
+    /// The GM role's name (used when no GM member is named).
+    #[serde(default = "gm_role")]
+    pub gm_role: String,
+    /// The category's name.
+    #[serde(default = "category")]
+    pub category: String,
+    /// The channels, in order.
+    #[serde(rename = "channel")]
+    pub channels: Vec<ChannelTemplate>,
+}
+
+fn members_role() -> String {
+    "{name} Members".into()
+}
+fn gm_role() -> String {
+    "{name} GM".into()
+}
+fn category() -> String {
+    "{name}".into()
+}
+
+impl Template {
+    /// Parses and checks a TOML template; the error names the field.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let t: Template = toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
+        t.validate()?;
+        Ok(t)
+    }
+
+    /// The shipped default.
+    #[must_use]
+    pub fn default_template() -> Self {
+        // Covered by a test: the shipped file always parses.
+        Self::from_toml(DEFAULT).unwrap_or_else(|e| unreachable!("the default template is broken: {e}"))
+    }
+
+    /// Checks Discord's limits: 1-50 channels under one category, names of
+    /// 1-100 characters, no duplicate names, forum tags only on forums (≤ 20,
+    /// names ≤ 20 characters), no categories inside the category.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.channels.is_empty() || self.channels.len() > 50 {
+            return Err(format!("channel: {} channels; a category holds 1 to 50", self.channels.len()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, c) in self.channels.iter().enumerate() {
+            let name = c.name.trim();
+            if name.is_empty() || name.chars().count() > 90 {
+                return Err(format!("channel[{i}].name: 1 to 90 characters"));
+            }
+            if c.kind == ChannelKind::Category {
+                return Err(format!("channel[{i}].kind: a category cannot hold another"));
+            }
+            if !c.tags.is_empty() && c.kind != ChannelKind::Forum {
+                return Err(format!("channel[{i}].tags: only forums have tags"));
+            }
+            if c.tags.len() > 20 || c.tags.iter().any(|t| t.trim().is_empty() || t.chars().count() > 20) {
+                return Err(format!("channel[{i}].tags: at most 20 tags of 1 to 20 characters"));
+            }
+            if !seen.insert(den_discord::guild::channel_name(name, c.kind)) {
+                return Err(format!("channel[{i}].name: {name:?} appears twice"));
+            }
+        }
+        for (field, v) in
+            [("members_role", &self.members_role), ("gm_role", &self.gm_role), ("category", &self.category)]
+        {
+            if v.trim().is_empty() {
+                return Err(format!("{field}: empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Fills `{name}` in.
+#[must_use]
+pub fn fill(pattern: &str, name: &str) -> String {
+    pattern.replace("{name}", name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_template_is_the_original_set() {
+        let t = Template::default_template();
+        let count = |k| t.channels.iter().filter(|c| c.kind == k).count();
+        assert_eq!((count(ChannelKind::Text), count(ChannelKind::Voice), count(ChannelKind::Forum)), (7, 1, 3));
+        let private: Vec<&str> = t.channels.iter().filter(|c| c.private).map(|c| c.name.as_str()).collect();
+        assert_eq!(private, ["gm-notes", "gm-planning"]);
+        assert!(t.channels.iter().filter(|c| c.kind == ChannelKind::Forum).all(|c| !c.tags.is_empty()));
+    }
+
+    #[test]
+    fn broken_templates_name_the_field() {
+        let cases = [
+            ("name = \"x\"\nchannel = []\n", "channel: 0 channels"),
+            ("name = \"x\"\n[[channel]]\nname = \"a\"\ntags = [\"t\"]\n", "channel[0].tags: only forums"),
+            ("name = \"x\"\n[[channel]]\nname = \"a\"\n[[channel]]\nname = \"A\"\n", "channel[1].name"),
+            ("name = \"x\"\n[[channel]]\nname = \"a\"\nkind = \"category\"\n", "channel[0].kind"),
+            ("name = \"x\"\n[[channel]]\nname = \"a\"\nkind = \"stage\"\n", "unknown variant"),
+        ];
+        for (text, expected) in cases {
+            let e = Template::from_toml(text).unwrap_err();
+            assert!(e.contains(expected), "{expected}: {e}");
+        }
+    }
+}
