@@ -28,6 +28,10 @@ use crate::template::Template;
 
 /// Job kind: plan (if new) and build a campaign.
 pub const BUILD: &str = "campaigns.build";
+/// Job kind: delete a campaign's channels, category and roles.
+pub const DELETE: &str = "campaigns.delete";
+/// Job kind: make a campaign read-only under the archive category.
+pub const ARCHIVE: &str = "campaigns.archive";
 
 /// The campaigns module.
 pub struct CampaignsModule {
@@ -139,6 +143,34 @@ impl CampaignsModule {
         }
     }
 
+    async fn teardown_job(&self, kind: &str, payload: &Value) -> Result<(), JobError> {
+        let iref = serde_json::from_value::<InteractionRef>(payload["interaction"].clone())
+            .map_err(|e| JobError::permanent(format!("bad campaign payload: {e}")))?;
+        let guild = iref.guild_id.ok_or_else(|| JobError::permanent("no guild"))?;
+        let name = payload["name"].as_str().unwrap_or_default();
+        let Some((mut plan, version)) = self.plans.get(guild, name).await.map_err(retry)? else {
+            return self.finish(&iref, &format!("There is no campaign called **{name}**.")).await;
+        };
+        if kind == DELETE {
+            let gone = plan::tear_down(&self.egress, &plan).await.map_err(retry)?;
+            self.plans.remove(guild, name).await.map_err(retry)?;
+            self.finish(
+                &iref,
+                &format!("🗑️ Campaign **{}** deleted ({gone} channels, categories and roles).", plan.name),
+            )
+            .await
+        } else {
+            plan::archive(&self.egress, &plan, self.egress.app_id()).await.map_err(retry)?;
+            plan.status = Status::Archived;
+            self.plans.save(&plan, version).await.map_err(retry)?;
+            self.finish(
+                &iref,
+                &format!("📦 Campaign **{}** archived: read-only, under {}.", plan.name, plan::ARCHIVE_CATEGORY),
+            )
+            .await
+        }
+    }
+
     async fn finish(&self, iref: &InteractionRef, text: &str) -> Result<(), JobError> {
         finish_interaction(&self.egress, &*self.clock, iref, text).await.map_err(retry)
     }
@@ -163,11 +195,59 @@ impl Module for CampaignsModule {
                     .option(OptionSpec::new("gm", "The game master (default: a GM role)", OptionKind::User, false))
             },
             CommandSpec::new("list-campaigns", "The campaigns of this server"),
+            CommandSpec {
+                default_member_permissions: Some(MANAGE_CHANNELS),
+                ..CommandSpec::new("delete-campaign", "Delete a campaign's channels, category and roles")
+                    .option(OptionSpec::new("name", "The campaign", OptionKind::String, true))
+            },
+            CommandSpec {
+                default_member_permissions: Some(MANAGE_CHANNELS),
+                ..CommandSpec::new("archive-campaign", "Make a campaign read-only and move it to the archive")
+                    .option(OptionSpec::new("name", "The campaign", OptionKind::String, true))
+            },
         ]
     }
 
     async fn on_interaction(&self, i: &InboundInteraction, cx: &IngressCx) -> Option<Reaction> {
+        if let Some(id) = i.custom_id.as_deref().filter(|id| id.starts_with("campaigns:")) {
+            return Some(self.on_button(i, id, cx));
+        }
         match i.command.as_deref()? {
+            "delete-campaign" | "archive-campaign" => {
+                let guild = i.guild_id?;
+                if !i.has_permission(MANAGE_CHANNELS) {
+                    return Some(Reaction::reply("You need Manage Channels for that.", true));
+                }
+                let name = i.option_str("name").unwrap_or_default();
+                let found = match self.plans.get(guild, name).await {
+                    Ok(found) => found,
+                    Err(e) => return Some(Reaction::reply(format!("Cannot read the campaigns now: {e}"), true)),
+                };
+                let Some((plan, _)) = found else {
+                    return Some(Reaction::reply(format!("There is no campaign called **{name}**."), true));
+                };
+                if i.command.as_deref() == Some("archive-campaign") {
+                    let payload = json!({"interaction": InteractionRef::of(i, cx.now), "name": plan.name});
+                    let job = Job::builder(ARCHIVE, cx.now).guild(guild).payload(payload).build();
+                    return Some(Reaction::defer(job, false));
+                }
+                let made = plan.steps.iter().filter(|s| s.id.is_some()).count();
+                let key = plan::key(&plan.name);
+                Some(Reaction {
+                    ack: den_discord::Ack::Ask {
+                        content: format!(
+                            "Delete campaign **{}**: {made} channels, categories and roles, with everything posted                              in them? This cannot be undone.",
+                            plan.name
+                        ),
+                        ephemeral: true,
+                        buttons: vec![
+                            (format!("campaigns:delete:{key}"), "Delete".into(), true),
+                            ("campaigns:keep".into(), "Keep it".into(), false),
+                        ],
+                    },
+                    jobs: vec![],
+                })
+            }
             "add-campaign" => {
                 if i.guild_id.is_none() {
                     return Some(Reaction::reply("Campaigns live in servers.", true));
@@ -230,6 +310,7 @@ impl Module for CampaignsModule {
                             Status::Done => "ready".to_owned(),
                             Status::Building => format!("building {done}/{total}"),
                             Status::Failed => format!("failed at {done}/{total}"),
+                            Status::Archived => "archived".to_owned(),
                         };
                         format!("• **{}** ({state})", p.name)
                     })
@@ -241,7 +322,22 @@ impl Module for CampaignsModule {
     }
 
     fn handlers(self: Arc<Self>) -> Vec<(String, Arc<dyn JobHandler>)> {
-        vec![(BUILD.into(), Arc::new(CampaignJobs(self)))]
+        let h: Arc<dyn JobHandler> = Arc::new(CampaignJobs(self));
+        vec![(BUILD.into(), h.clone()), (DELETE.into(), h.clone()), (ARCHIVE.into(), h)]
+    }
+}
+
+impl CampaignsModule {
+    fn on_button(&self, i: &InboundInteraction, id: &str, cx: &IngressCx) -> Reaction {
+        let update =
+            |text: &str| Reaction { ack: den_discord::Ack::UpdateMessage { content: text.into() }, jobs: vec![] };
+        let Some(key) = id.strip_prefix("campaigns:delete:") else { return update("Kept.") };
+        if !i.has_permission(MANAGE_CHANNELS) {
+            return update("You need Manage Channels for that.");
+        }
+        let payload = json!({"interaction": InteractionRef::of(i, cx.now), "name": key});
+        let job = Job::builder(DELETE, cx.now).guild(i.guild_id.unwrap_or(0)).payload(payload).build();
+        Reaction { ack: den_discord::Ack::UpdateMessage { content: format!("Deleting **{key}**…") }, jobs: vec![job] }
     }
 }
 
@@ -253,6 +349,7 @@ impl JobHandler for CampaignJobs {
     async fn run(&self, job: &Job, _cx: &JobContext) -> Result<(), JobError> {
         match job.kind.as_str() {
             BUILD => self.0.build_job(&job.payload).await,
+            DELETE | ARCHIVE => self.0.teardown_job(&job.kind, &job.payload).await,
             other => Err(JobError::permanent(format!("campaigns has no job {other}"))),
         }
     }

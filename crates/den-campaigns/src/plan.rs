@@ -73,6 +73,8 @@ pub enum Status {
     Done,
     /// A step failed after its retries.
     Failed,
+    /// Read-only, under the archive category.
+    Archived,
 }
 
 /// A campaign's plan and progress.
@@ -222,6 +224,11 @@ impl Plans {
         self.table.put(put).await
     }
 
+    /// Forgets a campaign's plan.
+    pub async fn remove(&self, guild: u64, name: &str) -> StoreResult<bool> {
+        self.table.delete(&Self::pk(guild), &key(name), Condition::None).await
+    }
+
     /// Every campaign of a guild.
     pub async fn list(&self, guild: u64) -> StoreResult<Vec<Plan>> {
         let page = self.table.query(Query::pk(Self::pk(guild)).limit(200)).await?;
@@ -350,6 +357,78 @@ async fn save(plans: &Plans, plan: &mut Plan, version: u64) -> Result<u64, Build
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Deletes what a campaign made, by stored id: channels, then the category,
+/// then the roles. Anything already gone is fine. Returns how many went.
+pub async fn tear_down(egress: &Egress, plan: &Plan) -> Result<usize, DiscordError> {
+    let mut gone = 0;
+    let order = |s: &Step| match s.kind {
+        StepKind::Channel { .. } => 0,
+        StepKind::Category => 1,
+        StepKind::MembersRole | StepKind::GmRole => 2,
+    };
+    let mut steps: Vec<&Step> = plan.steps.iter().filter(|s| s.id.is_some()).collect();
+    steps.sort_by_key(|s| order(s));
+    for s in steps {
+        let id = s.id.unwrap_or(0);
+        let deleted = match s.kind {
+            StepKind::MembersRole | StepKind::GmRole => egress.delete_role(plan.guild, id).await?,
+            _ => egress.delete_channel(id).await?,
+        };
+        gone += usize::from(deleted);
+    }
+    Ok(gone)
+}
+
+/// The name of the category archived campaigns move under.
+pub const ARCHIVE_CATEGORY: &str = "Archived Campaigns";
+
+/// Makes a campaign read-only and moves its channels under the archive
+/// category (found or created, hidden from @everyone), then deletes the
+/// campaign's own category. GM-only channels stay GM-only.
+pub async fn archive(egress: &Egress, plan: &Plan, bot: u64) -> Result<(), DiscordError> {
+    let channels = egress.list_channels(plan.guild).await?;
+    let archive = match channels.iter().find(|c| c.kind == 4 && c.name == ARCHIVE_CATEGORY) {
+        Some(c) => c.id,
+        None => {
+            let hidden = vec![
+                Overwrite { target: Target::Role(plan.guild), allow: 0, deny: VIEW_CHANNEL },
+                Overwrite { target: Target::Member(bot), allow: VIEW_CHANNEL, deny: 0 },
+            ];
+            let new = NewChannel {
+                name: ARCHIVE_CATEGORY.into(),
+                kind: Some(ChannelKind::Category),
+                overwrites: hidden,
+                ..NewChannel::default()
+            };
+            egress.create_channel(plan.guild, &new).await?.id
+        }
+    };
+    let members = plan.id_of(&StepKind::MembersRole).unwrap_or(0);
+    let write = SEND_MESSAGES
+        | den_discord::guild::SEND_MESSAGES_IN_THREADS
+        | den_discord::guild::CREATE_PUBLIC_THREADS
+        | CONNECT;
+    for s in &plan.steps {
+        let (StepKind::Channel { private, .. }, Some(id)) = (&s.kind, s.id) else { continue };
+        let mut overwrites = plan.overwrites(bot, *private);
+        for o in &mut overwrites {
+            if o.target == Target::Role(members) && !*private {
+                o.allow = VIEW_CHANNEL;
+                o.deny = write;
+            }
+        }
+        match egress.update_channel(id, Some(archive), Some(&overwrites)).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == den_discord::DiscordErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(category) = plan.id_of(&StepKind::Category) {
+        egress.delete_channel(category).await?;
+    }
+    Ok(())
 }
 
 /// The 20-cell progress text.

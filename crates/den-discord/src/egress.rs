@@ -560,6 +560,15 @@ pub enum Ack {
         /// New text.
         content: String,
     },
+    /// Answer with a question and buttons (a confirmation).
+    Ask {
+        /// Text.
+        content: String,
+        /// Only the invoker sees it.
+        ephemeral: bool,
+        /// Buttons: custom id, label, whether it is the dangerous choice.
+        buttons: Vec<(String, String, bool)>,
+    },
 }
 
 impl Ack {
@@ -581,6 +590,39 @@ impl Ack {
                 Some(InteractionResponseData { flags: flags(*ephemeral), ..InteractionResponseData::default() }),
             ),
             Ack::DeferUpdate => (InteractionResponseType::DeferredUpdateMessage, None),
+            Ack::Ask { content, ephemeral, buttons } => {
+                use twilight_model::channel::message::Component;
+                use twilight_model::channel::message::component::{ActionRow, Button, ButtonStyle};
+                let row = ActionRow {
+                    id: None,
+                    components: buttons
+                        .iter()
+                        .take(5)
+                        .map(|(custom_id, label, danger)| {
+                            Component::Button(Button {
+                                custom_id: Some(custom_id.clone()),
+                                disabled: false,
+                                emoji: None,
+                                id: None,
+                                label: Some(label.clone()),
+                                sku_id: None,
+                                style: if *danger { ButtonStyle::Danger } else { ButtonStyle::Secondary },
+                                url: None,
+                            })
+                        })
+                        .collect(),
+                };
+                (
+                    InteractionResponseType::ChannelMessageWithSource,
+                    Some(InteractionResponseData {
+                        content: Some(clip(content)),
+                        flags: flags(*ephemeral),
+                        allowed_mentions: Some(no_pings.clone()),
+                        components: Some(vec![Component::ActionRow(row)]),
+                        ..InteractionResponseData::default()
+                    }),
+                )
+            }
             Ack::UpdateMessage { content } => (
                 InteractionResponseType::UpdateMessage,
                 Some(InteractionResponseData {

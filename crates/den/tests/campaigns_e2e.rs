@@ -89,3 +89,104 @@ fn add_campaign_says_which_permissions_den_lacks_and_checks_the_name() {
     assert!(data["content"].as_str().unwrap().contains("cannot contain"), "{data}");
     assert!(discord.fake.channels(discord.guild).iter().all(|c| c.kind != 4), "nothing was built");
 }
+
+fn fast_discord() -> Discord {
+    Discord::with_config(den_testkit::FakeConfig {
+        bot_token: support::TOKEN.into(),
+        rate_limits: den_testkit::discord::RateLimits {
+            guild_writes: den_testkit::discord::Bucket::new(50, Duration::from_secs(1)),
+            ..den_testkit::discord::RateLimits::default()
+        },
+        ..den_testkit::FakeConfig::default()
+    })
+}
+
+fn build(discord: &Discord, name: &str) {
+    let token = discord.fake.invoke_command(
+        discord.user,
+        discord.channel,
+        "add-campaign",
+        &[CommandOption::string("name", name)],
+    );
+    discord.wait_until("built", WAIT, |f| {
+        f.interaction(&token)
+            .and_then(|i| i.original)
+            .and_then(|m| f.message(m))
+            .is_some_and(|m| m.content.contains("is ready"))
+    });
+}
+
+fn answer(discord: &Discord, token: &str, needle: &str) -> String {
+    discord.wait_until(needle, WAIT, |f| {
+        f.interaction(token)
+            .and_then(|i| i.original)
+            .and_then(|m| f.message(m))
+            .is_some_and(|m| m.content.contains(needle))
+    });
+    discord.fake.message(discord.fake.interaction(token).unwrap().original.unwrap()).unwrap().content
+}
+
+#[test]
+fn delete_campaign_asks_first_then_removes_everything_it_made() {
+    let discord = fast_discord();
+    let scratch = Scratch::new();
+    let den = scratch.start_with(&discord, "run", &[]);
+    den.wait_ready(WAIT);
+    build(&discord, "Doomed");
+    let before = discord.fake.channels(discord.guild).len();
+    let ask = discord.fake.invoke_command(
+        discord.user,
+        discord.channel,
+        "delete-campaign",
+        &[CommandOption::string("name", "Doomed")],
+    );
+    let (kind, data) = ack(&discord, &ask);
+    assert_eq!(kind, 4);
+    assert_eq!(data["flags"], 64, "only the asker sees the question");
+    assert_eq!(data["components"][0]["components"][0]["custom_id"], "campaigns:delete:doomed", "{data}");
+    assert_eq!(discord.fake.channels(discord.guild).len(), before, "nothing deleted before the button");
+    let question = discord.fake.interaction(&ask).unwrap().original.unwrap_or(0);
+    let press = discord.fake.press_button(discord.user, discord.channel, question, "campaigns:delete:doomed");
+    let (kind, _) = ack(&discord, &press);
+    assert_eq!(kind, 7, "the question turns into 'Deleting…'");
+    discord.wait_until("everything gone", WAIT, |f| {
+        f.channels(discord.guild).len() == before - 12
+            && f.roles(discord.guild).iter().all(|r| !r.name.starts_with("Doomed"))
+    });
+    let listed = discord.fake.invoke_command(discord.user, discord.channel, "list-campaigns", &[]);
+    let (_, data) = ack(&discord, &listed);
+    assert!(data["content"].as_str().unwrap().contains("No campaigns yet"), "{data}");
+    assert!(discord.fake.violations().is_empty());
+}
+
+#[test]
+fn archive_campaign_makes_it_read_only_under_the_archive_category() {
+    let discord = fast_discord();
+    let scratch = Scratch::new();
+    let den = scratch.start_with(&discord, "run", &[]);
+    den.wait_ready(WAIT);
+    build(&discord, "Old Times");
+    let members = discord.fake.roles(discord.guild).into_iter().find(|r| r.name == "Old Times Members").unwrap().id;
+    let t = discord.fake.invoke_command(
+        discord.user,
+        discord.channel,
+        "archive-campaign",
+        &[CommandOption::string("name", "Old Times")],
+    );
+    answer(&discord, &t, "archived");
+    let channels = discord.fake.channels(discord.guild);
+    assert!(channels.iter().all(|c| c.name != "Old Times"), "the campaign's own category is gone");
+    let archive = channels.iter().find(|c| c.kind == 4 && c.name == "Archived Campaigns").unwrap();
+    let moved: Vec<_> = channels.iter().filter(|c| c.parent_id == Some(archive.id)).collect();
+    assert_eq!(moved.len(), 11);
+    let perms = |c: &den_testkit::discord::Channel, id: u64| {
+        let o = c.overwrites.iter().find(|o| o["id"] == serde_json::Value::String(id.to_string())).unwrap();
+        let n = |k: &str| o[k].as_str().unwrap().parse::<u64>().unwrap();
+        (n("allow"), n("deny"))
+    };
+    let general = moved.iter().find(|c| c.name == "general-discussion").unwrap();
+    let (allow, deny) = perms(general, members);
+    assert!(allow & (1 << 10) != 0 && deny & (1 << 11) != 0, "members still read, no longer write");
+    let notes = moved.iter().find(|c| c.name == "gm-notes").unwrap();
+    assert!(perms(notes, members).1 & (1 << 10) != 0, "GM notes stay hidden from players");
+}
