@@ -2,6 +2,7 @@
 //!
 //! Run them in release mode: `cargo run --release -p den-bench -- queue`.
 
+mod campaign;
 mod discord;
 mod memory;
 mod persona;
@@ -30,6 +31,8 @@ enum Scenario {
     Persona(persona::PersonaOptions),
     /// Memory recall latency with many facts in one guild.
     Recall(persona::RecallOptions),
+    /// Wall time of the default campaign template against Discord-like rate limits, next to their floor.
+    Campaign(campaign::CampaignOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Interactions(o) => discord::interactions(&o)?,
         Scenario::Persona(o) => persona::persona(&o)?,
         Scenario::Recall(o) => persona::recall(&o)?,
+        Scenario::Campaign(o) => campaign::run(&o)?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

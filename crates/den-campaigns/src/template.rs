@@ -71,6 +71,92 @@ impl Template {
         Ok(t)
     }
 
+    /// Parses a template in JSON (the TOML's structure).
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        let t: Template = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        t.validate()?;
+        Ok(t)
+    }
+
+    /// Parses a Markdown list: one channel per item, `- name (flags): topic`,
+    /// where flags are any of `text`, `voice`, `forum`, `private`, comma
+    /// separated; other lines are ignored.
+    pub fn from_markdown(name: &str, text: &str) -> Result<Self, String> {
+        let mut channels = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let Some(item) = line.trim().strip_prefix("- ").or_else(|| line.trim().strip_prefix("* ")) else {
+                continue;
+            };
+            let (head, topic) = match item.split_once(':') {
+                Some((h, t)) => (h.trim(), Some(t.trim().to_owned()).filter(|t| !t.is_empty())),
+                None => (item.trim(), None),
+            };
+            let (cname, flags) = match head.split_once('(') {
+                Some((c, f)) => {
+                    (c.trim(), f.trim_end_matches(')').split(',').map(|f| f.trim().to_lowercase()).collect())
+                }
+                None => (head, Vec::new()),
+            };
+            let mut c = ChannelTemplate {
+                name: cname.to_owned(),
+                kind: ChannelKind::Text,
+                topic,
+                private: false,
+                tags: vec![],
+            };
+            for f in flags.iter().filter(|f| !f.is_empty()) {
+                match f.as_str() {
+                    "text" => c.kind = ChannelKind::Text,
+                    "voice" => c.kind = ChannelKind::Voice,
+                    "forum" => c.kind = ChannelKind::Forum,
+                    "private" | "gm" | "gm-only" => c.private = true,
+                    other => {
+                        return Err(format!("line {}: unknown flag {other:?} (text, voice, forum, private)", n + 1));
+                    }
+                }
+            }
+            channels.push(c);
+        }
+        let t = Template {
+            name: name.to_owned(),
+            description: String::new(),
+            members_role: members_role(),
+            gm_role: gm_role(),
+            category: category(),
+            channels,
+        };
+        t.validate()?;
+        Ok(t)
+    }
+
+    /// Reads a template file by its extension: `.toml`, `.json` or `.md`.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("template");
+        let parsed = match path.extension().and_then(|e| e.to_str()).unwrap_or_default() {
+            "toml" => Self::from_toml(&text),
+            "json" => Self::from_json(&text),
+            "md" | "markdown" => Self::from_markdown(stem, &text),
+            other => Err(format!("unknown template type {other:?}: use .toml, .json or .md")),
+        };
+        parsed.map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// One line about what it makes.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        let count = |k| self.channels.iter().filter(|c| c.kind == k).count();
+        format!(
+            "{}: {} channels ({} text, {} voice, {} forum), {} GM-only",
+            self.name,
+            self.channels.len(),
+            count(ChannelKind::Text),
+            count(ChannelKind::Voice),
+            count(ChannelKind::Forum),
+            self.channels.iter().filter(|c| c.private).count()
+        )
+    }
+
     /// The shipped default.
     #[must_use]
     pub fn default_template() -> Self {
@@ -133,6 +219,17 @@ mod tests {
         let private: Vec<&str> = t.channels.iter().filter(|c| c.private).map(|c| c.name.as_str()).collect();
         assert_eq!(private, ["gm-notes", "gm-planning"]);
         assert!(t.channels.iter().filter(|c| c.kind == ChannelKind::Forum).all(|c| !c.tags.is_empty()));
+    }
+
+    #[test]
+    fn markdown_and_json_templates_parse_like_toml() {
+        let md = "# One-shot\nSome prose.\n- table-talk: chatter\n- gm-screen (private)\n* voice-room (voice)\n- handouts (forum, private): maps\n";
+        let t = Template::from_markdown("one-shot", md).unwrap();
+        assert_eq!(t.describe(), "one-shot: 4 channels (2 text, 1 voice, 1 forum), 2 GM-only");
+        assert_eq!(t.channels[0].topic.as_deref(), Some("chatter"));
+        assert!(Template::from_markdown("x", "- a (stage)").unwrap_err().contains("unknown flag \"stage\""));
+        let json = serde_json::to_string(&Template::default_template()).unwrap();
+        assert_eq!(Template::from_json(&json).unwrap(), Template::default_template());
     }
 
     #[test]

@@ -211,3 +211,27 @@ pub async fn commands(command: CommandsCommand, c: &Config, env: &[(String, Stri
         }
     }
 }
+
+/// `den campaign template ...`
+pub fn campaign(command: crate::cli::CampaignCommand, c: &Config) -> anyhow::Result<()> {
+    use crate::cli::{CampaignCommand, TemplateCommand};
+    let CampaignCommand::Template { command } = command;
+    match command {
+        TemplateCommand::Validate { file } => {
+            let t = den_campaigns::template::Template::from_file(&file).map_err(anyhow::Error::msg)?;
+            println!("ok  {}", t.describe());
+            Ok(())
+        }
+        TemplateCommand::List => {
+            let (templates, broken) = c.campaigns.templates();
+            println!("{}", den_campaigns::template::Template::default_template().describe());
+            for t in templates {
+                println!("{}", t.describe());
+            }
+            for e in broken {
+                println!("broken: {e}");
+            }
+            Ok(())
+        }
+    }
+}

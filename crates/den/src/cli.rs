@@ -54,6 +54,11 @@ pub enum Command {
         #[command(subcommand)]
         command: CommandsCommand,
     },
+    /// Campaign templates.
+    Campaign {
+        #[command(subcommand)]
+        command: CampaignCommand,
+    },
     /// Manage persona files and character cards.
     Persona {
         #[command(subcommand)]
@@ -65,6 +70,26 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         persona: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CampaignCommand {
+    /// Campaign templates.
+    Template {
+        #[command(subcommand)]
+        command: TemplateCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Check a template file (.toml, .json or a .md list) and say what it makes.
+    Validate {
+        /// The file.
+        file: std::path::PathBuf,
+    },
+    /// List the templates `/add-campaign` offers.
+    List,
 }
 
 #[derive(Debug, Subcommand)]

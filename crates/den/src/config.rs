@@ -51,11 +51,35 @@ pub struct Config {
 pub struct CampaignsSection {
     /// Run the campaigns module.
     pub enabled: bool,
+    /// Folder of extra templates (`*.toml`, `*.json`, `*.md`), offered beside the default.
+    pub templates_dir: PathBuf,
 }
 
 impl Default for CampaignsSection {
     fn default() -> Self {
-        Self { enabled: true }
+        Self { enabled: true, templates_dir: PathBuf::from("campaign-templates") }
+    }
+}
+
+impl CampaignsSection {
+    /// The templates of `templates_dir` (a missing folder has none), and what is wrong with the others.
+    #[must_use]
+    pub fn templates(&self) -> (Vec<den_campaigns::template::Template>, Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(&self.templates_dir) else { return (vec![], vec![]) };
+        let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+        paths.sort();
+        let mut ok = Vec::new();
+        let mut bad = Vec::new();
+        for p in paths {
+            if !matches!(p.extension().and_then(|e| e.to_str()), Some("toml" | "json" | "md")) {
+                continue;
+            }
+            match den_campaigns::template::Template::from_file(&p) {
+                Ok(t) => ok.push(t),
+                Err(e) => bad.push(e),
+            }
+        }
+        (ok, bad)
     }
 }
 

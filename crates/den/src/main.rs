@@ -52,6 +52,7 @@ fn main() -> ExitCode {
             Command::Commands { command } => admin::commands(command, &loaded.config, &env).await,
             Command::Llm { command } => llm::command(command, &loaded.config, &env).await,
             Command::Persona { command } => personas::command(command, &loaded.config),
+            Command::Campaign { command } => admin::campaign(command, &loaded.config),
             Command::Chat { persona } => personas::chat(persona, &loaded.config, &env).await,
         }
     });

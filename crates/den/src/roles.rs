@@ -103,7 +103,11 @@ pub async fn modules(cx: &ModuleCx<'_>) -> anyhow::Result<Vec<Arc<dyn Module>>> 
     }
     if cx.config.campaigns.enabled {
         let plans = den_campaigns::plan::Plans::new(cx.store.table(den_campaigns::plan::table_spec()).await?);
-        modules.push(den_campaigns::CampaignsModule::new(cx.egress.clone(), plans, cx.clock.clone(), vec![]));
+        let (templates, broken) = cx.config.campaigns.templates();
+        for e in broken {
+            tracing::warn!(error = %e, "campaign template skipped");
+        }
+        modules.push(den_campaigns::CampaignsModule::new(cx.egress.clone(), plans, cx.clock.clone(), templates));
     }
     Ok(modules)
 }

@@ -190,3 +190,35 @@ fn archive_campaign_makes_it_read_only_under_the_archive_category() {
     let notes = moved.iter().find(|c| c.name == "gm-notes").unwrap();
     assert!(perms(notes, members).1 & (1 << 10) != 0, "GM notes stay hidden from players");
 }
+
+#[test]
+fn templates_are_validated_listed_and_offered_to_add_campaign() {
+    let scratch = Scratch::new();
+    let dir = scratch.path().join("campaign-templates");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("one-shot.md"), "- table-talk: chatter\n- gm-screen (private)\n- voice-room (voice)\n")
+        .unwrap();
+    std::fs::write(dir.join("broken.toml"), "name = \"broken\"\n[[channel]]\nname = \"a\"\ntags = [\"x\"]\n").unwrap();
+    let out = scratch.output(&["campaign", "template", "validate", "campaign-templates/one-shot.md"], &[]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert!(support::stdout(&out).contains("one-shot: 3 channels (2 text, 1 voice, 0 forum), 1 GM-only"));
+    let out = scratch.output(&["campaign", "template", "validate", "campaign-templates/broken.toml"], &[]);
+    assert!(!out.status.success());
+    assert!(support::stderr(&out).contains("channel[0].tags: only forums have tags"), "{}", support::stderr(&out));
+    let out = scratch.output(&["campaign", "template", "list"], &[]);
+    let listed = support::stdout(&out);
+    assert!(listed.contains("default: 11 channels") && listed.contains("one-shot:") && listed.contains("broken:"));
+
+    let discord = fast_discord();
+    let den = scratch.start_with(&discord, "run", &[]);
+    den.wait_ready(WAIT);
+    let t = discord.fake.invoke_command(
+        discord.user,
+        discord.channel,
+        "add-campaign",
+        &[CommandOption::string("name", "Quick"), CommandOption::string("template", "one-shot")],
+    );
+    answer(&discord, &t, "is ready");
+    let channels = discord.fake.channels(discord.guild);
+    assert!(channels.iter().any(|c| c.name == "gm-screen") && channels.iter().all(|c| c.name != "gm-notes"));
+}
