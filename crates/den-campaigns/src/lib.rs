@@ -41,6 +41,8 @@ pub struct CampaignsModule {
     templates: Vec<Template>,
     /// Least time between progress edits.
     progress_every: Duration,
+    /// A role whose members may manage campaigns without Manage Channels.
+    manager_role: Option<u64>,
 }
 
 impl std::fmt::Debug for CampaignsModule {
@@ -54,11 +56,29 @@ fn retry(e: impl std::fmt::Display) -> JobError {
 }
 
 impl CampaignsModule {
-    /// The module, with the default template and `templates`.
-    pub fn new(egress: Arc<Egress>, plans: Plans, clock: Arc<dyn Clock>, templates: Vec<Template>) -> Arc<Self> {
+    /// The module, with the default template and `templates`; members of
+    /// `manager_role` may manage campaigns without Manage Channels.
+    pub fn new(
+        egress: Arc<Egress>,
+        plans: Plans,
+        clock: Arc<dyn Clock>,
+        templates: Vec<Template>,
+        manager_role: Option<u64>,
+    ) -> Arc<Self> {
         let mut all = vec![Template::default_template()];
         all.extend(templates.into_iter().filter(|t| t.name != "default"));
-        Arc::new(Self { egress, plans, clock, templates: all, progress_every: Duration::from_secs(1) })
+        Arc::new(Self { egress, plans, clock, templates: all, progress_every: Duration::from_secs(1), manager_role })
+    }
+
+    /// Whether the invoker may manage campaigns: Manage Channels, or the configured role.
+    fn may_manage(&self, i: &InboundInteraction) -> bool {
+        i.has_permission(MANAGE_CHANNELS) || self.manager_role.is_some_and(|r| i.roles.contains(&r))
+    }
+
+    /// Who sees the managing commands in Discord's menu: with a manager role
+    /// configured, everyone (den checks the role itself).
+    fn managers(&self) -> Option<u64> {
+        if self.manager_role.is_some() { None } else { Some(MANAGE_CHANNELS) }
     }
 
     fn template(&self, name: &str) -> Option<&Template> {
@@ -133,9 +153,11 @@ impl CampaignsModule {
                     p.failures.push(format!("{step}: {source}"));
                     let _ = self.plans.save(&p, v).await;
                 }
+                let (done, total) =
+                    self.plans.get(guild, &name).await.map_err(retry)?.map_or((0, 0), |(p, _)| p.progress());
                 let text = format!(
-                    "❌ **Campaign {name}**: Discord refused to create **{step}** ({source}). What was created so far is \
-                     kept; fix the cause and run the same command again to finish, or remove it by hand."
+                    "❌ **Campaign {name}** stopped at {done}/{total}: Discord refused to create **{step}** ({source}).\n\
+                     Clean up with `/delete-campaign name:{name}`, fix the cause, and add it again."
                 );
                 self.finish(&iref, &text).await?;
                 Err(JobError::permanent(format!("campaign step {step} failed")))
@@ -188,7 +210,7 @@ impl Module for CampaignsModule {
         template.choices = self.templates.iter().map(|t| (t.name.clone(), t.name.clone())).collect();
         vec![
             CommandSpec {
-                default_member_permissions: Some(MANAGE_CHANNELS),
+                default_member_permissions: self.managers(),
                 ..CommandSpec::new("add-campaign", "Create a campaign's role, category and channels")
                     .option(OptionSpec::new("name", "The campaign's name", OptionKind::String, true))
                     .option(template)
@@ -196,12 +218,12 @@ impl Module for CampaignsModule {
             },
             CommandSpec::new("list-campaigns", "The campaigns of this server"),
             CommandSpec {
-                default_member_permissions: Some(MANAGE_CHANNELS),
+                default_member_permissions: self.managers(),
                 ..CommandSpec::new("delete-campaign", "Delete a campaign's channels, category and roles")
                     .option(OptionSpec::new("name", "The campaign", OptionKind::String, true))
             },
             CommandSpec {
-                default_member_permissions: Some(MANAGE_CHANNELS),
+                default_member_permissions: self.managers(),
                 ..CommandSpec::new("archive-campaign", "Make a campaign read-only and move it to the archive")
                     .option(OptionSpec::new("name", "The campaign", OptionKind::String, true))
             },
@@ -215,8 +237,11 @@ impl Module for CampaignsModule {
         match i.command.as_deref()? {
             "delete-campaign" | "archive-campaign" => {
                 let guild = i.guild_id?;
-                if !i.has_permission(MANAGE_CHANNELS) {
-                    return Some(Reaction::reply("You need Manage Channels for that.", true));
+                if !self.may_manage(i) {
+                    return Some(Reaction::reply(
+                        "You need Manage Channels (or the campaign managers' role) for that.",
+                        true,
+                    ));
                 }
                 let name = i.option_str("name").unwrap_or_default();
                 let found = match self.plans.get(guild, name).await {
@@ -252,8 +277,11 @@ impl Module for CampaignsModule {
                 if i.guild_id.is_none() {
                     return Some(Reaction::reply("Campaigns live in servers.", true));
                 }
-                if !i.has_permission(MANAGE_CHANNELS) {
-                    return Some(Reaction::reply("You need Manage Channels to add a campaign.", true));
+                if !self.may_manage(i) {
+                    return Some(Reaction::reply(
+                        "You need Manage Channels (or the campaign managers' role) for that.",
+                        true,
+                    ));
                 }
                 let name = match plan::check_name(i.option_str("name").unwrap_or_default()) {
                     Ok(n) => n,
@@ -332,8 +360,8 @@ impl CampaignsModule {
         let update =
             |text: &str| Reaction { ack: den_discord::Ack::UpdateMessage { content: text.into() }, jobs: vec![] };
         let Some(key) = id.strip_prefix("campaigns:delete:") else { return update("Kept.") };
-        if !i.has_permission(MANAGE_CHANNELS) {
-            return update("You need Manage Channels for that.");
+        if !self.may_manage(i) {
+            return update("You need Manage Channels (or the campaign managers' role) for that.");
         }
         let payload = json!({"interaction": InteractionRef::of(i, cx.now), "name": key});
         let job = Job::builder(DELETE, cx.now).guild(i.guild_id.unwrap_or(0)).payload(payload).build();

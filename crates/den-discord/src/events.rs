@@ -166,6 +166,8 @@ pub struct InboundInteraction {
     pub permissions: u64,
     /// den's own permissions in the channel (`app_permissions`), when Discord says.
     pub app_permissions: Option<u64>,
+    /// The invoker's roles (in a guild).
+    pub roles: Vec<u64>,
     /// The command's name (slash commands).
     pub command: Option<String>,
     /// Options by name; subcommand options flattened as `sub.option`.
@@ -191,6 +193,7 @@ impl InboundInteraction {
         let user = serde_json::from_value::<Author>(user_value.clone()).ok();
         let permissions = member["permissions"].as_str().and_then(|p| p.parse().ok()).unwrap_or(0);
         let app_permissions = v["app_permissions"].as_str().and_then(|p| p.parse().ok());
+        let roles = member["roles"].as_array().into_iter().flatten().filter_map(parse_snowflake).collect();
         let channel_id = parse_snowflake(&v["channel_id"]).or_else(|| parse_snowflake(&v["channel"]["id"]));
         let mut options = serde_json::Map::new();
         flatten_options(&v["data"]["options"], "", &mut options);
@@ -208,6 +211,7 @@ impl InboundInteraction {
             user,
             permissions,
             app_permissions,
+            roles,
             command: v["data"]["name"].as_str().map(str::to_owned),
             options,
             custom_id: v["data"]["custom_id"].as_str().map(str::to_owned),

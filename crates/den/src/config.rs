@@ -53,11 +53,13 @@ pub struct CampaignsSection {
     pub enabled: bool,
     /// Folder of extra templates (`*.toml`, `*.json`, `*.md`), offered beside the default.
     pub templates_dir: PathBuf,
+    /// A role whose members may add, delete and archive campaigns without Manage Channels.
+    pub manager_role: Option<u64>,
 }
 
 impl Default for CampaignsSection {
     fn default() -> Self {
-        Self { enabled: true, templates_dir: PathBuf::from("campaign-templates") }
+        Self { enabled: true, templates_dir: PathBuf::from("campaign-templates"), manager_role: None }
     }
 }
 

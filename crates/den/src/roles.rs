@@ -107,7 +107,14 @@ pub async fn modules(cx: &ModuleCx<'_>) -> anyhow::Result<Vec<Arc<dyn Module>>> 
         for e in broken {
             tracing::warn!(error = %e, "campaign template skipped");
         }
-        modules.push(den_campaigns::CampaignsModule::new(cx.egress.clone(), plans, cx.clock.clone(), templates));
+        let manager = cx.config.campaigns.manager_role;
+        modules.push(den_campaigns::CampaignsModule::new(
+            cx.egress.clone(),
+            plans,
+            cx.clock.clone(),
+            templates,
+            manager,
+        ));
     }
     Ok(modules)
 }

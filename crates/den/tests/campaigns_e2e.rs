@@ -222,3 +222,69 @@ fn templates_are_validated_listed_and_offered_to_add_campaign() {
     let channels = discord.fake.channels(discord.guild);
     assert!(channels.iter().any(|c| c.name == "gm-screen") && channels.iter().all(|c| c.name != "gm-notes"));
 }
+
+#[test]
+fn when_the_token_expires_during_the_build_the_summary_goes_to_the_channel() {
+    let discord = Discord::start(); // Discord-like limits: the build takes about 10 s
+    let scratch = Scratch::new();
+    let den = scratch.start_with(&discord, "run", &[]);
+    den.wait_ready(WAIT);
+    let t = discord.fake.invoke_command(
+        discord.user,
+        discord.channel,
+        "add-campaign",
+        &[CommandOption::string("name", "Slow")],
+    );
+    ack(&discord, &t);
+    discord.fake.advance(Duration::from_secs(20 * 60)); // the interaction token is now dead
+    discord.wait_until("the summary in the channel", WAIT, |f| {
+        f.messages(discord.channel).iter().any(|m| m.author_id == f.app_id() && m.content.contains("is ready"))
+    });
+    let posted = discord.fake.messages(discord.channel).into_iter().find(|m| m.content.contains("is ready")).unwrap();
+    assert!(posted.content.starts_with(&format!("<@{}>", discord.user)), "names the person: {}", posted.content);
+    assert!(posted.pinged_users.is_empty(), "without pinging them");
+}
+
+#[test]
+fn a_step_discord_refuses_marks_the_campaign_failed_and_offers_to_clean_up() {
+    let discord = fast_discord();
+    let scratch = Scratch::new();
+    let den = scratch.start_with(&discord, "run", &[]);
+    den.wait_ready(WAIT);
+    // Creating the category is refused for good (a 403 is not retried); the two roles exist by then.
+    discord.fake.inject("create_guild_channel", den_testkit::discord::Injected::Status(403));
+    let t = discord.fake.invoke_command(
+        discord.user,
+        discord.channel,
+        "add-campaign",
+        &[CommandOption::string("name", "Cursed")],
+    );
+    let text = answer(&discord, &t, "stopped at");
+    assert!(text.contains("stopped at 2/14") && text.contains("**Cursed**"), "{text}");
+    assert!(text.contains("/delete-campaign name:Cursed"), "{text}");
+    let listed = discord.fake.invoke_command(discord.user, discord.channel, "list-campaigns", &[]);
+    let (_, data) = ack(&discord, &listed);
+    assert!(data["content"].as_str().unwrap().contains("**Cursed** (failed at"), "{data}");
+}
+
+#[test]
+fn only_managers_may_add_campaigns_unless_they_hold_the_configured_role() {
+    let discord = fast_discord();
+    let player = discord.fake.add_user("player");
+    discord.fake.add_member(discord.guild, player);
+    let helper = discord.fake.add_user("helper");
+    discord.fake.add_member(discord.guild, helper);
+    let role = 4_242;
+    discord.fake.add_member_role(discord.guild, helper, role);
+    let scratch = Scratch::new();
+    let den = scratch.start_with(&discord, "run", &[("DEN_CAMPAIGNS__MANAGER_ROLE", "4242")]);
+    den.wait_ready(WAIT);
+    let t =
+        discord.fake.invoke_command(player, discord.channel, "add-campaign", &[CommandOption::string("name", "Nope")]);
+    let (kind, data) = ack(&discord, &t);
+    assert_eq!(kind, 4);
+    assert!(data["content"].as_str().unwrap().contains("You need Manage Channels"), "{data}");
+    let t =
+        discord.fake.invoke_command(helper, discord.channel, "add-campaign", &[CommandOption::string("name", "Yes")]);
+    answer(&discord, &t, "is ready");
+}

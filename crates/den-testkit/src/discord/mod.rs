@@ -420,13 +420,19 @@ impl FakeDiscord {
         let name = m.users.get(&user).map_or_else(|| "someone".to_owned(), |u| u.name.clone());
         let owner = m.guilds.get(&guild).is_some_and(|g| g.owner_id == user);
         let permissions = if owner { "2251799813685247" } else { "104324673" };
+        let roles: Vec<String> = m
+            .guilds
+            .get(&guild)
+            .and_then(|g| g.members.get(&user))
+            .map(|r| r.iter().map(u64::to_string).collect())
+            .unwrap_or_default();
         let app_permissions = m.app_permissions.unwrap_or(2_251_799_813_685_247).to_string();
         let mut payload = json!({
             "id": id.to_string(), "application_id": m.app_id.to_string(), "type": kind, "data": data,
             "guild_id": guild.to_string(), "channel_id": channel.to_string(),
             "channel": {"id": channel.to_string(), "type": 0, "guild_id": guild.to_string()},
             "member": {
-                "user": model::user_json(user, &name, false, None), "roles": [], "permissions": permissions,
+                "user": model::user_json(user, &name, false, None), "roles": roles, "permissions": permissions,
                 "joined_at": model::iso8601(m.now()), "deaf": false, "mute": false, "flags": 0,
             },
             "token": token, "version": 1, "app_permissions": app_permissions, "locale": "en-US",
@@ -619,6 +625,13 @@ impl FakeDiscord {
     /// The next call of operation `op` (an OpenAPI operationId) fails this way.
     pub fn inject(&self, op: &str, failure: Injected) {
         lock(&self.shared.injected).entry(op.to_owned()).or_default().push(failure);
+    }
+
+    /// Gives a member a role (interactions then list it).
+    pub fn add_member_role(&self, guild: u64, user: u64, role: u64) {
+        if let Some(g) = self.shared.model().guilds.get_mut(&guild) {
+            g.members.entry(user).or_default().push(role);
+        }
     }
 
     /// Sets den's permissions as interactions will report them (`app_permissions`).
