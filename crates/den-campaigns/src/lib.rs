@@ -32,6 +32,14 @@ pub const BUILD: &str = "campaigns.build";
 pub const DELETE: &str = "campaigns.delete";
 /// Job kind: make a campaign read-only under the archive category.
 pub const ARCHIVE: &str = "campaigns.archive";
+/// Job kind: import a template attached to `/campaign-template`.
+pub const IMPORT: &str = "campaigns.template";
+
+/// Largest template file den downloads.
+pub const MAX_TEMPLATE_BYTES: u64 = 64 * 1024;
+
+/// Hosts Discord serves attachments from.
+const ATTACHMENT_HOSTS: &[&str] = &["cdn.discordapp.com", "media.discordapp.net"];
 
 /// The campaigns module.
 pub struct CampaignsModule {
@@ -43,6 +51,9 @@ pub struct CampaignsModule {
     progress_every: Duration,
     /// A role whose members may manage campaigns without Manage Channels.
     manager_role: Option<u64>,
+    /// Hosts attachments may come from besides Discord's (a local stand-in's).
+    extra_hosts: Vec<String>,
+    http: reqwest::Client,
 }
 
 impl std::fmt::Debug for CampaignsModule {
@@ -64,10 +75,20 @@ impl CampaignsModule {
         clock: Arc<dyn Clock>,
         templates: Vec<Template>,
         manager_role: Option<u64>,
+        extra_hosts: Vec<String>,
     ) -> Arc<Self> {
         let mut all = vec![Template::default_template()];
         all.extend(templates.into_iter().filter(|t| t.name != "default"));
-        Arc::new(Self { egress, plans, clock, templates: all, progress_every: Duration::from_secs(1), manager_role })
+        Arc::new(Self {
+            egress,
+            plans,
+            clock,
+            templates: all,
+            progress_every: Duration::from_secs(1),
+            manager_role,
+            extra_hosts,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default(),
+        })
     }
 
     /// Whether the invoker may manage campaigns: Manage Channels, or the configured role.
@@ -85,14 +106,50 @@ impl CampaignsModule {
         self.templates.iter().find(|t| t.name.eq_ignore_ascii_case(name))
     }
 
+    /// A template by name: den's, then the guild's own.
+    async fn find_template(&self, guild: u64, name: &str) -> Result<Option<Template>, JobError> {
+        match self.template(name) {
+            Some(t) => Ok(Some(t.clone())),
+            None => self.plans.template(guild, name).await.map_err(retry),
+        }
+    }
+
+    async fn import_job(&self, payload: &Value) -> Result<(), JobError> {
+        let iref = serde_json::from_value::<InteractionRef>(payload["interaction"].clone())
+            .map_err(|e| JobError::permanent(format!("bad template payload: {e}")))?;
+        let guild = iref.guild_id.ok_or_else(|| JobError::permanent("no guild"))?;
+        let url = payload["url"].as_str().unwrap_or_default();
+        let filename = payload["filename"].as_str().unwrap_or("template.toml");
+        let response = self.http.get(url).send().await.map_err(retry)?;
+        if !response.status().is_success() {
+            return self.finish(&iref, &format!("Cannot download {filename}: HTTP {}.", response.status())).await;
+        }
+        let bytes = response.bytes().await.map_err(retry)?;
+        if bytes.len() as u64 > MAX_TEMPLATE_BYTES {
+            return self.finish(&iref, &format!("{filename} is over {MAX_TEMPLATE_BYTES} bytes.")).await;
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        let answer = match Template::from_named_text(filename, &text) {
+            Err(e) => format!("❌ {filename}: {e}"),
+            Ok(t) if self.template(&t.name).is_some() => {
+                format!("❌ {filename}: a template called **{}** ships with den; give yours another name.", t.name)
+            }
+            Ok(t) => {
+                self.plans.save_template(guild, &t).await.map_err(retry)?;
+                format!("✅ Template saved: {}. Use it with `/add-campaign template:{}`.", t.describe(), t.name)
+            }
+        };
+        self.finish(&iref, &answer).await
+    }
+
     async fn build_job(&self, payload: &Value) -> Result<(), JobError> {
         let iref = serde_json::from_value::<InteractionRef>(payload["interaction"].clone())
             .map_err(|e| JobError::permanent(format!("bad campaign payload: {e}")))?;
         let guild = iref.guild_id.ok_or_else(|| JobError::permanent("no guild"))?;
         let name = payload["name"].as_str().unwrap_or_default().to_owned();
-        let template = self.template(payload["template"].as_str().unwrap_or("default")).cloned();
-        let Some(template) = template else {
-            return self.finish(&iref, "No such template.").await;
+        let wanted = payload["template"].as_str().unwrap_or("default");
+        let Some(template) = self.find_template(guild, wanted).await? else {
+            return self.finish(&iref, &format!("No template called {wanted:?} here.")).await;
         };
         let gm = payload["gm"].as_u64().map_or(Gm::Role, Gm::User);
         let now = self.clock.now();
@@ -205,9 +262,8 @@ impl Module for CampaignsModule {
     }
 
     fn commands(&self) -> Vec<CommandSpec> {
-        let mut template =
-            OptionSpec::new("template", "Which channel set (default: default)", OptionKind::String, false);
-        template.choices = self.templates.iter().map(|t| (t.name.clone(), t.name.clone())).collect();
+        // Free text: a server's own templates are offered too.
+        let template = OptionSpec::new("template", "Which channel set (default: default)", OptionKind::String, false);
         vec![
             CommandSpec {
                 default_member_permissions: self.managers(),
@@ -217,6 +273,14 @@ impl Module for CampaignsModule {
                     .option(OptionSpec::new("gm", "The game master (default: a GM role)", OptionKind::User, false))
             },
             CommandSpec::new("list-campaigns", "The campaigns of this server"),
+            CommandSpec {
+                default_member_permissions: self.managers(),
+                ..CommandSpec::new(
+                    "campaign-template",
+                    "Add a campaign template from a file (.toml, .json or .md list)",
+                )
+                .option(OptionSpec::new("file", "The template file", OptionKind::Attachment, true))
+            },
             CommandSpec {
                 default_member_permissions: self.managers(),
                 ..CommandSpec::new("delete-campaign", "Delete a campaign's channels, category and roles")
@@ -235,6 +299,30 @@ impl Module for CampaignsModule {
             return Some(self.on_button(i, id, cx));
         }
         match i.command.as_deref()? {
+            "campaign-template" => {
+                let guild = i.guild_id?;
+                if !self.may_manage(i) {
+                    return Some(Reaction::reply(
+                        "You need Manage Channels (or the campaign managers' role) for that.",
+                        true,
+                    ));
+                }
+                let Some(file) = i.resolved_attachments.first() else {
+                    return Some(Reaction::reply("Attach a template file (.toml, .json or a .md list).", true));
+                };
+                if file.size > MAX_TEMPLATE_BYTES {
+                    return Some(Reaction::reply(
+                        format!("{} is over {MAX_TEMPLATE_BYTES} bytes.", file.filename),
+                        true,
+                    ));
+                }
+                if !downloadable(&file.url, &self.extra_hosts) {
+                    return Some(Reaction::reply("den only downloads attachments from Discord.", true));
+                }
+                let payload =
+                    json!({"interaction": InteractionRef::of(i, cx.now), "url": file.url, "filename": file.filename});
+                Some(Reaction::defer(Job::builder(IMPORT, cx.now).guild(guild).payload(payload).build(), true))
+            }
             "delete-campaign" | "archive-campaign" => {
                 let guild = i.guild_id?;
                 if !self.may_manage(i) {
@@ -308,9 +396,6 @@ impl Module for CampaignsModule {
                     ));
                 }
                 let template = i.option_str("template").unwrap_or("default");
-                if self.template(template).is_none() {
-                    return Some(Reaction::reply(format!("No template called {template:?}."), true));
-                }
                 let payload = json!({
                     "interaction": InteractionRef::of(i, cx.now),
                     "name": name,
@@ -351,7 +436,7 @@ impl Module for CampaignsModule {
 
     fn handlers(self: Arc<Self>) -> Vec<(String, Arc<dyn JobHandler>)> {
         let h: Arc<dyn JobHandler> = Arc::new(CampaignJobs(self));
-        vec![(BUILD.into(), h.clone()), (DELETE.into(), h.clone()), (ARCHIVE.into(), h)]
+        vec![(BUILD.into(), h.clone()), (DELETE.into(), h.clone()), (ARCHIVE.into(), h.clone()), (IMPORT.into(), h)]
     }
 }
 
@@ -369,6 +454,15 @@ impl CampaignsModule {
     }
 }
 
+/// Whether den may download from `url`: Discord's attachment hosts over
+/// HTTPS, or a configured stand-in for Discord (`host:port`).
+fn downloadable(url: &str, extra_hosts: &[String]) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else { return false };
+    let host = u.host_str().unwrap_or_default();
+    let with_port = u.port().map_or_else(|| host.to_owned(), |p| format!("{host}:{p}"));
+    (u.scheme() == "https" && ATTACHMENT_HOSTS.contains(&host)) || extra_hosts.contains(&with_port)
+}
+
 /// Runs the module's jobs.
 pub struct CampaignJobs(pub Arc<CampaignsModule>);
 
@@ -378,7 +472,25 @@ impl JobHandler for CampaignJobs {
         match job.kind.as_str() {
             BUILD => self.0.build_job(&job.payload).await,
             DELETE | ARCHIVE => self.0.teardown_job(&job.kind, &job.payload).await,
+            IMPORT => self.0.import_job(&job.payload).await,
             other => Err(JobError::permanent(format!("campaigns has no job {other}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_download_only_from_discord_or_its_configured_stand_in() {
+        let local = vec!["127.0.0.1:9000".to_owned()];
+        assert!(downloadable("https://cdn.discordapp.com/attachments/1/2/t.toml", &[]));
+        assert!(!downloadable("http://cdn.discordapp.com/attachments/1/2/t.toml", &[]), "HTTPS only");
+        assert!(!downloadable("https://evil.example/t.toml", &[]));
+        assert!(!downloadable("https://cdn.discordapp.com.evil.example/t.toml", &[]));
+        assert!(downloadable("http://127.0.0.1:9000/attachments/1/t.md", &local));
+        assert!(!downloadable("http://127.0.0.1:9001/attachments/1/t.md", &local));
+        assert!(!downloadable("not a url", &local));
     }
 }

@@ -9,7 +9,7 @@ use den_discord::guild::{
     CONNECT, ChannelInfo, ChannelKind, NewChannel, Overwrite, SEND_MESSAGES, Target, VIEW_CHANNEL, channel_name,
 };
 use den_discord::{DiscordError, Egress, InteractionRef};
-use den_storage::{Condition, Put, Query, StoreErrorKind, StoreResult, Table, TableSpec};
+use den_storage::{Condition, Put, Query, SkCondition, StoreErrorKind, StoreResult, Table, TableSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -200,10 +200,14 @@ impl Plans {
         format!("g:{guild}")
     }
 
+    fn sk(name: &str) -> String {
+        format!("c:{}", key(name))
+    }
+
     /// Stores a new plan; `Ok(false)` when the guild already has a campaign of that name.
     pub async fn create(&self, plan: &Plan) -> StoreResult<bool> {
         let attrs = serde_json::to_value(plan).ok().and_then(|v| v.as_object().cloned()).unwrap_or_default();
-        let put = Put::new(Self::pk(plan.guild), key(&plan.name), attrs).condition(Condition::Absent);
+        let put = Put::new(Self::pk(plan.guild), Self::sk(&plan.name), attrs).condition(Condition::Absent);
         match self.table.put(put).await {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == StoreErrorKind::ConditionFailed => Ok(false),
@@ -213,26 +217,39 @@ impl Plans {
 
     /// The plan of a campaign.
     pub async fn get(&self, guild: u64, name: &str) -> StoreResult<Option<Versioned>> {
-        let item = self.table.get(&Self::pk(guild), &key(name)).await?;
+        let item = self.table.get(&Self::pk(guild), &Self::sk(name)).await?;
         Ok(item.and_then(|i| serde_json::from_value(Value::Object(i.attrs)).ok().map(|p| (p, i.version))))
     }
 
     /// Saves `plan` if nobody changed it since `version`; the new version.
     pub async fn save(&self, plan: &Plan, version: u64) -> StoreResult<u64> {
         let attrs = serde_json::to_value(plan).ok().and_then(|v| v.as_object().cloned()).unwrap_or_default();
-        let put = Put::new(Self::pk(plan.guild), key(&plan.name), attrs).condition(Condition::VersionEquals(version));
+        let put =
+            Put::new(Self::pk(plan.guild), Self::sk(&plan.name), attrs).condition(Condition::VersionEquals(version));
         self.table.put(put).await
     }
 
     /// Forgets a campaign's plan.
     pub async fn remove(&self, guild: u64, name: &str) -> StoreResult<bool> {
-        self.table.delete(&Self::pk(guild), &key(name), Condition::None).await
+        self.table.delete(&Self::pk(guild), &Self::sk(name), Condition::None).await
     }
 
     /// Every campaign of a guild.
     pub async fn list(&self, guild: u64) -> StoreResult<Vec<Plan>> {
-        let page = self.table.query(Query::pk(Self::pk(guild)).limit(200)).await?;
+        let page = self.table.query(Query::pk(Self::pk(guild)).sk(SkCondition::Prefix("c:".into())).limit(200)).await?;
         Ok(page.items.into_iter().filter_map(|i| serde_json::from_value(Value::Object(i.attrs)).ok()).collect())
+    }
+
+    /// Stores a guild's own template (replacing one of the same name).
+    pub async fn save_template(&self, guild: u64, template: &Template) -> StoreResult<()> {
+        let attrs = serde_json::to_value(template).ok().and_then(|v| v.as_object().cloned()).unwrap_or_default();
+        self.table.put(Put::new(Self::pk(guild), format!("t:{}", key(&template.name)), attrs)).await.map(|_| ())
+    }
+
+    /// A guild's own template.
+    pub async fn template(&self, guild: u64, name: &str) -> StoreResult<Option<Template>> {
+        let item = self.table.get(&Self::pk(guild), &format!("t:{}", key(name))).await?;
+        Ok(item.and_then(|i| serde_json::from_value(Value::Object(i.attrs)).ok()))
     }
 }
 

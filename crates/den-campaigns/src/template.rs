@@ -132,14 +132,20 @@ impl Template {
     /// Reads a template file by its extension: `.toml`, `.json` or `.md`.
     pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let name = path.file_name().and_then(|s| s.to_str()).unwrap_or("template.toml");
+        Self::from_named_text(name, &text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses `text` by the extension of `filename` (a Markdown list takes its name from the file).
+    pub fn from_named_text(filename: &str, text: &str) -> Result<Self, String> {
+        let path = std::path::Path::new(filename);
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("template");
-        let parsed = match path.extension().and_then(|e| e.to_str()).unwrap_or_default() {
-            "toml" => Self::from_toml(&text),
-            "json" => Self::from_json(&text),
-            "md" | "markdown" => Self::from_markdown(stem, &text),
+        match path.extension().and_then(|e| e.to_str()).unwrap_or_default() {
+            "toml" => Self::from_toml(text),
+            "json" => Self::from_json(text),
+            "md" | "markdown" => Self::from_markdown(stem, text),
             other => Err(format!("unknown template type {other:?}: use .toml, .json or .md")),
-        };
-        parsed.map_err(|e| format!("{}: {e}", path.display()))
+        }
     }
 
     /// One line about what it makes.

@@ -176,6 +176,23 @@ pub struct InboundInteraction {
     pub custom_id: Option<String>,
     /// Users resolved from user options, by id.
     pub resolved_users: Vec<Author>,
+    /// Files attached through attachment options.
+    pub resolved_attachments: Vec<Attachment>,
+}
+
+/// A file attached to an interaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Attachment id (the option's value).
+    #[serde(deserialize_with = "snowflake")]
+    pub id: u64,
+    /// File name.
+    pub filename: String,
+    /// Size in bytes.
+    #[serde(default)]
+    pub size: u64,
+    /// Where to download it.
+    pub url: String,
 }
 
 impl InboundInteraction {
@@ -197,6 +214,10 @@ impl InboundInteraction {
         let channel_id = parse_snowflake(&v["channel_id"]).or_else(|| parse_snowflake(&v["channel"]["id"]));
         let mut options = serde_json::Map::new();
         flatten_options(&v["data"]["options"], "", &mut options);
+        let resolved_attachments = v["data"]["resolved"]["attachments"]
+            .as_object()
+            .map(|m| m.values().filter_map(|a| serde_json::from_value(a.clone()).ok()).collect())
+            .unwrap_or_default();
         let resolved_users = v["data"]["resolved"]["users"]
             .as_object()
             .map(|m| m.values().filter_map(|u| serde_json::from_value(u.clone()).ok()).collect())
@@ -216,6 +237,7 @@ impl InboundInteraction {
             options,
             custom_id: v["data"]["custom_id"].as_str().map(str::to_owned),
             resolved_users,
+            resolved_attachments,
         })
     }
 

@@ -29,6 +29,8 @@ pub enum OptionKind {
     Channel,
     /// A role.
     Role,
+    /// A file.
+    Attachment,
 }
 
 impl OptionKind {
@@ -41,6 +43,7 @@ impl OptionKind {
             OptionKind::User => 6,
             OptionKind::Channel => 7,
             OptionKind::Role => 8,
+            OptionKind::Attachment => 11,
         }
     }
 }

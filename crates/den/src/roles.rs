@@ -108,12 +108,15 @@ pub async fn modules(cx: &ModuleCx<'_>) -> anyhow::Result<Vec<Arc<dyn Module>>> 
             tracing::warn!(error = %e, "campaign template skipped");
         }
         let manager = cx.config.campaigns.manager_role;
+        // A plain-HTTP stand-in for Discord (a proxy, or the test double) also serves attachments.
+        let hosts = cx.config.discord.api_proxy.iter().cloned().collect();
         modules.push(den_campaigns::CampaignsModule::new(
             cx.egress.clone(),
             plans,
             cx.clock.clone(),
             templates,
             manager,
+            hosts,
         ));
     }
     Ok(modules)

@@ -288,3 +288,43 @@ fn only_managers_may_add_campaigns_unless_they_hold_the_configured_role() {
         discord.fake.invoke_command(helper, discord.channel, "add-campaign", &[CommandOption::string("name", "Yes")]);
     answer(&discord, &t, "is ready");
 }
+
+#[test]
+fn a_template_attached_to_campaign_template_is_checked_saved_and_used() {
+    let discord = fast_discord();
+    let scratch = Scratch::new();
+    let den = scratch.start_with(&discord, "run", &[]);
+    den.wait_ready(WAIT);
+    let md = "# Heist\n- planning-room: the plan\n- getaway-van (voice)\n- inside-man (private)\n";
+    let file = discord.fake.add_attachment("heist.md", md.as_bytes());
+    let t = discord.fake.invoke_command(
+        discord.user,
+        discord.channel,
+        "campaign-template",
+        &[CommandOption::attachment("file", file)],
+    );
+    let text = answer(&discord, &t, "Template saved");
+    assert!(text.contains("heist: 3 channels (2 text, 1 voice, 0 forum), 1 GM-only"), "{text}");
+
+    let broken =
+        discord.fake.add_attachment("broken.toml", b"name = \"x\"\n[[channel]]\nname = \"a\"\ntags = [\"t\"]\n");
+    let t = discord.fake.invoke_command(
+        discord.user,
+        discord.channel,
+        "campaign-template",
+        &[CommandOption::attachment("file", broken)],
+    );
+    let text = answer(&discord, &t, "broken.toml");
+    assert!(text.contains("channel[0].tags: only forums have tags"), "{text}");
+
+    let t = discord.fake.invoke_command(
+        discord.user,
+        discord.channel,
+        "add-campaign",
+        &[CommandOption::string("name", "Big Score"), CommandOption::string("template", "heist")],
+    );
+    answer(&discord, &t, "is ready");
+    let channels = discord.fake.channels(discord.guild);
+    assert!(["planning-room", "getaway-van", "inside-man"].iter().all(|n| channels.iter().any(|c| c.name == *n)));
+    assert!(discord.fake.violations().is_empty());
+}

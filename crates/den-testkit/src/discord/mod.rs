@@ -199,6 +199,11 @@ impl CommandOption {
     pub fn user(name: &str, user: u64) -> Self {
         Self { name: name.into(), value: user.to_string().into(), kind: 6 }
     }
+    /// An attachment option (an id from [`FakeDiscord::add_attachment`]).
+    #[must_use]
+    pub fn attachment(name: &str, attachment: u64) -> Self {
+        Self { name: name.into(), value: attachment.to_string().into(), kind: 11 }
+    }
 }
 
 impl FakeDiscord {
@@ -222,7 +227,10 @@ impl FakeDiscord {
             changed: Notify::new(),
             gateway_url,
         });
-        let rest_app = axum::Router::new().fallback(rest::handle).with_state(shared.clone());
+        let rest_app = axum::Router::new()
+            .route("/attachments/{id}/{file}", axum::routing::get(rest::attachment))
+            .fallback(rest::handle)
+            .with_state(shared.clone());
         let gw_app = axum::Router::new().fallback(gateway::upgrade).with_state(shared.clone());
         // Like Discord's servers, answer without Nagle's delay: small frames go out at once.
         let rest = rest.tap_io(|s| {
@@ -478,7 +486,32 @@ impl FakeDiscord {
         if !users.is_empty() {
             data["resolved"] = json!({"users": users});
         }
+        let attachments: serde_json::Map<String, Value> = options
+            .iter()
+            .filter(|o| o.kind == 11)
+            .filter_map(|o| {
+                let id: u64 = o.value.as_str()?.parse().ok()?;
+                let m = self.shared.model();
+                let (filename, bytes) = m.attachments.get(&id)?;
+                let url = format!("http://{}/attachments/{id}/{filename}", self.rest_addr);
+                Some((
+                    id.to_string(),
+                    json!({"id": id.to_string(), "filename": filename, "size": bytes.len(), "url": url, "proxy_url": url}),
+                ))
+            })
+            .collect();
+        if !attachments.is_empty() {
+            data["resolved"]["attachments"] = Value::Object(attachments);
+        }
         data
+    }
+
+    /// A file a person attaches to a command; returns its attachment id.
+    pub fn add_attachment(&self, filename: &str, bytes: &[u8]) -> u64 {
+        let mut m = self.shared.model();
+        let id = m.snowflake();
+        m.attachments.insert(id, (filename.to_owned(), bytes.to_vec()));
+        id
     }
 
     /// Invokes slash command `name` as `user` over the gateway (INTERACTION_CREATE);

@@ -175,6 +175,8 @@ pub struct Model {
     pub time_offset: Duration,
     /// den's permissions as interactions report them (`app_permissions`); `None`: all.
     pub app_permissions: Option<u64>,
+    /// Files people attached, by attachment id: name and bytes (served under `/attachments/`).
+    pub attachments: BTreeMap<u64, (String, Vec<u8>)>,
 }
 
 impl Model {
@@ -194,6 +196,7 @@ impl Model {
             interactions: HashMap::new(),
             time_offset: Duration::ZERO,
             app_permissions: None,
+            attachments: BTreeMap::new(),
         };
         m.app_id = m.snowflake();
         // A bot user's id equals its application's id.

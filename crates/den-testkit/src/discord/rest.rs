@@ -786,3 +786,14 @@ fn run(
         other => Err(err(501, 0, &format!("den-testkit does not implement {other} yet"))),
     }
 }
+
+/// `GET /attachments/{id}/{file}`: a file a person attached (Discord's CDN, for the fake).
+pub(crate) async fn attachment(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path((id, _file)): axum::extract::Path<(u64, String)>,
+) -> Response {
+    match shared.model().attachments.get(&id) {
+        Some((_, bytes)) => (StatusCode::OK, bytes.clone()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
