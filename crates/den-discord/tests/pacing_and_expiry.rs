@@ -52,21 +52,34 @@ async fn two_processes_sharing_a_store_never_identify_one_bucket_twice_in_5_seco
     assert_eq!(first_two.len(), 2, "max_concurrency 2: two shards identify at once");
 }
 
-#[tokio::test]
-async fn a_job_finishing_after_the_token_expired_posts_in_the_channel() {
-    let fake = FakeDiscord::start(FakeConfig::default()).await.unwrap();
-    let user = fake.add_user("ada");
-    let guild = fake.add_guild("tavern", user);
-    let channel = fake.add_text_channel(guild, "general");
-    let egress = Egress::new(
-        &EgressConfig {
+/// A fake Discord with one guild, one member and one channel, and den's egress to it.
+struct Tavern {
+    fake: FakeDiscord,
+    egress: Egress,
+    user: u64,
+    guild: u64,
+    channel: u64,
+}
+
+impl Tavern {
+    async fn open() -> Self {
+        let fake = FakeDiscord::start(FakeConfig::default()).await.unwrap();
+        let user = fake.add_user("ada");
+        let guild = fake.add_guild("tavern", user);
+        let channel = fake.add_text_channel(guild, "general");
+        let config = EgressConfig {
             token: Some(Secret::new(fake.bot_token())),
             api_proxy: Some(fake.rest_addr()),
             timeout: Duration::from_secs(10),
-        },
-        fake.app_id(),
-        None,
-    );
+        };
+        let egress = Egress::new(&config, fake.app_id(), None);
+        Self { fake, egress, user, guild, channel }
+    }
+}
+
+#[tokio::test]
+async fn a_job_finishing_after_the_token_expired_posts_in_the_channel() {
+    let Tavern { fake, egress, user, guild, channel } = Tavern::open().await;
     let token = fake.invoke_command(user, channel, "status", &[]);
     let interaction = fake.interaction(&token).unwrap();
     egress.respond(interaction.id, &token, &Ack::Defer { ephemeral: false }).await.unwrap();
@@ -102,19 +115,8 @@ async fn a_job_finishing_after_the_token_expired_posts_in_the_channel() {
 /// the original response instead of taking the expired-token path.
 #[tokio::test]
 async fn a_worker_faster_than_the_acknowledgement_still_edits_the_original() {
-    let fake = FakeDiscord::start(FakeConfig::default()).await.unwrap();
-    let user = fake.add_user("ada");
-    let guild = fake.add_guild("tavern", user);
-    let channel = fake.add_text_channel(guild, "general");
-    let egress = Arc::new(Egress::new(
-        &EgressConfig {
-            token: Some(Secret::new(fake.bot_token())),
-            api_proxy: Some(fake.rest_addr()),
-            timeout: Duration::from_secs(10),
-        },
-        fake.app_id(),
-        None,
-    ));
+    let Tavern { fake, egress, user, guild, channel } = Tavern::open().await;
+    let egress = Arc::new(egress);
     for fallback in [Fallback::Channel, Fallback::Drop] {
         let token = fake.invoke_command(user, channel, "memories", &[]);
         let interaction = fake.interaction(&token).unwrap();
@@ -143,19 +145,7 @@ async fn a_worker_faster_than_the_acknowledgement_still_edits_the_original() {
 
 #[tokio::test]
 async fn a_private_answer_is_dropped_not_posted_when_the_token_is_dead() {
-    let fake = FakeDiscord::start(FakeConfig::default()).await.unwrap();
-    let user = fake.add_user("ada");
-    let guild = fake.add_guild("tavern", user);
-    let channel = fake.add_text_channel(guild, "general");
-    let egress = Egress::new(
-        &EgressConfig {
-            token: Some(Secret::new(fake.bot_token())),
-            api_proxy: Some(fake.rest_addr()),
-            timeout: Duration::from_secs(10),
-        },
-        fake.app_id(),
-        None,
-    );
+    let Tavern { fake, egress, user, guild, channel } = Tavern::open().await;
     let token = fake.invoke_command(user, channel, "memories", &[]);
     let interaction = fake.interaction(&token).unwrap();
     egress.respond(interaction.id, &token, &Ack::Defer { ephemeral: true }).await.unwrap();

@@ -208,22 +208,12 @@ impl MemoryStore {
     pub async fn recent(&self, guild: u64, channel: u64, n: usize, now: Timestamp) -> Result<Vec<Line>, MemoryError> {
         let since = now.0 - TRANSCRIPT_DAYS * 86_400_000;
         self.run(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT message_id, user_id, persona, author, text, at_ms, about_user FROM transcript
-                 WHERE guild = ?1 AND channel = ?2 AND at_ms >= ?3 ORDER BY message_id DESC LIMIT ?4",
-            )?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {LINE_COLUMNS} FROM transcript
+                 WHERE guild = ?1 AND channel = ?2 AND at_ms >= ?3 ORDER BY message_id DESC LIMIT ?4"
+            ))?;
             let mut lines = stmt
-                .query_map(params![guild as i64, channel as i64, since, n as i64], |r| {
-                    Ok(Line {
-                        message_id: r.get::<_, i64>(0)? as u64,
-                        user_id: r.get::<_, i64>(1)? as u64,
-                        persona: r.get(2)?,
-                        author: r.get(3)?,
-                        text: r.get(4)?,
-                        at: Timestamp(r.get(5)?),
-                        about_user: r.get::<_, i64>(6)? as u64,
-                    })
-                })?
+                .query_map(params![guild as i64, channel as i64, since, n as i64], line_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             lines.reverse();
             Ok(lines)
@@ -235,20 +225,9 @@ impl MemoryStore {
     pub async fn line(&self, guild: u64, channel: u64, message_id: u64) -> Result<Option<Line>, MemoryError> {
         self.run(move |c| {
             Ok(c.query_row(
-                "SELECT message_id, user_id, persona, author, text, at_ms, about_user FROM transcript
-                 WHERE guild = ?1 AND channel = ?2 AND message_id = ?3",
+                &format!("SELECT {LINE_COLUMNS} FROM transcript WHERE guild = ?1 AND channel = ?2 AND message_id = ?3"),
                 params![guild as i64, channel as i64, message_id as i64],
-                |r| {
-                    Ok(Line {
-                        message_id: r.get::<_, i64>(0)? as u64,
-                        user_id: r.get::<_, i64>(1)? as u64,
-                        persona: r.get(2)?,
-                        author: r.get(3)?,
-                        text: r.get(4)?,
-                        at: Timestamp(r.get(5)?),
-                        about_user: r.get::<_, i64>(6)? as u64,
-                    })
-                },
+                line_row,
             )
             .optional()?)
         })
@@ -518,6 +497,20 @@ fn scope_token(guild: u64, subject: &Subject) -> String {
         Subject::PersonaUser(p, u) => format!("sg{guild}u{u}p{}", alnum(p)),
         Subject::Persona(p) => format!("sg{guild}p{}", alnum(p)),
     }
+}
+
+const LINE_COLUMNS: &str = "message_id, user_id, persona, author, text, at_ms, about_user";
+
+fn line_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Line> {
+    Ok(Line {
+        message_id: r.get::<_, i64>(0)? as u64,
+        user_id: r.get::<_, i64>(1)? as u64,
+        persona: r.get(2)?,
+        author: r.get(3)?,
+        text: r.get(4)?,
+        at: Timestamp(r.get(5)?),
+        about_user: r.get::<_, i64>(6)? as u64,
+    })
 }
 
 const FACT_COLUMNS: &str = "id, guild, user_id, persona, text, importance, source, updated_ms";

@@ -352,7 +352,7 @@ impl PersonasModule {
         };
         let now = self.d.clock.now();
         // Counted now, not when done, so the brakes hold while replies stream.
-        s.persona_spoke(req.channel, &p.id, req.to_persona, now).await.map_err(retry)?;
+        s.persona_spoke(req.channel, &p.id, now).await.map_err(retry)?;
         let directive = s.take_directive(req.guild, &p.id).await.map_err(retry)?;
         let directives: Vec<String> = directive.into_iter().map(|d| d.text).collect();
         let request = compose(&self.d.memory, &self.d.config, &p, &req, &directives, now).await.map_err(retry)?;

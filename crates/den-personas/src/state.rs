@@ -24,8 +24,6 @@ const DAY: i64 = 86_400_000;
 pub struct ChannelRun {
     /// Persona messages since the last human one.
     pub persona_streak: u32,
-    /// When a persona last answered another persona.
-    pub last_persona_reply: Option<Timestamp>,
     /// When each persona last spoke here.
     pub last_spoke: Map<String, Value>,
 }
@@ -159,20 +157,12 @@ impl State {
         Ok(a.get("seen").and_then(Value::as_u64).unwrap_or(0))
     }
 
-    /// `persona` spoke in `channel`; `to_persona` when it answered another persona.
-    pub async fn persona_spoke(
-        &self,
-        channel: u64,
-        persona: &str,
-        to_persona: bool,
-        now: Timestamp,
-    ) -> StoreResult<()> {
+    /// `persona` spoke in `channel` (the gap between persona-to-persona
+    /// replies is the delay of the job that cues them, not state).
+    pub async fn persona_spoke(&self, channel: u64, persona: &str, now: Timestamp) -> StoreResult<()> {
         self.update(&format!("chan:{channel}"), "run", None, |a| {
             let streak = a.get("streak").and_then(Value::as_u64).unwrap_or(0);
             a.insert("streak".into(), (streak + 1).into());
-            if to_persona {
-                a.insert("last_p2p".into(), now.0.into());
-            }
             let spoke = a.entry("spoke").or_insert_with(|| json!({}));
             if let Some(m) = spoke.as_object_mut() {
                 m.insert(persona.to_owned(), now.0.into());
@@ -186,26 +176,35 @@ impl State {
     /// whether it stays within `cap`.
     pub async fn take_hourly(&self, channel: u64, cap: u32, now: Timestamp) -> StoreResult<bool> {
         let hour = now.0 / HOUR;
+        let n = self.count(&format!("chan:{channel}"), &format!("hour:{hour}"), Timestamp((hour + 2) * HOUR)).await?;
+        Ok(n <= u64::from(cap))
+    }
+
+    /// Adds one to a counter that expires at `expires`; its new value.
+    async fn count(&self, pk: &str, sk: &str, expires: Timestamp) -> StoreResult<u64> {
         let a = self
-            .update(&format!("chan:{channel}"), &format!("hour:{hour}"), Some(Timestamp((hour + 2) * HOUR)), |a| {
+            .update(pk, sk, Some(expires), |a| {
                 let n = a.get("n").and_then(Value::as_u64).unwrap_or(0);
                 a.insert("n".into(), (n + 1).into());
             })
             .await?;
-        Ok(a.get("n").and_then(Value::as_u64).unwrap_or(0) <= u64::from(cap))
+        Ok(a.get("n").and_then(Value::as_u64).unwrap_or(0))
+    }
+
+    /// Sets (`on`) or clears a flag item.
+    async fn set_flag(&self, pk: String, sk: &str, on: bool) -> StoreResult<()> {
+        if on {
+            self.table.put(Put::new(pk, sk, Map::new())).await.map(|_| ())
+        } else {
+            self.table.delete(&pk, sk, Condition::None).await.map(|_| ())
+        }
     }
 
     /// Counts a request against a per-minute window for `key` (`user:G:U`,
     /// `chan:C`): allowed, just exceeded (tell them once), or silenced.
     pub async fn take_minute(&self, key: &str, limit: u32, now: Timestamp) -> StoreResult<Window> {
         let minute = now.0 / MINUTE;
-        let a = self
-            .update(&format!("rl:{key}"), &format!("{minute}"), Some(Timestamp((minute + 2) * MINUTE)), |a| {
-                let n = a.get("n").and_then(Value::as_u64).unwrap_or(0);
-                a.insert("n".into(), (n + 1).into());
-            })
-            .await?;
-        let n = a.get("n").and_then(Value::as_u64).unwrap_or(0);
+        let n = self.count(&format!("rl:{key}"), &format!("{minute}"), Timestamp((minute + 2) * MINUTE)).await?;
         Ok(if n <= u64::from(limit) {
             Window::Allowed
         } else if n == u64::from(limit) + 1 {
@@ -288,13 +287,7 @@ impl State {
 
     /// Turns unprompted chime-ins on or off in a channel.
     pub async fn set_chime_in(&self, guild: u64, channel: u64, on: bool) -> StoreResult<()> {
-        let pk = format!("guild:{guild}");
-        let sk = format!("chime:{channel}");
-        if on {
-            self.table.put(Put::new(pk, sk, Map::new())).await.map(|_| ())
-        } else {
-            self.table.delete(&pk, &sk, Condition::None).await.map(|_| ())
-        }
+        self.set_flag(format!("guild:{guild}"), &format!("chime:{channel}"), on).await
     }
 
     /// Whether chime-ins are on in a channel.
@@ -330,12 +323,7 @@ impl State {
 
     /// Turns Higher Self mode on or off (on: the persona only speaks when its owner takes over).
     pub async fn set_higher_self(&self, guild: u64, persona: &str, on: bool) -> StoreResult<()> {
-        let pk = format!("hs:{guild}:{persona}");
-        if on {
-            self.table.put(Put::new(pk, "mode", Map::new())).await.map(|_| ())
-        } else {
-            self.table.delete(&pk, "mode", Condition::None).await.map(|_| ())
-        }
+        self.set_flag(format!("hs:{guild}:{persona}"), "mode", on).await
     }
 
     /// Whether Higher Self mode is on.
@@ -375,7 +363,6 @@ fn uuid_like(now: Timestamp) -> String {
 fn run_of(a: &Map<String, Value>) -> ChannelRun {
     ChannelRun {
         persona_streak: a.get("streak").and_then(Value::as_u64).unwrap_or(0) as u32,
-        last_persona_reply: a.get("last_p2p").and_then(Value::as_i64).map(Timestamp),
         last_spoke: a.get("spoke").and_then(Value::as_object).cloned().unwrap_or_default(),
     }
 }

@@ -36,20 +36,24 @@ pub fn policy(c: &Config) -> Policy {
 /// The configured models, each behind the resilience layer: the primary
 /// (with the fallback) as the default, and every provider by name. A
 /// provider that cannot be built (a missing key) is left out with a warning.
-pub async fn models(cx: &ModuleCx<'_>) -> Option<Models> {
-    let c = cx.config;
+pub async fn models(
+    c: &Config,
+    env: &[(String, String)],
+    metrics: &den_ops::Metrics,
+    clock: &Arc<dyn den_core::Clock>,
+) -> Option<Models> {
     let mut built: HashMap<String, Arc<dyn ChatModel>> = HashMap::new();
     for section in &c.llm.provider {
-        match provider(section, cx.env).await {
+        match provider(section, env).await {
             Ok(m) => {
                 built.insert(section.name.clone(), m);
             }
             Err(e) => tracing::warn!(provider = %section.name, error = %e, "provider unavailable to personas"),
         }
     }
-    let observer = Arc::new(LlmMetrics(cx.metrics.clone()));
+    let observer = Arc::new(LlmMetrics(metrics.clone()));
     let wrap = |primary: Arc<dyn ChatModel>, fallback: Option<Arc<dyn ChatModel>>| -> Arc<dyn ChatModel> {
-        Arc::new(Resilient::new(primary, fallback, policy(c), cx.clock.clone()).with_observer(observer.clone()))
+        Arc::new(Resilient::new(primary, fallback, policy(c), clock.clone()).with_observer(observer.clone()))
     };
     let fallback = c.llm.fallback.as_ref().and_then(|f| built.get(f).cloned());
     let default = match built.get(&c.llm.primary) {
@@ -97,7 +101,7 @@ pub async fn module(cx: &ModuleCx<'_>) -> anyhow::Result<Arc<dyn Module>> {
     });
     let state = den_personas::state::State::new(cx.store.table(den_personas::state::table_spec()).await?);
     let ledger = Ledger::new(cx.store.table(den_llm::ledger::table_spec()).await?, cx.clock.clone());
-    let models = models(cx).await;
+    let models = models(c, cx.env, cx.metrics, cx.clock).await;
     if models.is_none() && !personas.all().is_empty() {
         tracing::warn!("personas have no language model: set the key of llm.primary (see `den llm ping`)");
     }
@@ -265,22 +269,9 @@ pub async fn chat(persona: Option<String>, c: &Config, env: &[(String, String)])
         };
     let clock: Arc<dyn den_core::Clock> = Arc::new(den_core::SystemClock);
     let metrics = den_ops::Metrics::new();
-    let store = crate::roles::open_store(c).await?;
-    let jobs = den_worker::JobQueue::new(store.queue(), c.queue.name.clone(), metrics.clone());
-    let egress =
-        Arc::new(Egress::new(&EgressConfig { token: None, api_proxy: None, timeout: Duration::from_secs(5) }, 0, None));
-    let queue = store.queue();
-    let cx = ModuleCx {
-        config: c,
-        env,
-        store: &store,
-        egress: &egress,
-        jobs: &jobs,
-        queue: &queue,
-        clock: &clock,
-        metrics: &metrics,
-    };
-    let models = models(&cx).await.ok_or_else(|| anyhow::anyhow!("no language model: check `den llm ping`"))?;
+    let models = models(c, env, &metrics, &clock)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no language model: check `den llm ping`"))?;
     let memory = den_personas::memory::MemoryStore::open(&c.memory_path())?;
     let config = c.personas_config();
     let filter = den_personas::safety::OutputFilter::new(
@@ -389,6 +380,5 @@ pub async fn chat(persona: Option<String>, c: &Config, env: &[(String, String)])
         out.write_all(format!("{notice}\n").as_bytes()).await?;
         out.flush().await?;
     }
-    store.close().await?;
     Ok(())
 }

@@ -10,6 +10,19 @@ use support::{Discord, Scratch};
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// `den run` against `discord`, ready.
+fn start_den(discord: &Discord, env: &[(&str, &str)]) -> (Scratch, support::Running) {
+    let scratch = Scratch::new();
+    let den = scratch.start_with(discord, "run", env);
+    den.wait_ready(WAIT);
+    (scratch, den)
+}
+
+/// Invokes a command as the test's user in the test's channel; the interaction token.
+fn invoke(discord: &Discord, name: &str, options: &[CommandOption]) -> String {
+    discord.fake.invoke_command(discord.user, discord.channel, name, options)
+}
+
 fn ack(discord: &Discord, token: &str) -> (u8, serde_json::Value) {
     discord.wait_until("acknowledged", WAIT, |f| f.interaction(token).is_some_and(|i| i.callback.is_some()));
     discord.fake.interaction(token).unwrap().callback.unwrap()
@@ -18,15 +31,8 @@ fn ack(discord: &Discord, token: &str) -> (u8, serde_json::Value) {
 #[test]
 fn add_campaign_answers_at_once_then_builds_everything_with_progress_and_a_summary() {
     let discord = Discord::start();
-    let scratch = Scratch::new();
-    let den = scratch.start_with(&discord, "run", &[]);
-    den.wait_ready(WAIT);
-    let token = discord.fake.invoke_command(
-        discord.user,
-        discord.channel,
-        "add-campaign",
-        &[CommandOption::string("name", "Dragonfall")],
-    );
+    let (_scratch, _den) = start_den(&discord, &[]);
+    let token = invoke(&discord, "add-campaign", &[CommandOption::string("name", "Dragonfall")]);
     let (kind, _) = ack(&discord, &token);
     assert_eq!(kind, 5, "deferred");
     let i = discord.fake.interaction(&token).unwrap();
@@ -44,19 +50,14 @@ fn add_campaign_answers_at_once_then_builds_everything_with_progress_and_a_summa
     assert_eq!(channels.iter().filter(|c| c.name == "gm-notes").count(), 1);
     assert_eq!(discord.fake.rate_limited(), 0, "paced, never refused");
 
-    let again = discord.fake.invoke_command(
-        discord.user,
-        discord.channel,
-        "add-campaign",
-        &[CommandOption::string("name", "dragonfall")],
-    );
+    let again = invoke(&discord, "add-campaign", &[CommandOption::string("name", "dragonfall")]);
     discord.wait_until("the duplicate is refused", WAIT, |f| {
         f.interaction(&again)
             .and_then(|i| i.original)
             .and_then(|m| f.message(m))
             .is_some_and(|m| m.content.contains("already a campaign"))
     });
-    let listed = discord.fake.invoke_command(discord.user, discord.channel, "list-campaigns", &[]);
+    let listed = invoke(&discord, "list-campaigns", &[]);
     let (_, data) = ack(&discord, &listed);
     assert!(data["content"].as_str().unwrap().contains("**Dragonfall** (ready)"), "{data}");
     assert!(discord.fake.violations().is_empty());
@@ -66,25 +67,13 @@ fn add_campaign_answers_at_once_then_builds_everything_with_progress_and_a_summa
 fn add_campaign_says_which_permissions_den_lacks_and_checks_the_name() {
     let discord = Discord::start();
     discord.fake.set_app_permissions(1 << 4); // Manage Channels only
-    let scratch = Scratch::new();
-    let den = scratch.start_with(&discord, "run", &[]);
-    den.wait_ready(WAIT);
-    let t = discord.fake.invoke_command(
-        discord.user,
-        discord.channel,
-        "add-campaign",
-        &[CommandOption::string("name", "X")],
-    );
+    let (_scratch, _den) = start_den(&discord, &[]);
+    let t = invoke(&discord, "add-campaign", &[CommandOption::string("name", "X")]);
     let (kind, data) = ack(&discord, &t);
     assert_eq!(kind, 4);
     let text = data["content"].as_str().unwrap();
     assert!(text.contains("Manage Roles") && !text.contains("Manage Channels"), "{text}");
-    let t = discord.fake.invoke_command(
-        discord.user,
-        discord.channel,
-        "add-campaign",
-        &[CommandOption::string("name", "<@everyone>")],
-    );
+    let t = invoke(&discord, "add-campaign", &[CommandOption::string("name", "<@everyone>")]);
     let (_, data) = ack(&discord, &t);
     assert!(data["content"].as_str().unwrap().contains("cannot contain"), "{data}");
     assert!(discord.fake.channels(discord.guild).iter().all(|c| c.kind != 4), "nothing was built");
@@ -102,12 +91,7 @@ fn fast_discord() -> Discord {
 }
 
 fn build(discord: &Discord, name: &str) {
-    let token = discord.fake.invoke_command(
-        discord.user,
-        discord.channel,
-        "add-campaign",
-        &[CommandOption::string("name", name)],
-    );
+    let token = invoke(discord, "add-campaign", &[CommandOption::string("name", name)]);
     discord.wait_until("built", WAIT, |f| {
         f.interaction(&token)
             .and_then(|i| i.original)
@@ -129,17 +113,10 @@ fn answer(discord: &Discord, token: &str, needle: &str) -> String {
 #[test]
 fn delete_campaign_asks_first_then_removes_everything_it_made() {
     let discord = fast_discord();
-    let scratch = Scratch::new();
-    let den = scratch.start_with(&discord, "run", &[]);
-    den.wait_ready(WAIT);
+    let (_scratch, _den) = start_den(&discord, &[]);
     build(&discord, "Doomed");
     let before = discord.fake.channels(discord.guild).len();
-    let ask = discord.fake.invoke_command(
-        discord.user,
-        discord.channel,
-        "delete-campaign",
-        &[CommandOption::string("name", "Doomed")],
-    );
+    let ask = invoke(&discord, "delete-campaign", &[CommandOption::string("name", "Doomed")]);
     let (kind, data) = ack(&discord, &ask);
     assert_eq!(kind, 4);
     assert_eq!(data["flags"], 64, "only the asker sees the question");
@@ -153,7 +130,7 @@ fn delete_campaign_asks_first_then_removes_everything_it_made() {
         f.channels(discord.guild).len() == before - 12
             && f.roles(discord.guild).iter().all(|r| !r.name.starts_with("Doomed"))
     });
-    let listed = discord.fake.invoke_command(discord.user, discord.channel, "list-campaigns", &[]);
+    let listed = invoke(&discord, "list-campaigns", &[]);
     let (_, data) = ack(&discord, &listed);
     assert!(data["content"].as_str().unwrap().contains("No campaigns yet"), "{data}");
     assert!(discord.fake.violations().is_empty());
@@ -162,17 +139,10 @@ fn delete_campaign_asks_first_then_removes_everything_it_made() {
 #[test]
 fn archive_campaign_makes_it_read_only_under_the_archive_category() {
     let discord = fast_discord();
-    let scratch = Scratch::new();
-    let den = scratch.start_with(&discord, "run", &[]);
-    den.wait_ready(WAIT);
+    let (_scratch, _den) = start_den(&discord, &[]);
     build(&discord, "Old Times");
     let members = discord.fake.roles(discord.guild).into_iter().find(|r| r.name == "Old Times Members").unwrap().id;
-    let t = discord.fake.invoke_command(
-        discord.user,
-        discord.channel,
-        "archive-campaign",
-        &[CommandOption::string("name", "Old Times")],
-    );
+    let t = invoke(&discord, "archive-campaign", &[CommandOption::string("name", "Old Times")]);
     answer(&discord, &t, "archived");
     let channels = discord.fake.channels(discord.guild);
     assert!(channels.iter().all(|c| c.name != "Old Times"), "the campaign's own category is gone");
@@ -212,9 +182,8 @@ fn templates_are_validated_listed_and_offered_to_add_campaign() {
     let discord = fast_discord();
     let den = scratch.start_with(&discord, "run", &[]);
     den.wait_ready(WAIT);
-    let t = discord.fake.invoke_command(
-        discord.user,
-        discord.channel,
+    let t = invoke(
+        &discord,
         "add-campaign",
         &[CommandOption::string("name", "Quick"), CommandOption::string("template", "one-shot")],
     );
@@ -226,15 +195,8 @@ fn templates_are_validated_listed_and_offered_to_add_campaign() {
 #[test]
 fn when_the_token_expires_during_the_build_the_summary_goes_to_the_channel() {
     let discord = Discord::start(); // Discord-like limits: the build takes about 10 s
-    let scratch = Scratch::new();
-    let den = scratch.start_with(&discord, "run", &[]);
-    den.wait_ready(WAIT);
-    let t = discord.fake.invoke_command(
-        discord.user,
-        discord.channel,
-        "add-campaign",
-        &[CommandOption::string("name", "Slow")],
-    );
+    let (_scratch, _den) = start_den(&discord, &[]);
+    let t = invoke(&discord, "add-campaign", &[CommandOption::string("name", "Slow")]);
     ack(&discord, &t);
     discord.fake.advance(Duration::from_secs(20 * 60)); // the interaction token is now dead
     discord.wait_until("the summary in the channel", WAIT, |f| {
@@ -248,21 +210,14 @@ fn when_the_token_expires_during_the_build_the_summary_goes_to_the_channel() {
 #[test]
 fn a_step_discord_refuses_marks_the_campaign_failed_and_offers_to_clean_up() {
     let discord = fast_discord();
-    let scratch = Scratch::new();
-    let den = scratch.start_with(&discord, "run", &[]);
-    den.wait_ready(WAIT);
+    let (_scratch, _den) = start_den(&discord, &[]);
     // Creating the category is refused for good (a 403 is not retried); the two roles exist by then.
     discord.fake.inject("create_guild_channel", den_testkit::discord::Injected::Status(403));
-    let t = discord.fake.invoke_command(
-        discord.user,
-        discord.channel,
-        "add-campaign",
-        &[CommandOption::string("name", "Cursed")],
-    );
+    let t = invoke(&discord, "add-campaign", &[CommandOption::string("name", "Cursed")]);
     let text = answer(&discord, &t, "stopped at");
     assert!(text.contains("stopped at 2/14") && text.contains("**Cursed**"), "{text}");
     assert!(text.contains("/delete-campaign name:Cursed"), "{text}");
-    let listed = discord.fake.invoke_command(discord.user, discord.channel, "list-campaigns", &[]);
+    let listed = invoke(&discord, "list-campaigns", &[]);
     let (_, data) = ack(&discord, &listed);
     assert!(data["content"].as_str().unwrap().contains("**Cursed** (failed at"), "{data}");
 }
@@ -276,9 +231,7 @@ fn only_managers_may_add_campaigns_unless_they_hold_the_configured_role() {
     discord.fake.add_member(discord.guild, helper);
     let role = 4_242;
     discord.fake.add_member_role(discord.guild, helper, role);
-    let scratch = Scratch::new();
-    let den = scratch.start_with(&discord, "run", &[("DEN_CAMPAIGNS__MANAGER_ROLE", "4242")]);
-    den.wait_ready(WAIT);
+    let (_scratch, _den) = start_den(&discord, &[("DEN_CAMPAIGNS__MANAGER_ROLE", "4242")]);
     let t =
         discord.fake.invoke_command(player, discord.channel, "add-campaign", &[CommandOption::string("name", "Nope")]);
     let (kind, data) = ack(&discord, &t);
@@ -292,34 +245,21 @@ fn only_managers_may_add_campaigns_unless_they_hold_the_configured_role() {
 #[test]
 fn a_template_attached_to_campaign_template_is_checked_saved_and_used() {
     let discord = fast_discord();
-    let scratch = Scratch::new();
-    let den = scratch.start_with(&discord, "run", &[]);
-    den.wait_ready(WAIT);
+    let (_scratch, _den) = start_den(&discord, &[]);
     let md = "# Heist\n- planning-room: the plan\n- getaway-van (voice)\n- inside-man (private)\n";
     let file = discord.fake.add_attachment("heist.md", md.as_bytes());
-    let t = discord.fake.invoke_command(
-        discord.user,
-        discord.channel,
-        "campaign-template",
-        &[CommandOption::attachment("file", file)],
-    );
+    let t = invoke(&discord, "campaign-template", &[CommandOption::attachment("file", file)]);
     let text = answer(&discord, &t, "Template saved");
     assert!(text.contains("heist: 3 channels (2 text, 1 voice, 0 forum), 1 GM-only"), "{text}");
 
     let broken =
         discord.fake.add_attachment("broken.toml", b"name = \"x\"\n[[channel]]\nname = \"a\"\ntags = [\"t\"]\n");
-    let t = discord.fake.invoke_command(
-        discord.user,
-        discord.channel,
-        "campaign-template",
-        &[CommandOption::attachment("file", broken)],
-    );
+    let t = invoke(&discord, "campaign-template", &[CommandOption::attachment("file", broken)]);
     let text = answer(&discord, &t, "broken.toml");
     assert!(text.contains("channel[0].tags: only forums have tags"), "{text}");
 
-    let t = discord.fake.invoke_command(
-        discord.user,
-        discord.channel,
+    let t = invoke(
+        &discord,
         "add-campaign",
         &[CommandOption::string("name", "Big Score"), CommandOption::string("template", "heist")],
     );
