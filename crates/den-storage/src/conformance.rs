@@ -37,6 +37,12 @@ pub trait Harness: Send + Sync {
     async fn reopen(&self);
     /// A name unique to this run, so cases sharing a backend do not collide.
     fn unique(&self, base: &str) -> String;
+    /// How many random interleavings the property case runs:
+    /// `DEN_PROPTEST_CASES`, else 64. Backends on real time, whose
+    /// [`advance`](Harness::advance) sleeps, may choose fewer.
+    fn interleaving_cases(&self) -> u32 {
+        std::env::var("DEN_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
+    }
 }
 
 /// Expands to one `#[tokio::test]` per conformance case; `$make` is an
@@ -579,7 +585,7 @@ pub async fn queue_random_interleavings_lose_nothing_and_ack_once(h: &dyn Harnes
     use proptest::strategy::{Strategy, ValueTree};
     use proptest::test_runner::{Config, TestRunner};
 
-    let cases: u32 = std::env::var("DEN_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    let cases = h.interleaving_cases();
     let mut runner = TestRunner::new(Config { cases, ..Config::default() });
     let strategy = proptest::collection::vec(op_strategy(), 10..60);
     for case in 0..cases {

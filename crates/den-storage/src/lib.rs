@@ -6,6 +6,8 @@
 //! `conformance` (cargo feature `conformance`), which each backend's tests run
 //! unchanged.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 mod error;
 mod metered;
 mod queue;

@@ -1,10 +1,11 @@
 //! The DynamoDB-shaped table API.
 
 use async_trait::async_trait;
+use base64::Engine as _;
 use den_core::Timestamp;
 use serde_json::{Map, Value};
 
-use crate::StoreResult;
+use crate::{StoreError, StoreResult};
 
 /// Largest item den stores, the same as DynamoDB's 400 KB item limit.
 pub const MAX_ITEM_BYTES: usize = 400 * 1024;
@@ -265,4 +266,19 @@ pub(crate) fn validate_key(what: &str, key: &str) -> StoreResult<()> {
         return Err(crate::StoreError::invalid(format!("{what} is {} bytes; at most 1024", key.len())));
     }
     Ok(())
+}
+
+/// An opaque query cursor made of key parts.
+pub(crate) fn encode_cursor(parts: &[&str]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(parts).unwrap_or_default())
+}
+
+/// The key parts of a cursor made by [`encode_cursor`], `len` of them.
+pub(crate) fn decode_cursor(cursor: &str, len: usize) -> StoreResult<Vec<String>> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Vec<String>>(&bytes).ok())
+        .filter(|parts| parts.len() == len)
+        .ok_or_else(|| StoreError::invalid("the query cursor is malformed or belongs to another query"))
 }

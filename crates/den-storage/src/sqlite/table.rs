@@ -1,14 +1,13 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use base64::Engine as _;
 use den_core::Timestamp;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value};
 
 use super::Shared;
-use crate::table::{MAX_ITEM_BYTES, MAX_QUERY_LIMIT, validate_key, validate_table_name};
+use crate::table::{MAX_ITEM_BYTES, MAX_QUERY_LIMIT, decode_cursor, encode_cursor, validate_key, validate_table_name};
 use crate::{
     Condition, IndexSpec, Item, Page, Put, Query, SkCondition, StoreError, StoreErrorKind, StoreResult, Table,
     TableSpec,
@@ -141,19 +140,6 @@ fn to_item((pk, sk, attrs, version, expires_at): (String, String, String, i64, O
     let attrs: Map<String, Value> = serde_json::from_str(&attrs)
         .map_err(|e| StoreError::backend(format!("item ({pk}, {sk}) holds malformed JSON"), e))?;
     Ok(Item { pk, sk, attrs, version: u64::try_from(version).unwrap_or(0), expires_at: expires_at.map(Timestamp) })
-}
-
-fn encode_cursor(parts: &[&str]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(parts).unwrap_or_default())
-}
-
-fn decode_cursor(cursor: &str, len: usize) -> StoreResult<Vec<String>> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<Vec<String>>(&bytes).ok())
-        .filter(|parts| parts.len() == len)
-        .ok_or_else(|| StoreError::invalid("the query cursor is malformed or belongs to another query"))
 }
 
 /// Appends the SQL for a sort-key condition on `column` and binds its values.
