@@ -4,6 +4,7 @@
 //! Nothing here is global: the binary builds one [`Metrics`] and passes it to
 //! whatever records into it.
 
+pub mod emf;
 mod logging;
 mod metrics;
 mod server;

@@ -64,12 +64,24 @@ pub enum Command {
         #[command(subcommand)]
         command: PersonaCommand,
     },
+    /// den on AWS (with the `aws` cargo feature).
+    Aws {
+        #[command(subcommand)]
+        command: AwsCommand,
+    },
     /// Chat with the personas in the terminal (same model and memory as in Discord).
     Chat {
         /// The persona to talk to (default: the first; name another in a message to switch).
         #[arg(long, value_name = "NAME")]
         persona: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AwsCommand {
+    /// Create the DynamoDB table and den's SQS queues when missing (for trying
+    /// den out; production deploys `deploy/aws/den.yaml`).
+    Bootstrap,
 }
 
 #[derive(Debug, Subcommand)]

@@ -43,6 +43,32 @@ pub struct Config {
     pub personas: PersonasSection,
     /// Channelwright campaigns.
     pub campaigns: CampaignsSection,
+    /// AWS: DynamoDB, SQS, Secrets Manager (with the `aws` cargo feature).
+    pub aws: AwsSection,
+}
+
+/// `[aws]`: where den's AWS resources are.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AwsSection {
+    /// The region of every AWS service den uses; required when any is used.
+    pub region: String,
+    /// An endpoint override (a VPC endpoint, LocalStack, moto).
+    pub endpoint: Option<String>,
+    /// The DynamoDB table holding every den table and the queue ledger.
+    pub table: String,
+    /// Prefix of den's SQS queue names.
+    pub queue_prefix: String,
+    /// A Secrets Manager secret (name or ARN) holding a JSON object such as
+    /// `{"DISCORD_TOKEN": "..."}`: its keys read as environment variables,
+    /// under the real environment, which wins.
+    pub secret: Option<String>,
+}
+
+impl Default for AwsSection {
+    fn default() -> Self {
+        Self { region: String::new(), endpoint: None, table: "den".into(), queue_prefix: "den-".into(), secret: None }
+    }
 }
 
 /// `[campaigns]`: Channelwright.
@@ -307,11 +333,16 @@ pub struct OpsConfig {
     pub listen: String,
     /// Heartbeat interval, in seconds.
     pub heartbeat_secs: u64,
+    /// When set, metrics are also written to standard output as CloudWatch
+    /// Embedded Metric Format lines in this namespace.
+    pub emf_namespace: Option<String>,
+    /// Seconds between EMF writes.
+    pub emf_interval_secs: u64,
 }
 
 impl Default for OpsConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".into(), heartbeat_secs: 30 }
+        Self { listen: "127.0.0.1:8080".into(), heartbeat_secs: 30, emf_namespace: None, emf_interval_secs: 60 }
     }
 }
 
@@ -670,6 +701,13 @@ fn located(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
 fn validate(c: &Config) -> Result<(), String> {
     if c.store.backend != "sqlite" && c.store.backend != "aws" {
         return Err(format!("store.backend must be sqlite or aws, not {:?}", c.store.backend));
+    }
+    let uses_aws = c.store.backend == "aws" || c.aws.secret.is_some();
+    if uses_aws && c.aws.region.trim().is_empty() {
+        return Err("aws.region is required when store.backend is aws or aws.secret is set".into());
+    }
+    if c.ops.emf_interval_secs == 0 {
+        return Err("ops.emf_interval_secs must be at least 1".into());
     }
     if c.worker.concurrency == 0 {
         return Err("worker.concurrency must be at least 1".into());

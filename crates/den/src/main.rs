@@ -1,6 +1,7 @@
 //! The `den` binary: command line, configuration and the wiring of roles.
 
 mod admin;
+mod aws;
 mod cli;
 mod config;
 mod llm;
@@ -15,7 +16,7 @@ use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let env: Vec<(String, String)> = std::env::vars().collect();
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
     let loaded = match config::load(cli.config.as_deref(), &env) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -40,8 +41,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = runtime.block_on(aws::merge_secret(&loaded.config, &mut env)) {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Aws { command: cli::AwsCommand::Bootstrap } => aws::bootstrap(&loaded.config).await,
             Command::Run => roles::run(roles::Role::All, &loaded, &env).await,
             Command::Gateway => roles::run(roles::Role::Gateway, &loaded, &env).await,
             Command::Worker => roles::run(roles::Role::Worker, &loaded, &env).await,

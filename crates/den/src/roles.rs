@@ -70,7 +70,8 @@ pub async fn open_store(c: &Config) -> anyhow::Result<Arc<dyn Store>> {
                 .with_context(|| format!("cannot open the store at {}", c.store.path.display()))?;
             Ok(Arc::new(store))
         }
-        other => anyhow::bail!("store.backend {other:?} is not built into this den (it needs the `aws` cargo feature)"),
+        "aws" => crate::aws::open_store(c).await,
+        other => anyhow::bail!("store.backend {other:?} is unknown: sqlite or aws"),
     }
 }
 
@@ -285,6 +286,14 @@ async fn serve(
     let ops = tokio::spawn(den_ops::serve(listener, state, ops_stop.clone()));
     let heartbeat =
         den_ops::spawn_heartbeat(metrics.clone(), Duration::from_secs(c.ops.heartbeat_secs), ops_stop.clone());
+    let emf = c.ops.emf_namespace.clone().filter(|n| !n.is_empty()).map(|namespace| {
+        den_ops::emf::spawn_emf(
+            metrics.clone(),
+            namespace,
+            Duration::from_secs(c.ops.emf_interval_secs),
+            ops_stop.clone(),
+        )
+    });
 
     let mut tasks = JoinSet::new();
     let mut gateway = None;
@@ -375,6 +384,9 @@ async fn serve(
     }
     ops_stop.cancel();
     let _ = heartbeat.await;
+    if let Some(emf) = emf {
+        let _ = emf.await;
+    }
     match ops.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "ops server ended with an error"),

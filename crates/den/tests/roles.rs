@@ -102,3 +102,42 @@ fn a_second_process_on_a_taken_ops_port_says_which_setting_to_change() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("DEN_OPS__LISTEN"), "{}", stderr(&out));
 }
+
+#[test]
+fn metrics_go_to_stdout_as_cloudwatch_emf_lines_with_the_names_of_the_metrics_endpoint() {
+    use std::io::{BufRead, BufReader};
+    let discord = Discord::start();
+    let scratch = Scratch::new();
+    let pairs = discord.env();
+    let mut env: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.extend([
+        ("DEN_OPS__LISTEN", "127.0.0.1:0"),
+        ("DEN_OPS__EMF_NAMESPACE", "den-test"),
+        ("DEN_OPS__EMF_INTERVAL_SECS", "1"),
+    ]);
+    let mut child = scratch
+        .command(&["--log-format", "json", "worker"], &env)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut heartbeat = None;
+    for line in stdout.lines().map_while(Result::ok).take(200) {
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if value.get("den_heartbeat_timestamp_seconds").is_some() {
+            heartbeat = Some(value);
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = heartbeat.expect("an EMF line with the heartbeat");
+    let definition = &line["_aws"]["CloudWatchMetrics"][0];
+    assert_eq!(definition["Namespace"], "den-test");
+    let names: Vec<&str> =
+        definition["Metrics"].as_array().unwrap().iter().filter_map(|m| m["Name"].as_str()).collect();
+    assert!(names.contains(&"den_heartbeat_timestamp_seconds"), "{names:?}");
+    assert!(line["den_heartbeat_timestamp_seconds"].as_f64().unwrap() > 1.7e9, "{line}");
+    assert!(line["_aws"]["Timestamp"].as_i64().unwrap() > 1_700_000_000_000);
+}
