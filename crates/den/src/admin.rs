@@ -235,3 +235,29 @@ pub fn campaign(command: crate::cli::CampaignCommand, c: &Config) -> anyhow::Res
         }
     }
 }
+
+/// `den health`: one HTTP/1.0 GET to the local ops server; succeeds on 200.
+pub async fn health(c: &Config, path: &str) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut addr: std::net::SocketAddr = c.ops.listen.parse().context("ops.listen")?;
+    // A server on every interface is reached on loopback.
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let check = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.take(64 * 1024).read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(std::time::Duration::from_secs(3), check)
+        .await
+        .with_context(|| format!("{addr} did not answer in 3 s"))?
+        .with_context(|| format!("cannot reach den's ops server at {addr}"))?;
+    let text = String::from_utf8_lossy(&response);
+    let status = text.split_whitespace().nth(1).unwrap_or("none");
+    anyhow::ensure!(status == "200", "{path} answered {status}: {}", text.split("\r\n\r\n").nth(1).unwrap_or(""));
+    println!("ok");
+    Ok(())
+}

@@ -64,6 +64,13 @@ pub enum Command {
         #[command(subcommand)]
         command: PersonaCommand,
     },
+    /// Exit 0 when the ops server of a running den answers /health (for
+    /// container health checks in images without curl).
+    Health {
+        /// Path to ask (default /health; /ready for readiness).
+        #[arg(long, default_value = "/health")]
+        path: String,
+    },
     /// den on AWS (with the `aws` cargo feature).
     Aws {
         #[command(subcommand)]

@@ -48,6 +48,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Aws { command: cli::AwsCommand::Bootstrap } => aws::bootstrap(&loaded.config).await,
+            Command::Health { path } => admin::health(&loaded.config, &path).await,
             Command::Run => roles::run(roles::Role::All, &loaded, &env).await,
             Command::Gateway => roles::run(roles::Role::Gateway, &loaded, &env).await,
             Command::Worker => roles::run(roles::Role::Worker, &loaded, &env).await,

@@ -47,6 +47,11 @@ fn exercise_role(role: &str, signal: &str) {
     assert!(metrics.contains("den_heartbeat_timestamp_seconds "), "{metrics}");
     assert!(metrics.contains(r#"den_queue_messages{queue="den-jobs",state="visible"} 0"#), "{metrics}");
 
+    // The container health check: `den health` against the running process.
+    let ops_listen = den.ops.trim_start_matches("http://").to_owned();
+    let probe = scratch.output(&["health"], &[("DEN_OPS__LISTEN", &ops_listen)]);
+    assert!(probe.status.success(), "den health: {}", stderr(&probe));
+
     den.signal(signal);
     let status = den.wait(Duration::from_secs(30));
     assert!(status.success(), "{role} exits 0 after SIG{signal}: {status:?}");
@@ -140,4 +145,15 @@ fn metrics_go_to_stdout_as_cloudwatch_emf_lines_with_the_names_of_the_metrics_en
     assert!(names.contains(&"den_heartbeat_timestamp_seconds"), "{names:?}");
     assert!(line["den_heartbeat_timestamp_seconds"].as_f64().unwrap() > 1.7e9, "{line}");
     assert!(line["_aws"]["Timestamp"].as_i64().unwrap() > 1_700_000_000_000);
+}
+
+#[test]
+fn den_health_fails_with_one_line_when_nothing_answers() {
+    let scratch = Scratch::new();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let out = scratch.output(&["health"], &[("DEN_OPS__LISTEN", &closed)]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cannot reach den's ops server"), "{err}");
 }
