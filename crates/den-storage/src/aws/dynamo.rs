@@ -481,7 +481,7 @@ impl Table for DynamoTable {
                     .ok_or_else(|| StoreError::invalid(format!("table {} has no index {name:?}", self.name)))?;
                 let i = slot.slot;
                 (
-                    Some(format!("g{i}")),
+                    Some(format!("gsi{i}")),
                     format!("g{i}pk"),
                     format!("g{i}sk"),
                     format!("{}#{name}#{}", self.name, query.pk),

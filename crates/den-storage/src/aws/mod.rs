@@ -12,7 +12,7 @@
 //! | `v` | the version, bumped by every write |
 //! | `exp` | expiry in milliseconds, filtered on every read |
 //! | `ttl` | expiry in seconds, DynamoDB's TTL attribute, so AWS deletes expired items |
-//! | `g1pk`..`g4pk`, `g1sk`..`g4sk` | keys of the generic GSIs `g1`..`g4` |
+//! | `g1pk`..`g4pk`, `g1sk`..`g4sk` | keys of the generic GSIs `gsi1`..`gsi4` |
 //!
 //! One table because den's modules declare their tables at start and an
 //! operator should provision, back up (point-in-time recovery), alarm on and
@@ -73,14 +73,14 @@ pub struct AwsOptions {
 }
 
 impl AwsOptions {
-    /// Options for `region` with den's default names (`den`, `den-`).
+    /// Options for `region` with den's default names: table `den`, no queue prefix.
     #[must_use]
     pub fn new(region: impl Into<String>) -> Self {
         Self {
             region: region.into(),
             endpoint: None,
             table: "den".into(),
-            queue_prefix: "den-".into(),
+            queue_prefix: String::new(),
             static_credentials: None,
         }
     }
@@ -199,7 +199,7 @@ impl AwsStore {
                 .attribute_definitions(string_attr(&sk)?)
                 .global_secondary_indexes(
                     GlobalSecondaryIndex::builder()
-                        .index_name(format!("g{slot}"))
+                        .index_name(format!("gsi{slot}"))
                         .key_schema(key(&pk, KeyType::Hash)?)
                         .key_schema(key(&sk, KeyType::Range)?)
                         .projection(Projection::builder().projection_type(ProjectionType::All).build())
