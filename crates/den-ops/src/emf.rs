@@ -6,8 +6,9 @@
 //! from the same registry that `/metrics` encodes, so the names are the same:
 //! `den_jobs_sent_total`, `den_queue_messages`, `den_llm_tokens_total`...
 //! Counters and histogram sums and counts are sent as the increase since the
-//! previous line (CloudWatch sums them); gauges as their value. Histogram
-//! buckets are left out: CloudWatch has its own statistics.
+//! previous line (CloudWatch sums them), and only when they moved; gauges as
+//! their value. Histogram buckets are left out: CloudWatch has its own
+//! statistics.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
@@ -41,6 +42,7 @@ enum Kind {
 #[derive(Debug)]
 pub struct EmfEncoder {
     namespace: String,
+    include: Vec<String>,
     previous: HashMap<(String, BTreeMap<String, String>), f64>,
 }
 
@@ -48,7 +50,15 @@ impl EmfEncoder {
     /// An encoder publishing into CloudWatch namespace `namespace`.
     #[must_use]
     pub fn new(namespace: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), previous: HashMap::new() }
+        Self { namespace: namespace.into(), include: Vec::new(), previous: HashMap::new() }
+    }
+
+    /// Sends only metrics whose name starts with one of `prefixes` (all when
+    /// empty): each CloudWatch metric is billed, so an operator picks.
+    #[must_use]
+    pub fn include(mut self, prefixes: Vec<String>) -> Self {
+        self.include = prefixes;
+        self
     }
 
     /// EMF lines (one JSON object each) for an OpenMetrics text snapshot
@@ -57,6 +67,9 @@ impl EmfEncoder {
         let (kinds, samples) = parse(openmetrics);
         let mut groups: BTreeMap<Labels, Vec<(String, f64, &'static str)>> = BTreeMap::new();
         for sample in samples {
+            if !self.include.is_empty() && !self.include.iter().any(|p| sample.name.starts_with(p.as_str())) {
+                continue;
+            }
             let family = family_of(&sample.name, &kinds);
             let Some(kind) = family.and_then(|f| kinds.get(f)).copied() else { continue };
             let value = match kind {
@@ -69,6 +82,11 @@ impl EmfEncoder {
                     self.delta(&sample)
                 }
             };
+            // CloudWatch bills a metric for each hour it receives data: a
+            // counter that did not move says nothing worth paying for.
+            if kind != Kind::Gauge && value == 0.0 {
+                continue;
+            }
             let unit = if sample.name.ends_with("_seconds") || sample.name.ends_with("_seconds_sum") {
                 "Seconds"
             } else if matches!(kind, Kind::Counter) || sample.name.ends_with("_count") {
@@ -211,12 +229,12 @@ fn parse_labels(text: &str) -> Option<BTreeMap<String, String>> {
 /// once more at shutdown.
 pub fn spawn_emf(
     metrics: Metrics,
-    namespace: String,
+    encoder: EmfEncoder,
     interval: Duration,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut encoder = EmfEncoder::new(namespace);
+        let mut encoder = encoder;
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
@@ -271,6 +289,12 @@ mod tests {
         let second = emf.lines(&metrics.encode(), 2_000);
         let line = second.iter().map(|l| parsed(l)).find(|v| v.get("den_jobs_sent_total").is_some()).unwrap();
         assert_eq!(line["den_jobs_sent_total"], 1.0, "the increase since the last line");
+
+        let quiet = emf.lines(&metrics.encode(), 3_000);
+        assert!(
+            quiet.iter().all(|l| parsed(l).get("den_jobs_sent_total").is_none()),
+            "a counter that did not move is not sent"
+        );
     }
 
     #[test]
@@ -289,6 +313,21 @@ mod tests {
         let second: Vec<Value> = emf.lines(&metrics.encode(), 6).iter().map(|l| parsed(l)).collect();
         let visible = second.iter().find(|l| l["state"] == "visible" && l["queue"] == "jobs").unwrap();
         assert_eq!(visible["den_queue_messages"], 7.0, "a gauge is its value every time");
+    }
+
+    #[test]
+    fn only_included_prefixes_are_sent() {
+        let metrics = Metrics::new();
+        metrics.set_queue_depth("jobs", den_storage::QueueDepth { visible: 1, in_flight: 0, delayed: 0 });
+        metrics.job_sent("jobs", "k");
+        let mut emf = EmfEncoder::new("den").include(vec!["den_jobs_".into()]);
+        let names: Vec<String> = emf
+            .lines(&metrics.encode(), 1)
+            .iter()
+            .flat_map(|l| parsed(l)["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap().clone())
+            .filter_map(|m| m["Name"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(names, ["den_jobs_sent_total"]);
     }
 
     #[test]

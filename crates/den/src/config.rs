@@ -67,7 +67,7 @@ pub struct AwsSection {
 
 impl Default for AwsSection {
     fn default() -> Self {
-        Self { region: String::new(), endpoint: None, table: "den".into(), queue_prefix: "den-".into(), secret: None }
+        Self { region: String::new(), endpoint: None, table: "den".into(), queue_prefix: String::new(), secret: None }
     }
 }
 
@@ -338,11 +338,19 @@ pub struct OpsConfig {
     pub emf_namespace: Option<String>,
     /// Seconds between EMF writes.
     pub emf_interval_secs: u64,
+    /// Comma-separated name prefixes of the metrics sent as EMF (empty: all).
+    pub emf_include: String,
 }
 
 impl Default for OpsConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".into(), heartbeat_secs: 30, emf_namespace: None, emf_interval_secs: 60 }
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            heartbeat_secs: 30,
+            emf_namespace: None,
+            emf_interval_secs: 60,
+            emf_include: String::new(),
+        }
     }
 }
 

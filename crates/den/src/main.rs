@@ -41,7 +41,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = runtime.block_on(aws::merge_secret(&loaded.config, &mut env)) {
+    // Only what talks to Discord or a model needs the secrets; `den health`
+    // runs every 30 s in a container and must not call Secrets Manager.
+    let needs_secrets = matches!(
+        cli.command,
+        Command::Run
+            | Command::Gateway
+            | Command::Worker
+            | Command::Interactions
+            | Command::Commands { .. }
+            | Command::Llm { .. }
+            | Command::Chat { .. }
+    );
+    if needs_secrets && let Err(e) = runtime.block_on(aws::merge_secret(&loaded.config, &mut env)) {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
     }

@@ -287,9 +287,11 @@ async fn serve(
     let heartbeat =
         den_ops::spawn_heartbeat(metrics.clone(), Duration::from_secs(c.ops.heartbeat_secs), ops_stop.clone());
     let emf = c.ops.emf_namespace.clone().filter(|n| !n.is_empty()).map(|namespace| {
+        let include = c.ops.emf_include.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned);
+        let encoder = den_ops::emf::EmfEncoder::new(namespace).include(include.collect());
         den_ops::emf::spawn_emf(
             metrics.clone(),
-            namespace,
+            encoder,
             Duration::from_secs(c.ops.emf_interval_secs),
             ops_stop.clone(),
         )
