@@ -12,6 +12,7 @@
 pub mod card;
 pub mod consolidate;
 pub mod memory;
+mod memory_table;
 pub mod module;
 pub mod persona;
 pub mod prompt;

@@ -1,15 +1,21 @@
 //! What personas remember: the channel transcript (short-term, kept 30 days)
 //! and facts (long-term) about people and personas, with full-text recall.
 //!
-//! Everything personal lives in this one SQLite file, so that forgetting a
-//! person is one transaction: rows, full-text index and free pages
-//! (`secure_delete`) are scrubbed, and the WAL is truncated afterwards.
+//! On one machine everything personal lives in one SQLite file, so that
+//! forgetting a person is one transaction: rows, full-text index and free
+//! pages (`secure_delete`) are scrubbed, and the WAL is truncated afterwards.
+//! On a store shared by several processes (the AWS backend) memory lives in a
+//! den table instead ([`MemoryStore::on_table`]), so every worker remembers
+//! the same things.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use den_core::Timestamp;
 use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::memory_table::TableMemory;
+pub use crate::memory_table::table_spec;
 
 /// How long the transcript keeps a message.
 pub const TRANSCRIPT_DAYS: i64 = 30;
@@ -80,6 +86,12 @@ pub struct Recalled {
 #[error("memory store: {0}")]
 pub struct MemoryError(String);
 
+impl MemoryError {
+    pub(crate) fn new(message: String) -> Self {
+        Self(message)
+    }
+}
+
 impl From<rusqlite::Error> for MemoryError {
     fn from(e: rusqlite::Error) -> Self {
         Self(e.to_string())
@@ -96,6 +108,8 @@ const W_IMPORTANCE: f64 = 2.0;
 #[derive(Debug, Clone)]
 pub struct MemoryStore {
     conn: Arc<Mutex<Connection>>,
+    /// When set, memory lives in this den table and `conn` is unused.
+    shared: Option<TableMemory>,
 }
 
 impl MemoryStore {
@@ -164,15 +178,27 @@ impl MemoryStore {
             CREATE INDEX IF NOT EXISTS transcript_by_age ON transcript(at_ms);
             ",
         )?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), shared: None })
     }
 
-    /// Runs `f` on the connection off the async threads.
+    /// Memory in a den table (declared by [`table_spec`]), shared by every
+    /// process on the same store.
+    pub fn on_table(table: Arc<dyn den_storage::Table>) -> Result<Self, MemoryError> {
+        let mut store = Self::in_memory()?;
+        store.shared = Some(TableMemory::new(table));
+        Ok(store)
+    }
+
+    /// Runs `f` on the SQLite connection off the async threads (bulk loads
+    /// in benchmarks); a store on a den table refuses.
     pub async fn run<T, F>(&self, f: F) -> Result<T, MemoryError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, MemoryError> + Send + 'static,
     {
+        if self.shared.is_some() {
+            return Err(MemoryError("this memory lives in a den table, not an SQLite file".into()));
+        }
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
             let mut c = conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -184,6 +210,9 @@ impl MemoryStore {
 
     /// Records a transcript line (again: replaces it, for edits).
     pub async fn record(&self, guild: u64, channel: u64, line: Line) -> Result<(), MemoryError> {
+        if let Some(t) = &self.shared {
+            return t.record(guild, channel, line).await;
+        }
         self.run(move |c| {
             c.execute(
                 "INSERT OR REPLACE INTO transcript VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -206,6 +235,9 @@ impl MemoryStore {
 
     /// The last `n` lines of a channel newer than 30 days before `now`, oldest first.
     pub async fn recent(&self, guild: u64, channel: u64, n: usize, now: Timestamp) -> Result<Vec<Line>, MemoryError> {
+        if let Some(t) = &self.shared {
+            return t.recent(guild, channel, n, now).await;
+        }
         let since = now.0 - TRANSCRIPT_DAYS * 86_400_000;
         self.run(move |c| {
             let mut stmt = c.prepare_cached(&format!(
@@ -223,6 +255,9 @@ impl MemoryStore {
 
     /// One transcript line.
     pub async fn line(&self, guild: u64, channel: u64, message_id: u64) -> Result<Option<Line>, MemoryError> {
+        if let Some(t) = &self.shared {
+            return t.line_at(guild, channel, message_id).await;
+        }
         self.run(move |c| {
             Ok(c.query_row(
                 &format!("SELECT {LINE_COLUMNS} FROM transcript WHERE guild = ?1 AND channel = ?2 AND message_id = ?3"),
@@ -234,8 +269,12 @@ impl MemoryStore {
         .await
     }
 
-    /// Drops transcript lines older than 30 days; returns how many.
+    /// Drops transcript lines older than 30 days; returns how many. (In a
+    /// den table the store's TTL does it: nothing to do here.)
     pub async fn expire(&self, now: Timestamp) -> Result<usize, MemoryError> {
+        if self.shared.is_some() {
+            return Ok(0);
+        }
         let before = now.0 - TRANSCRIPT_DAYS * 86_400_000;
         self.run(move |c| Ok(c.execute("DELETE FROM transcript WHERE at_ms < ?1", [before])?)).await
     }
@@ -250,6 +289,9 @@ impl MemoryStore {
         source: &str,
         now: Timestamp,
     ) -> Result<i64, MemoryError> {
+        if let Some(t) = &self.shared {
+            return t.remember(guild, subject, text, importance, source, now).await;
+        }
         let scope = scope_token(guild, &subject);
         let (user, persona) = match subject {
             Subject::User(u) => (Some(u as i64), None),
@@ -270,6 +312,9 @@ impl MemoryStore {
 
     /// Rewrites a fact (consolidation's UPDATE).
     pub async fn update(&self, id: i64, text: String, importance: f64, now: Timestamp) -> Result<bool, MemoryError> {
+        if let Some(t) = &self.shared {
+            return t.update(id, text, importance, now).await;
+        }
         self.run(move |c| {
             Ok(c.execute(
                 "UPDATE facts SET text = ?2, importance = ?3, updated_ms = ?4 WHERE id = ?1",
@@ -281,11 +326,17 @@ impl MemoryStore {
 
     /// Deletes one fact (consolidation's DELETE).
     pub async fn delete(&self, id: i64) -> Result<bool, MemoryError> {
+        if let Some(t) = &self.shared {
+            return t.delete(id).await;
+        }
         self.run(move |c| Ok(c.execute("DELETE FROM facts WHERE id = ?1", [id])? == 1)).await
     }
 
     /// Every fact about `user` in `guild` (theirs and what personas know of them).
     pub async fn about_user(&self, guild: u64, user: u64) -> Result<Vec<Fact>, MemoryError> {
+        if let Some(t) = &self.shared {
+            return t.about_user(guild, user).await;
+        }
         self.run(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {FACT_COLUMNS} FROM facts WHERE guild = ?1 AND user_id = ?2 ORDER BY updated_ms DESC"
@@ -301,6 +352,9 @@ impl MemoryStore {
     /// many rows went. The full-text index is rebuilt without them and the WAL
     /// truncated, so their words remain nowhere in the files.
     pub async fn forget_user(&self, guild: u64, user: u64, text: Option<String>) -> Result<usize, MemoryError> {
+        if let Some(t) = &self.shared {
+            return t.forget_user(guild, user, text).await;
+        }
         self.run(move |c| {
             let tx = c.transaction()?;
             let mut gone = match &text {
@@ -345,6 +399,9 @@ impl MemoryStore {
         limit: usize,
         now: Timestamp,
     ) -> Result<Vec<Recalled>, MemoryError> {
+        if let Some(t) = &self.shared {
+            return t.recall(guild, persona, user, query, limit, now).await;
+        }
         let scopes = [
             scope_token(guild, &Subject::User(user)),
             scope_token(guild, &Subject::PersonaUser(persona.to_owned(), user)),
@@ -352,7 +409,7 @@ impl MemoryStore {
         ];
         let persona = persona.to_owned();
         let fts = fts_query(query).map(|q| format!("text : ({q}) AND scope : ({})", scopes.join(" OR ")));
-        let terms = query_terms(query);
+        let query = query.to_owned();
         self.run(move |c| {
             let mut by_user = c.prepare_cached(&format!(
                 "SELECT {FACT_COLUMNS_F} FROM facts f WHERE f.guild = ?1 AND f.user_id = ?2
@@ -382,28 +439,16 @@ impl MemoryStore {
                     }
                 }
             }
-            let relevance = bm25(&corpus, &terms);
-            let best = relevance.iter().copied().fold(0.0_f64, f64::max);
-            let mut scored: Vec<Recalled> = corpus
-                .into_iter()
-                .zip(relevance)
-                .map(|(fact, relevance)| {
-                    let hours = ((now.0 - fact.updated.0).max(0) as f64) / 3_600_000.0;
-                    let recency = 0.995_f64.powf(hours);
-                    let relevance = if best > 0.0 { relevance / best } else { 0.0 };
-                    let score = W_RELEVANCE * relevance + W_IMPORTANCE * fact.importance + W_RECENCY * recency;
-                    Recalled { fact, score }
-                })
-                .collect();
-            scored.sort_by(|a, b| b.score.total_cmp(&a.score));
-            scored.truncate(limit);
-            Ok(scored)
+            Ok(rank(corpus, &query, limit, now))
         })
         .await
     }
 
     /// Counts rows mentioning `needle` anywhere (facts, index, transcript), for checks.
     pub async fn mentions(&self, needle: &str) -> Result<usize, MemoryError> {
+        if self.shared.is_some() {
+            return Err(MemoryError("mentions reads the SQLite memory file only".into()));
+        }
         let needle = needle.to_owned();
         self.run(move |c| {
             let facts: i64 =
@@ -421,6 +466,28 @@ impl MemoryStore {
 
 /// Rebuilds the full-text index and truncates the WAL, so deleted text is
 /// gone from every page of the files (with `secure_delete` zeroing freed pages).
+/// Scores candidate facts for `query`: BM25 over the candidates (normalised
+/// to the best), importance and recency; best first, at most `limit`.
+pub(crate) fn rank(corpus: Vec<Fact>, query: &str, limit: usize, now: Timestamp) -> Vec<Recalled> {
+    let terms = query_terms(query);
+    let relevance = bm25(&corpus, &terms);
+    let best = relevance.iter().copied().fold(0.0_f64, f64::max);
+    let mut scored: Vec<Recalled> = corpus
+        .into_iter()
+        .zip(relevance)
+        .map(|(fact, relevance)| {
+            let hours = ((now.0 - fact.updated.0).max(0) as f64) / 3_600_000.0;
+            let recency = 0.995_f64.powf(hours);
+            let relevance = if best > 0.0 { relevance / best } else { 0.0 };
+            let score = W_RELEVANCE * relevance + W_IMPORTANCE * fact.importance + W_RECENCY * recency;
+            Recalled { fact, score }
+        })
+        .collect();
+    scored.sort_by(|a, b| b.score.total_cmp(&a.score));
+    scored.truncate(limit);
+    scored
+}
+
 fn scrub(c: &Connection) -> Result<(), MemoryError> {
     c.execute("INSERT INTO facts_fts(facts_fts) VALUES ('rebuild')", [])?;
     c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
@@ -677,5 +744,122 @@ mod tests {
         assert_eq!(texts, ["m1", "m2", "m3", "m4"], "the 40-day-old line is past the window");
         assert_eq!(m.expire(NOW).await.unwrap(), 1);
         assert_eq!(m.recent(1, 2, 2, NOW).await.unwrap().len(), 2);
+    }
+
+    /// Memory in a den table of an SQLite store whose clock stands at `NOW`.
+    async fn shared() -> (tempfile::TempDir, den_storage::sqlite::SqliteStore, MemoryStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = std::sync::Arc::new(den_core::ManualClock::new(NOW));
+        let store = den_storage::sqlite::SqliteStore::open(
+            &den_storage::sqlite::SqliteOptions::new(dir.path().join("d.db")),
+            clock,
+        )
+        .unwrap();
+        let table = store.table(table_spec()).await.unwrap();
+        let memory = MemoryStore::on_table(std::sync::Arc::new(table)).unwrap();
+        (dir, store, memory)
+    }
+
+    #[tokio::test]
+    async fn shared_memory_ranks_the_same_way_and_never_returns_other_peoples_facts() {
+        let (_d, _s, m) = shared().await;
+        let g = 1;
+        m.remember(g, Subject::User(10), "Ada keeps bees on her roof".into(), 0.3, "remember", NOW).await.unwrap();
+        m.remember(g, Subject::User(10), "Ada is learning the violin".into(), 0.9, "remember", NOW).await.unwrap();
+        m.remember(g, Subject::User(11), "Bob is allergic to bees".into(), 0.9, "remember", NOW).await.unwrap();
+        m.remember(
+            g,
+            Subject::PersonaUser("quill".into(), 10),
+            "Quill thinks Ada's bees are vulgar".into(),
+            0.9,
+            "c",
+            NOW,
+        )
+        .await
+        .unwrap();
+        m.remember(g, Subject::Persona("gran".into()), "Gran won the bake-off in 1987".into(), 0.5, "admin", NOW)
+            .await
+            .unwrap();
+        m.remember(2, Subject::User(10), "In another guild, Ada hates bees".into(), 1.0, "remember", NOW)
+            .await
+            .unwrap();
+        let r = m.recall(g, "gran", 10, "tell me about the bees", 10, NOW).await.unwrap();
+        let texts: Vec<&str> = r.iter().map(|x| x.fact.text.as_str()).collect();
+        assert_eq!(texts[0], "Ada keeps bees on her roof", "relevance wins: {texts:?}");
+        assert!(texts.contains(&"Ada is learning the violin"));
+        assert!(texts.contains(&"Gran won the bake-off in 1987"), "the persona's own facts");
+        assert!(
+            !texts.iter().any(|t| t.contains("Bob") || t.contains("another guild") || t.contains("Quill")),
+            "not another person's, guild's or persona's: {texts:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn two_processes_on_one_store_share_what_they_remember() {
+        let (_d, store, worker_a) = shared().await;
+        let worker_b = MemoryStore::on_table(std::sync::Arc::new(store.table(table_spec()).await.unwrap())).unwrap();
+        let id = worker_a
+            .remember(1, Subject::User(10), "Ada's cat is called Mr Biscuit".into(), 0.7, "remember", NOW)
+            .await
+            .unwrap();
+        let r = worker_b.recall(1, "gran", 10, "what is my cat called?", 3, NOW).await.unwrap();
+        assert_eq!(r[0].fact.text, "Ada's cat is called Mr Biscuit");
+        assert_eq!(r[0].fact.id, id);
+        assert!(worker_b.update(id, "Ada's cat is called Sir Biscuit".into(), 0.8, NOW).await.unwrap());
+        assert_eq!(worker_a.about_user(1, 10).await.unwrap()[0].text, "Ada's cat is called Sir Biscuit");
+        assert!(worker_a.delete(id).await.unwrap());
+        assert!(!worker_b.delete(id).await.unwrap(), "deleted once");
+        assert!(worker_b.about_user(1, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn shared_memory_forgets_a_person_and_the_answers_to_them() {
+        let (_d, _s, m) = shared().await;
+        let secret = "Zanzibarquux";
+        m.remember(1, Subject::User(10), format!("Ada's hint is {secret}"), 0.9, "remember", NOW).await.unwrap();
+        m.remember(1, Subject::PersonaUser("gran".into(), 10), format!("{secret} again"), 0.4, "c", NOW).await.unwrap();
+        m.remember(1, Subject::User(11), "Bob likes trains".into(), 0.5, "remember", NOW).await.unwrap();
+        let line = |id, user, text: &str| Line {
+            message_id: id,
+            user_id: user,
+            persona: None,
+            author: "x".into(),
+            text: text.into(),
+            at: NOW,
+            about_user: 0,
+        };
+        m.record(1, 5, line(100, 10, &format!("my hint is {secret}"))).await.unwrap();
+        m.record(1, 5, line(101, 11, "choo choo")).await.unwrap();
+        let echo = Line { persona: Some("gran".into()), about_user: 10, ..line(102, 0, &format!("{secret}, dear?")) };
+        m.record(1, 5, echo).await.unwrap();
+        assert_eq!(m.line(1, 5, 102).await.unwrap().unwrap().about_user, 10);
+
+        assert_eq!(m.forget_user(1, 10, None).await.unwrap(), 4, "two facts, Ada's line and Gran's answer to her");
+        assert!(m.about_user(1, 10).await.unwrap().is_empty());
+        let left: Vec<String> = m.recent(1, 5, 10, NOW).await.unwrap().into_iter().map(|l| l.text).collect();
+        assert_eq!(left, ["choo choo"]);
+        assert_eq!(m.about_user(1, 11).await.unwrap().len(), 1, "others keep theirs");
+    }
+
+    #[tokio::test]
+    async fn shared_transcript_lines_expire_after_thirty_days() {
+        let (_d, _s, m) = shared().await;
+        for i in 0..5u64 {
+            let at = Timestamp(NOW.0 - (40 - i as i64 * 10) * 86_400_000);
+            let l = Line {
+                message_id: i,
+                user_id: 1,
+                persona: None,
+                author: "a".into(),
+                text: format!("m{i}"),
+                at,
+                about_user: 0,
+            };
+            m.record(1, 2, l).await.unwrap();
+        }
+        let texts: Vec<String> = m.recent(1, 2, 10, NOW).await.unwrap().into_iter().map(|l| l.text).collect();
+        assert_eq!(texts, ["m1", "m2", "m3", "m4"], "the 40-day-old line is past the window");
+        let last: Vec<String> = m.recent(1, 2, 2, NOW).await.unwrap().into_iter().map(|l| l.text).collect();
+        assert_eq!(last, ["m3", "m4"], "the newest, oldest first");
     }
 }

@@ -84,7 +84,7 @@ pub async fn module(cx: &ModuleCx<'_>) -> anyhow::Result<Arc<dyn Module>> {
             }
         }
     });
-    let memory = den_personas::memory::MemoryStore::open(&c.memory_path())?;
+    let memory = memory(c, Some(cx.store)).await?;
     // Transcripts are kept 30 days: older lines are deleted every hour.
     let expiring = memory.clone();
     let clock = cx.clock.clone();
@@ -272,7 +272,7 @@ pub async fn chat(persona: Option<String>, c: &Config, env: &[(String, String)])
     let models = models(c, env, &metrics, &clock)
         .await
         .ok_or_else(|| anyhow::anyhow!("no language model: check `den llm ping`"))?;
-    let memory = den_personas::memory::MemoryStore::open(&c.memory_path())?;
+    let memory = memory(c, None).await?;
     let config = c.personas_config();
     let filter = den_personas::safety::OutputFilter::new(
         &config.deny_patterns,
@@ -381,4 +381,26 @@ pub async fn chat(persona: Option<String>, c: &Config, env: &[(String, String)])
         out.flush().await?;
     }
     Ok(())
+}
+
+/// Persona memory: the `memory.db` file beside an SQLite store; on the AWS
+/// store a den table, so that every worker shares it.
+async fn memory(
+    c: &Config,
+    store: Option<&Arc<dyn den_storage::Store>>,
+) -> anyhow::Result<den_personas::memory::MemoryStore> {
+    use den_personas::memory::{MemoryStore, table_spec};
+    if c.store.backend == "sqlite" {
+        return Ok(MemoryStore::open(&c.memory_path())?);
+    }
+    let opened;
+    let store = match store {
+        Some(store) => store,
+        None => {
+            opened = crate::roles::open_store(c).await?;
+            &opened
+        }
+    };
+    let table = store.table(table_spec()).await.context("cannot open the persona memory table")?;
+    Ok(MemoryStore::on_table(table)?)
 }

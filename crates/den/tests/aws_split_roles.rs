@@ -1,5 +1,5 @@
 //! Split roles on the AWS backend: `den gateway` and two `den worker`
-//! processes share DynamoDB and SQS (moto, at `DEN_TEST_AWS_ENDPOINT`), with
+//! processes share DynamoDB and SQS (jobs, state and persona memory) (moto, at `DEN_TEST_AWS_ENDPOINT`), with
 //! the bot token and model key read from Secrets Manager, against the fake
 //! Discord and a fake model.
 #![cfg(feature = "aws")]
@@ -162,6 +162,20 @@ fn gateway_and_two_workers_on_sqs_and_dynamodb_answer_build_and_survive_a_killed
     }
     assert_eq!(channels.len(), 1 + 1 + template.len(), "#general, the category and the template's channels");
 
+    // A memory told to one worker is there for every other: it lives in DynamoDB, not in a worker's file.
+    let remember = split.discord.fake.invoke_command(
+        split.discord.user,
+        split.discord.channel,
+        "remember",
+        &[CommandOption::string("text", "I keep a tortoise named Sheldon")],
+    );
+    split.discord.wait_until("/remember answered", WAIT, |f| {
+        f.interaction(&remember).is_some_and(|i| {
+            i.callback.as_ref().is_some_and(|(_, data)| data.to_string().contains("Noted"))
+                || i.original.and_then(|m| f.message(m)).is_some_and(|m| m.content.contains("Noted"))
+        })
+    });
+
     // One worker stops; the other is killed while it waits for the model.
     second.signal("TERM");
     assert!(second.wait(WAIT).success());
@@ -183,5 +197,8 @@ fn gateway_and_two_workers_on_sqs_and_dynamodb_answer_build_and_survive_a_killed
     std::thread::sleep(Duration::from_secs(2));
     let replies: Vec<String> = split.gran().into_iter().map(|m| m.content).collect();
     assert_eq!(replies, ["Sit up straight, dear.", "As I was saying: patience."], "nothing lost, nothing twice");
+    let last_prompt = split.llm.requests().last().unwrap().body.to_string();
+    assert!(last_prompt.contains("Sheldon"), "the third worker recalls what another was told: {last_prompt}");
+    assert!(!split.scratch.path().join("den-data/memory.db").exists(), "no worker keeps memory in a local file");
     assert!(split.discord.fake.violations().is_empty());
 }
