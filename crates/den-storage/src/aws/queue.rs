@@ -448,6 +448,42 @@ impl SqsQueue {
         }
     }
 
+    /// Gives a message that SQS dead-lettered on its own, whose ledger item is
+    /// still in a source queue of `dlq`, fresh retries in that queue; false
+    /// when no source holds it (it was acked or deleted).
+    async fn return_to_source(&self, dlq: &str, id: &str) -> StoreResult<bool> {
+        for spec in self.list_queues().await? {
+            if spec.dead_letter.as_ref().is_none_or(|d| d.name != dlq) {
+                continue;
+            }
+            let Some((pk, sk)) = Self::ledger_key(&spec.name, id) else { continue };
+            let out = self
+                .dynamo
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", pk)
+                .key("sk", sk)
+                .condition_expression("attribute_exists(pk)")
+                .update_expression("SET n = :zero, va = :now REMOVE l")
+                .expression_attribute_values(":zero", n(0))
+                .expression_attribute_values(":now", n(self.clock.now().0))
+                .return_values(ReturnValue::AllNew)
+                .send()
+                .await;
+            let item = match out {
+                Ok(out) => out.attributes.unwrap_or_default(),
+                Err(e) if is_condition_failure(&e) => continue,
+                Err(e) => return Err(aws_error("UpdateItem", e)),
+            };
+            let source = self.meta(&spec.name).await?;
+            let body = get_s(&item, "b").unwrap_or_default().to_owned();
+            let group = get_s(&item, "g").map(str::to_owned);
+            let sent = self.sqs_send(&source.url, vec![(id.to_owned(), body, 0, group)]).await?;
+            return Ok(sent.first() == Some(&true));
+        }
+        Ok(false)
+    }
+
     /// Claims one SQS delivery in the ledger; `None` when it must not be delivered.
     async fn claim(
         &self,
@@ -868,6 +904,11 @@ impl Queue for SqsQueue {
                     .map_err(|e| aws_error("GetItem", e))?
                     .item;
                 let Some(item) = item.filter(|i| self.live(i)) else {
+                    // SQS's own redrive policy moved it (den stopped mid-move):
+                    // its ledger item is still in the source queue; send it back there.
+                    if self.return_to_source(dlq, id).await? {
+                        moved += 1;
+                    }
                     self.sqs_delete(&meta.url, handle).await;
                     continue;
                 };
