@@ -226,10 +226,12 @@ fn parse_labels(text: &str) -> Option<BTreeMap<String, String>> {
 }
 
 /// Writes EMF lines for `metrics` to standard output every `interval`, and
-/// once more at shutdown.
+/// once more at shutdown; `hooks` bring gauges (queue depths) up to date
+/// first, as a scrape of `/metrics` would.
 pub fn spawn_emf(
     metrics: Metrics,
     encoder: EmfEncoder,
+    hooks: Vec<std::sync::Arc<dyn crate::ScrapeHook>>,
     interval: Duration,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -243,6 +245,9 @@ pub fn spawn_emf(
                 () = shutdown.cancelled() => true,
                 _ = ticks.tick() => false,
             };
+            for hook in &hooks {
+                hook.before_scrape().await;
+            }
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));

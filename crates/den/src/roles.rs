@@ -289,9 +289,11 @@ async fn serve(
     let emf = c.ops.emf_namespace.clone().filter(|n| !n.is_empty()).map(|namespace| {
         let include = c.ops.emf_include.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned);
         let encoder = den_ops::emf::EmfEncoder::new(namespace).include(include.collect());
+        let depths: Arc<dyn den_ops::ScrapeHook> = Arc::new(QueueDepthCollector::new(queue.clone(), metrics.clone()));
         den_ops::emf::spawn_emf(
             metrics.clone(),
             encoder,
+            vec![depths],
             Duration::from_secs(c.ops.emf_interval_secs),
             ops_stop.clone(),
         )

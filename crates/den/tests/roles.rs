@@ -128,13 +128,20 @@ fn metrics_go_to_stdout_as_cloudwatch_emf_lines_with_the_names_of_the_metrics_en
         .unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let mut heartbeat = None;
+    let mut depth = None;
     for line in stdout.lines().map_while(Result::ok).take(200) {
         let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         if value.get("den_heartbeat_timestamp_seconds").is_some() {
             heartbeat = Some(value);
+        } else if value["queue"] == "den-jobs" && value["state"] == "visible" {
+            depth = Some(value);
+        }
+        if heartbeat.is_some() && depth.is_some() {
             break;
         }
     }
+    // Queue depths are measured for EMF too, with nobody scraping /metrics.
+    assert_eq!(depth.expect("the job queue's depth")["den_queue_messages"], 0.0);
     let _ = child.kill();
     let _ = child.wait();
     let line = heartbeat.expect("an EMF line with the heartbeat");
