@@ -129,7 +129,7 @@ fn metrics_go_to_stdout_as_cloudwatch_emf_lines_with_the_names_of_the_metrics_en
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let mut heartbeat = None;
     let mut depth = None;
-    for line in stdout.lines().map_while(Result::ok).take(200) {
+    for line in stdout.lines().map_while(Result::ok).take(40) {
         let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         if value.get("den_heartbeat_timestamp_seconds").is_some() {
             heartbeat = Some(value);
