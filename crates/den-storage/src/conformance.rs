@@ -375,6 +375,9 @@ pub async fn queue_unknown_queue_is_reported(h: &dyn Harness) {
     let err = q.send_batch(&name, vec![OutgoingMessage::new("x")]).await.unwrap_err();
     assert_eq!(err.kind(), StoreErrorKind::QueueNotFound);
     assert_eq!(q.depth(&name).await.unwrap_err().kind(), StoreErrorKind::QueueNotFound);
+    assert_eq!(q.probe(&name).await.unwrap_err().kind(), StoreErrorKind::QueueNotFound);
+    let (q, s) = make_queue(h, "probed", 3).await;
+    q.probe(&s.name).await.expect("a declared queue answers its probe");
 }
 
 /// After the visibility timeout a message comes back with a higher receive

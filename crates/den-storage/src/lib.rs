@@ -49,7 +49,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The backend's queues.
     fn queue(&self) -> Arc<dyn Queue>;
 
-    /// Checks that the backend answers.
+    /// Checks that the backend's tables answer ([`Queue::probe`] checks a queue).
     async fn ping(&self) -> StoreResult<()>;
 
     /// Deletes expired items and messages now.

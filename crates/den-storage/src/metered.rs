@@ -170,6 +170,9 @@ impl Queue for MeteredQueue {
     async fn depth(&self, queue: &str) -> StoreResult<QueueDepth> {
         timed(&*self.observer, "queue", "depth", self.inner.depth(queue)).await
     }
+    async fn probe(&self, queue: &str) -> StoreResult<()> {
+        timed(&*self.observer, "queue", "probe", self.inner.probe(queue)).await
+    }
     async fn sweep_expired(&self) -> StoreResult<u64> {
         self.inner.sweep_expired().await
     }

@@ -275,6 +275,12 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
     /// Approximate depths.
     async fn depth(&self, queue: &str) -> StoreResult<QueueDepth>;
 
+    /// Checks that the queue exists and its backend answers, as cheaply as
+    /// the backend allows (readiness probes call this every few seconds).
+    async fn probe(&self, queue: &str) -> StoreResult<()> {
+        self.depth(queue).await.map(|_| ())
+    }
+
     /// Deletes messages past retention and stale dedup keys; returns how many messages.
     async fn sweep_expired(&self) -> StoreResult<u64>;
 }

@@ -159,7 +159,7 @@ impl ReadinessCheck for StoreReady {
     }
     async fn check(&self) -> Result<(), String> {
         self.store.ping().await.map_err(|e| format!("store unreachable: {e}"))?;
-        self.queue.depth(&self.queue_name).await.map(|_| ()).map_err(|e| format!("queue unreachable: {e}"))
+        self.queue.probe(&self.queue_name).await.map_err(|e| format!("queue unreachable: {e}"))
     }
 }
 

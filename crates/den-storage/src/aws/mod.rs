@@ -283,7 +283,7 @@ impl Store for AwsStore {
             .send()
             .await
             .map_err(|e| aws_error("DescribeTable", e))?;
-        self.queue.ping().await
+        Ok(())
     }
 
     /// Sweeps the queue ledger only: DynamoDB's TTL deletes expired table

@@ -156,17 +156,6 @@ impl SqsQueue {
         }
     }
 
-    pub(crate) async fn ping(&self) -> StoreResult<()> {
-        self.sqs
-            .list_queues()
-            .queue_name_prefix(&self.prefix)
-            .max_results(1)
-            .send()
-            .await
-            .map_err(|e| aws_error("ListQueues", e))?;
-        Ok(())
-    }
-
     fn physical(&self, name: &str) -> StoreResult<String> {
         let physical = format!("{}{name}", self.prefix);
         validate_queue_name(&physical).map_err(|_| {
@@ -987,6 +976,20 @@ impl Queue for SqsQueue {
             }
         }
         Ok(depth)
+    }
+
+    /// One SQS request once the queue's declaration is cached, where
+    /// [`Queue::depth`] reads every ledger shard.
+    async fn probe(&self, queue: &str) -> StoreResult<()> {
+        let meta = self.meta(queue).await?;
+        self.sqs
+            .get_queue_attributes()
+            .queue_url(&meta.url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .map_err(|e| aws_error("GetQueueAttributes", e))?;
+        Ok(())
     }
 
     async fn sweep_expired(&self) -> StoreResult<u64> {
