@@ -75,7 +75,7 @@ pub fn run(o: &CampaignOptions) -> anyhow::Result<serde_json::Value> {
             };
             let limited_before = fake.rate_limited();
             let start = Instant::now();
-            plan::build(&egress, &plans, p, v, fake.app_id(), &report, None).await?;
+            plan::build(&egress, &plans, p, v, fake.bot_user_id(), &report, None).await?;
             let wall = start.elapsed().as_secs_f64();
             stop.cancel();
             reporter.await?;

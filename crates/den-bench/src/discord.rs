@@ -73,7 +73,7 @@ async fn rig(fake: &FakeDiscord) -> anyhow::Result<Rig> {
         vec![den_status::StatusModule::new(egress.clone(), queue.clone(), clock.clone())];
     let jobs = JobQueue::new(queue.clone(), spec.name.clone(), metrics.clone());
     let router = Arc::new(Router::new(modules.clone(), jobs, clock, metrics.clone()));
-    router.set_bot_user_id(fake.app_id());
+    router.set_bot_user_id(fake.bot_user_id());
     Ok(Rig { _dir: dir, store, queue, router, egress, modules, spec, metrics })
 }
 
@@ -191,6 +191,7 @@ async fn shard(
         router,
         egress,
         status: status.clone(),
+        senders: den_discord::gateway::ShardSenders::default(),
     };
     let task = tokio::spawn(gw.run(stop.clone()));
     while !status.all_ready() {

@@ -228,7 +228,7 @@ pub fn persona(o: &PersonaOptions) -> anyhow::Result<serde_json::Value> {
         .map_err(anyhow::Error::msg)?;
         let modules: Vec<Arc<dyn Module>> = vec![module];
         let router = Arc::new(Router::new(modules.clone(), jobs, clock, metrics.clone()));
-        router.set_bot_user_id(fake.app_id());
+        router.set_bot_user_id(fake.bot_user_id());
         let mut handlers = Handlers::new();
         for m in &modules {
             for (kind, h) in m.clone().handlers() {

@@ -196,7 +196,7 @@ impl CampaignsModule {
         let report = |p: &Plan, last: &str| {
             *latest.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(plan::progress_text(p, last));
         };
-        let bot = self.egress.app_id();
+        let bot = self.egress.bot_user_id();
         let outcome = plan::build(&self.egress, &self.plans, plan.clone(), version, bot, &report, None).await;
         stop.cancel();
         let _ = reporter.await;
@@ -239,7 +239,7 @@ impl CampaignsModule {
             )
             .await
         } else {
-            plan::archive(&self.egress, &plan, self.egress.app_id()).await.map_err(retry)?;
+            plan::archive(&self.egress, &plan, self.egress.bot_user_id()).await.map_err(retry)?;
             plan.status = Status::Archived;
             self.plans.save(&plan, version).await.map_err(retry)?;
             self.finish(

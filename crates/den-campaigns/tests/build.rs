@@ -91,7 +91,7 @@ async fn the_default_template_is_built_whole_under_a_private_category_without_a_
     let (p, v) = planned(&r, "Dragonfall", Gm::Role).await;
     let reports = std::sync::Mutex::new(Vec::new());
     let report = |p: &Plan, last: &str| reports.lock().unwrap().push(plan::progress_text(p, last));
-    let done = plan::build(&r.egress, &r.plans, p, v, r.fake.app_id(), &report, None).await.unwrap();
+    let done = plan::build(&r.egress, &r.plans, p, v, r.fake.bot_user_id(), &report, None).await.unwrap();
     assert_eq!(done.status, Status::Done);
     assert_eq!(r.fake.rate_limited(), 0);
     let reports = reports.into_inner().unwrap();
@@ -117,7 +117,7 @@ async fn the_default_template_is_built_whole_under_a_private_category_without_a_
         assert_eq!(visible_to(&c.overwrites, r.guild, &[members], player), !private, "{} for a player", c.name);
         assert!(visible_to(&c.overwrites, r.guild, &[gm], gm_user), "{} for the GM", c.name);
         assert!(!visible_to(&c.overwrites, r.guild, &[], 999_003), "{} for someone outside", c.name);
-        assert!(visible_to(&c.overwrites, r.guild, &[], r.fake.app_id()), "{} for den itself", c.name);
+        assert!(visible_to(&c.overwrites, r.guild, &[], r.fake.bot_user_id()), "{} for den itself", c.name);
     }
     assert!(!visible_to(&category.overwrites, r.guild, &[], 999_003), "the category is hidden from @everyone");
     assert!(
@@ -130,7 +130,7 @@ async fn a_named_gm_member_gets_the_private_channels_instead_of_a_role() {
     let r = rig(fast()).await;
     let gm_user = r.fake.add_user("gm");
     let (p, v) = planned(&r, "Solo", Gm::User(gm_user)).await;
-    plan::build(&r.egress, &r.plans, p, v, r.fake.app_id(), &|_, _| {}, None).await.unwrap();
+    plan::build(&r.egress, &r.plans, p, v, r.fake.bot_user_id(), &|_, _| {}, None).await.unwrap();
     assert!(r.fake.roles(r.guild).iter().all(|x| x.name != "Solo GM"), "no GM role");
     let channels = r.fake.channels(r.guild);
     let notes = channels.iter().find(|c| c.name == "gm-notes").unwrap();
@@ -145,12 +145,13 @@ async fn a_crash_after_any_step_resumes_to_exactly_the_templates_channels() {
         let r = rig(fast()).await;
         let name = format!("Crash {k}");
         let (p, v) = planned(&r, &name, Gm::Role).await;
-        let partial = plan::build(&r.egress, &r.plans, p, v, r.fake.app_id(), &|_, _| {}, Some(k)).await.unwrap();
+        let partial = plan::build(&r.egress, &r.plans, p, v, r.fake.bot_user_id(), &|_, _| {}, Some(k)).await.unwrap();
         assert_eq!(partial.progress().0, k);
         // The process died; a retried job reads the stored plan and goes on.
         let (stored, version) = r.plans.get(r.guild, &name).await.unwrap().unwrap();
         assert_eq!(stored.progress().0, k, "each id is stored as soon as it exists");
-        let done = plan::build(&r.egress, &r.plans, stored, version, r.fake.app_id(), &|_, _| {}, None).await.unwrap();
+        let done =
+            plan::build(&r.egress, &r.plans, stored, version, r.fake.bot_user_id(), &|_, _| {}, None).await.unwrap();
         assert_eq!(done.progress(), (14, 14));
         let channels = r.fake.channels(r.guild);
         assert_eq!(channels.iter().filter(|c| c.kind == 4).count(), 1, "k={k}: one category");
@@ -167,7 +168,7 @@ async fn a_crash_after_any_step_resumes_to_exactly_the_templates_channels() {
 async fn a_step_created_on_discord_but_not_recorded_is_found_by_name_not_made_twice() {
     let r = rig(fast()).await;
     let (p, v) = planned(&r, "Lost Ids", Gm::Role).await;
-    let partial = plan::build(&r.egress, &r.plans, p, v, r.fake.app_id(), &|_, _| {}, Some(5)).await.unwrap();
+    let partial = plan::build(&r.egress, &r.plans, p, v, r.fake.bot_user_id(), &|_, _| {}, Some(5)).await.unwrap();
     // Step 6 ("maps-and-visuals"... whichever is next) was created, then the process died before saving its id.
     let next = partial.steps.iter().find(|s| s.id.is_none()).unwrap().name.clone();
     let category = partial.steps.iter().find(|s| s.kind == plan::StepKind::Category).unwrap().id;
@@ -176,7 +177,7 @@ async fn a_step_created_on_discord_but_not_recorded_is_found_by_name_not_made_tw
         .await
         .unwrap();
     let (stored, version) = r.plans.get(r.guild, "Lost Ids").await.unwrap().unwrap();
-    plan::build(&r.egress, &r.plans, stored, version, r.fake.app_id(), &|_, _| {}, None).await.unwrap();
+    plan::build(&r.egress, &r.plans, stored, version, r.fake.bot_user_id(), &|_, _| {}, None).await.unwrap();
     let same: Vec<_> = r.fake.channels(r.guild).into_iter().filter(|c| c.name == next).collect();
     assert_eq!(same.len(), 1, "{next} adopted, not duplicated");
 }

@@ -180,6 +180,7 @@ pub struct EgressConfig {
 pub struct Egress {
     http: Client,
     app_id: std::sync::atomic::AtomicU64,
+    bot_user_id: std::sync::atomic::AtomicU64,
     no_pings: AllowedMentions,
     webhooks: Mutex<HashMap<u64, WebhookRef>>,
     /// Held while a webhook is looked up or created, so two replies racing
@@ -205,6 +206,7 @@ impl Egress {
         Self {
             http: builder.build(),
             app_id: app_id.into(),
+            bot_user_id: 0.into(),
             no_pings,
             webhooks: Mutex::default(),
             webhook_setup: tokio::sync::Mutex::new(()),
@@ -229,31 +231,86 @@ impl Egress {
         self.app_id.store(app_id, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// den's bot user id (0 until known). It differs from the application id
+    /// for applications made before 2019: permission overwrites must name the user.
+    #[must_use]
+    pub fn bot_user_id(&self) -> u64 {
+        self.bot_user_id.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets den's bot user id.
+    pub fn set_bot_user_id(&self, id: u64) {
+        self.bot_user_id.store(id, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Asks Discord who den's bot user is (`GET /users/@me`) and remembers it.
+    pub async fn learn_bot_user(&self) -> DiscordResult<u64> {
+        let v = self.raw("get current user", &twilight_http::routing::Route::GetCurrentUser, None).await?;
+        let id = v["id"].as_str().and_then(|s| s.parse().ok()).ok_or_else(|| local("get current user", "no id"))?;
+        self.set_bot_user_id(id);
+        Ok(id)
+    }
+
     /// Runs `call` until it succeeds, waiting out 429s and backing off on 5xx.
     async fn retrying<T, F, Fut>(&self, what: &str, mut call: F) -> DiscordResult<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, twilight_http::Error>>,
     {
+        self.retry(
+            what,
+            None,
+            || {
+                let f = call();
+                async move { f.await.map_err(|e| DiscordError::from_twilight(what, e)) }
+            },
+            || async { None },
+        )
+        .await
+    }
+
+    /// Runs `call` until it succeeds, Discord refuses it, `deadline` passes or
+    /// the attempts run out. 429s are waited out (the request did not land);
+    /// after a 5xx or a lost connection the request may have landed, so
+    /// `landed` is asked before trying again, and what it finds is the answer.
+    async fn retry<T, F, Fut, L, LFut>(
+        &self,
+        what: &str,
+        deadline: Option<tokio::time::Instant>,
+        mut call: F,
+        mut landed: L,
+    ) -> DiscordResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = DiscordResult<T>>,
+        L: FnMut() -> LFut,
+        LFut: Future<Output = Option<T>>,
+    {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let error = match call().await {
                 Ok(v) => return Ok(v),
-                Err(e) => DiscordError::from_twilight(what, e),
+                Err(e) => e,
             };
             let wait = match error.kind {
                 DiscordErrorKind::RateLimited => error.retry_after.unwrap_or(Duration::from_secs(1)),
                 DiscordErrorKind::Server | DiscordErrorKind::Transport => {
-                    Duration::from_millis(250 * 2u64.pow(attempt - 1))
+                    Duration::from_millis(250u64.saturating_mul(1 << (attempt - 1).min(6)))
                 }
                 _ => return Err(error),
             };
-            if attempt >= MAX_ATTEMPTS {
+            if attempt >= MAX_ATTEMPTS || deadline.is_some_and(|d| tokio::time::Instant::now() + wait >= d) {
                 return Err(error);
             }
-            tracing::warn!(%what, attempt, wait_ms = wait.as_millis() as u64, error = %error, "Discord call failed; retrying");
+            tracing::warn!(%what, attempt, wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), error = %error, "Discord call failed; retrying");
             tokio::time::sleep(wait).await;
+            if error.kind != DiscordErrorKind::RateLimited
+                && let Some(v) = landed().await
+            {
+                tracing::info!(%what, "the failed request had landed; not sending it again");
+                return Ok(v);
+            }
         }
     }
 
@@ -289,22 +346,42 @@ impl Egress {
 
     /// Posts `text` in `channel` as den, split into as many messages as it
     /// takes; the first replies to `reply_to` when given. Returns the message ids.
+    /// Each piece carries a nonce Discord enforces, so a retry after a lost
+    /// answer never posts it twice.
     pub async fn send_text(&self, channel: u64, text: &str, reply_to: Option<u64>) -> DiscordResult<Vec<u64>> {
-        let channel_id = id(channel, "send message")?;
-        let reply = reply_to.map(|r| id(r, "send message")).transpose()?;
+        let key = format!("{:016x}", rand::random::<u64>());
+        self.send_text_keyed(channel, text, reply_to, &key).await
+    }
+
+    /// Like [`Egress::send_text`], with nonces derived from `key`: the same key
+    /// posts the same message once, also from a redelivered job (while
+    /// Discord remembers nonces, a few minutes).
+    pub async fn send_text_keyed(
+        &self,
+        channel: u64,
+        text: &str,
+        reply_to: Option<u64>,
+        key: &str,
+    ) -> DiscordResult<Vec<u64>> {
+        id::<twilight_model::id::marker::ChannelMarker>(channel, "send message")?;
         let mut ids = Vec::new();
         for (i, piece) in split_message(text, MAX_MESSAGE_CHARS).iter().enumerate() {
-            let response = self
-                .retrying("send message", || {
-                    let mut req =
-                        self.http.create_message(channel_id).content(piece).allowed_mentions(Some(&self.no_pings));
-                    if let (0, Some(r)) = (i, reply) {
-                        req = req.reply(r).fail_if_not_exists(false);
-                    }
-                    req.into_future()
-                })
+            let mut body = serde_json::json!({
+                "content": piece,
+                "nonce": nonce(key, i),
+                "enforce_nonce": true,
+                "allowed_mentions": {"parse": []},
+            });
+            if let (0, Some(r)) = (i, reply_to) {
+                body["message_reference"] =
+                    serde_json::json!({"message_id": r.to_string(), "fail_if_not_exists": false});
+            }
+            let v = self
+                .raw("send message", &twilight_http::routing::Route::CreateMessage { channel_id: channel }, Some(&body))
                 .await?;
-            ids.push(message_id(response).await?);
+            ids.push(
+                v["id"].as_str().and_then(|s| s.parse().ok()).ok_or_else(|| local("send message", "no message id"))?,
+            );
         }
         Ok(ids)
     }
@@ -406,7 +483,7 @@ impl Egress {
     pub async fn send_as(&self, channel: u64, identity: &Identity, text: &str) -> DiscordResult<Vec<u64>> {
         let mut ids = Vec::new();
         for piece in split_message(text, MAX_MESSAGE_CHARS) {
-            ids.push(self.webhook_call(channel, |w| self.execute(w, identity, &piece)).await?);
+            ids.push(self.webhook_call(channel, |w| self.execute(channel, w, identity, &piece)).await?);
         }
         Ok(ids)
     }
@@ -450,11 +527,15 @@ impl Egress {
         }
     }
 
-    async fn execute(&self, w: WebhookRef, identity: &Identity, text: &str) -> DiscordResult<u64> {
+    async fn execute(&self, channel: u64, w: WebhookRef, identity: &Identity, text: &str) -> DiscordResult<u64> {
         let wid = id(w.id, "execute webhook")?;
         let name = sanitize_webhook_name(&identity.name);
-        let response = self
-            .retrying("execute webhook", || {
+        let since = den_core::Clock::now(&den_core::SystemClock);
+        let poster = Poster::Webhook { id: w.id, name: name.clone() };
+        self.retry(
+            "execute webhook",
+            None,
+            || {
                 let mut req = self
                     .http
                     .execute_webhook(wid, &w.token)
@@ -464,22 +545,96 @@ impl Egress {
                 if let Some(avatar) = &identity.avatar_url {
                     req = req.avatar_url(avatar);
                 }
-                req.wait().into_future()
-            })
-            .await?;
-        message_id(response).await
+                async move {
+                    let response = req
+                        .wait()
+                        .into_future()
+                        .await
+                        .map_err(|e| DiscordError::from_twilight("execute webhook", e))?;
+                    // An answer cut off mid-body counts as lost: the post may have landed.
+                    message_id(response).await.map_err(|mut e| {
+                        e.kind = DiscordErrorKind::Transport;
+                        e
+                    })
+                }
+            },
+            // Webhooks take no nonce: a lost answer is checked against the channel instead.
+            || async { self.find_posted(channel, &poster, Some(text), since).await.ok().flatten() },
+        )
+        .await
+    }
+
+    /// A message `poster` posted in `channel` at or after `since` (less two
+    /// seconds for clocks that disagree), with `content` when given: how den
+    /// learns whether a post whose answer was lost did land.
+    pub async fn find_posted(
+        &self,
+        channel: u64,
+        poster: &Poster,
+        content: Option<&str>,
+        since: den_core::Timestamp,
+    ) -> DiscordResult<Option<u64>> {
+        let route = twilight_http::routing::Route::GetMessages {
+            channel_id: channel,
+            after: None,
+            around: None,
+            before: None,
+            limit: Some(50),
+        };
+        let list = self.raw("look for a posted message", &route, None).await?;
+        let earliest = since.as_millis().saturating_sub(2_000);
+        Ok(list.as_array().into_iter().flatten().find_map(|m| {
+            let mid: u64 = m["id"].as_str()?.parse().ok()?;
+            let created = i64::try_from((mid >> 22) + crate::router::DISCORD_EPOCH_MS).ok()?;
+            let by = match poster {
+                Poster::Webhook { id, name } => {
+                    m["webhook_id"].as_str() == Some(id.to_string().as_str()) && m["author"]["username"] == *name
+                }
+                Poster::Bot(bot) => {
+                    m["webhook_id"].is_null() && m["author"]["id"].as_str() == Some(bot.to_string().as_str())
+                }
+            };
+            let same = content.is_none_or(|c| m["content"].as_str() == Some(c));
+            (created >= earliest && by && same).then_some(mid)
+        }))
     }
 
     /// Sends the first response to an interaction.
     pub async fn respond(&self, interaction_id: u64, token: &str, ack: &Ack) -> DiscordResult<()> {
+        let deadline = tokio::time::Instant::now() + crate::router::ACK_WINDOW;
+        self.respond_by(interaction_id, token, ack, deadline).await
+    }
+
+    /// Sends the first response to an interaction, retrying 5xx and lost
+    /// answers only while a retry can land before `deadline` (Discord takes
+    /// the first response within 3 s of the interaction, never later).
+    pub async fn respond_by(
+        &self,
+        interaction_id: u64,
+        token: &str,
+        ack: &Ack,
+        deadline: tokio::time::Instant,
+    ) -> DiscordResult<()> {
         let iid = id(interaction_id, "interaction response")?;
         let app = id(self.app_id(), "interaction response")?;
         let response = ack.to_twilight(&self.no_pings);
-        self.retrying("interaction response", || {
-            self.http.interaction(app).create_response(iid, token, &response).into_future()
-        })
-        .await?;
-        Ok(())
+        let result = self
+            .retry(
+                "interaction response",
+                Some(deadline),
+                || {
+                    let f = self.http.interaction(app).create_response(iid, token, &response).into_future();
+                    async move { f.await.map(|_| ()).map_err(|e| DiscordError::from_twilight("interaction response", e)) }
+                },
+                || async { None },
+            )
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // A retry after a lost answer finds the interaction already acknowledged: it landed.
+            Err(e) if e.code == Some(40060) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Replaces the text of an interaction's original response.
@@ -534,6 +689,31 @@ async fn body_json<T>(response: twilight_http::Response<T>) -> DiscordResult<Val
 async fn message_id<T>(response: twilight_http::Response<T>) -> DiscordResult<u64> {
     let v = body_json(response).await?;
     v["id"].as_str().and_then(|s| s.parse().ok()).ok_or_else(|| DiscordError::local("read answer", "no message id"))
+}
+
+/// Who posted a message, to find it again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Poster {
+    /// den's webhook `id`, under the display name `name`.
+    Webhook {
+        /// Webhook id.
+        id: u64,
+        /// The name it posted under.
+        name: String,
+    },
+    /// A bot account (den's own, or a persona's).
+    Bot(u64),
+}
+
+/// A Discord nonce (at most 25 characters) for piece `i` of the post `key`.
+fn nonce(key: &str, i: usize) -> String {
+    // FNV-1a: stable across processes and versions, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes().chain(i.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("den{h:016x}")
 }
 
 /// The first response to an interaction.

@@ -1,12 +1,14 @@
 //! The router: turns Discord events into module reactions and jobs, on the
 //! fast path (no model calls, no Discord calls but the interaction ACK).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use den_core::{Clock, Job};
+use den_core::{Clock, Job, Timestamp};
 use den_ops::Metrics;
+use den_storage::StoreResult;
+use den_worker::Backoff;
 use den_worker::JobQueue;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -14,6 +16,13 @@ use serde_json::value::RawValue;
 use crate::events::{InboundInteraction, InboundMessage, InteractionKind};
 use crate::module::{IngressCx, InteractionRef, Module, Reaction};
 use crate::{Ack, Egress};
+
+/// Discord's epoch (2015-01-01) in Unix milliseconds: snowflakes count from it.
+pub const DISCORD_EPOCH_MS: u64 = 1_420_070_400_000;
+/// Discord waits this long for the first response to an interaction.
+pub const ACK_WINDOW: Duration = Duration::from_secs(3);
+/// Waits between attempts to enqueue an interaction's jobs while the store fails.
+const ENQUEUE_RETRY: Backoff = Backoff { base: Duration::from_millis(100), max: Duration::from_millis(400) };
 
 /// Interaction tokens last 15 minutes; answer by other means a little before.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
@@ -42,6 +51,7 @@ pub struct Router {
     clock: Arc<dyn Clock>,
     bot_user_id: AtomicU64,
     metrics: Metrics,
+    enqueue_failing_since: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -57,6 +67,8 @@ pub enum Routed {
     Ignored,
     /// A message, with this many jobs enqueued.
     Message(usize),
+    /// A message whose jobs could not be enqueued (the store failed): route it again later.
+    NotEnqueued,
     /// An interaction, answered.
     Interaction,
     /// READY: den learned its user id.
@@ -68,7 +80,23 @@ pub enum Routed {
 impl Router {
     /// A router over `modules`, enqueueing to `jobs`.
     pub fn new(modules: Vec<Arc<dyn Module>>, jobs: JobQueue, clock: Arc<dyn Clock>, metrics: Metrics) -> Self {
-        Self { modules, jobs, clock, bot_user_id: AtomicU64::new(0), metrics }
+        Self { modules, jobs, clock, bot_user_id: AtomicU64::new(0), metrics, enqueue_failing_since: Mutex::new(None) }
+    }
+
+    /// How long enqueueing has been failing, if it is (for `/ready`).
+    #[must_use]
+    pub fn enqueue_failing_for(&self) -> Option<Duration> {
+        self.enqueue_failing_since.lock().unwrap_or_else(PoisonError::into_inner).map(|t| t.elapsed())
+    }
+
+    fn enqueued(&self, result: &StoreResult<Vec<den_storage::Sent>>) {
+        let mut since = self.enqueue_failing_since.lock().unwrap_or_else(PoisonError::into_inner);
+        match result {
+            Ok(_) => *since = None,
+            Err(_) => {
+                since.get_or_insert_with(Instant::now);
+            }
+        }
     }
 
     /// Sets den's own user id (also learned from READY).
@@ -92,7 +120,10 @@ impl Router {
         let Some(d) = payload.d else { return Routed::Ignored };
         match payload.t {
             Some("MESSAGE_CREATE") => match InboundMessage::parse(d.get()) {
-                Ok(m) => Routed::Message(self.route_message(&m).await),
+                Ok(m) => match self.route_message(&m).await {
+                    Ok(n) => Routed::Message(n),
+                    Err(_) => Routed::NotEnqueued,
+                },
                 Err(e) => {
                     tracing::warn!(error = %e, "malformed MESSAGE_CREATE dropped");
                     Routed::Malformed
@@ -101,8 +132,10 @@ impl Router {
             Some("INTERACTION_CREATE") => match InboundInteraction::parse(d.get()) {
                 Ok(i) => {
                     let ack = self.route_interaction(&i).await;
-                    if let Err(e) = egress.respond(i.id, &i.token, &ack).await {
-                        tracing::warn!(error = %e, interaction = i.id, "could not acknowledge the interaction");
+                    // Discord takes the first response within 3 s of the interaction; retrying past that is pointless.
+                    let deadline = tokio::time::Instant::now() + self.time_left_to_ack(i.id);
+                    if let Err(e) = egress.respond_by(i.id, &i.token, &ack, deadline).await {
+                        tracing::warn!(error = %e, interaction = i.id, "could not acknowledge the interaction in time");
                     }
                     Routed::Interaction
                 }
@@ -127,10 +160,11 @@ impl Router {
 
     /// Offers a message to every module; enqueues their jobs; returns how many.
     /// den's own messages are dropped, and other bots' unless a module wants them.
-    pub async fn route_message(&self, m: &InboundMessage) -> usize {
+    /// An error means nothing was enqueued for sure: route the message again.
+    pub async fn route_message(&self, m: &InboundMessage) -> StoreResult<usize> {
         let cx = self.cx();
         if m.author.id == cx.bot_user_id {
-            return 0;
+            return Ok(0);
         }
         let from_bot = m.author.bot || m.webhook_id.is_some();
         let mut jobs = Vec::new();
@@ -145,15 +179,24 @@ impl Router {
             }
         }
         if jobs.is_empty() {
-            return 0;
+            return Ok(0);
         }
-        match self.jobs.send_all(&jobs).await {
-            Ok(sent) => sent.iter().filter(|s| !s.duplicate).count(),
+        let result = self.jobs.send_all(&jobs).await;
+        self.enqueued(&result);
+        match result {
+            Ok(sent) => Ok(sent.iter().filter(|s| !s.duplicate).count()),
             Err(e) => {
-                tracing::error!(error = %e, message = m.id, "could not enqueue the jobs of a message");
-                0
+                tracing::warn!(error = %e, message = m.id, "could not enqueue the jobs of a message; will retry");
+                Err(e)
             }
         }
+    }
+
+    /// Time left of Discord's 3 s for the first response to interaction `id`
+    /// (its creation time is in the snowflake), at least enough for one try.
+    fn time_left_to_ack(&self, id: u64) -> Duration {
+        let created = Timestamp(i64::try_from((id >> 22) + DISCORD_EPOCH_MS).unwrap_or(i64::MAX));
+        ACK_WINDOW.saturating_sub(self.clock.now().since(created)).max(Duration::from_millis(500))
     }
 
     /// Decides the first response to an interaction, enqueueing its jobs first.
@@ -187,7 +230,20 @@ impl Router {
                 job.guild = i.guild_id;
             }
         }
-        match self.jobs.send_all(&reaction.jobs).await {
+        // A store hiccup is retried while there is time to answer (about 2 of Discord's 3 s).
+        let give_up = tokio::time::Instant::now() + self.time_left_to_ack(i.id).saturating_sub(Duration::from_secs(1));
+        let mut attempt = 0;
+        let result = loop {
+            let result = self.jobs.send_all(&reaction.jobs).await;
+            self.enqueued(&result);
+            attempt += 1;
+            let wait = ENQUEUE_RETRY.delay(attempt);
+            if result.is_ok() || tokio::time::Instant::now() + wait > give_up {
+                break result;
+            }
+            tokio::time::sleep(wait).await;
+        };
+        match result {
             Ok(_) => reaction.ack,
             Err(e) => {
                 tracing::error!(error = %e, interaction = i.id, "could not enqueue an interaction's jobs");

@@ -164,3 +164,62 @@ async fn replies_racing_into_a_fresh_channel_share_one_webhook() {
     assert_eq!(w.fake.webhooks(w.channel).len(), 1);
     assert_eq!(w.fake.messages(w.channel).len(), 8);
 }
+
+fn requests_of(fake: &FakeDiscord, op: &str) -> usize {
+    fake.requests().iter().filter(|r| r.operation == op).count()
+}
+
+#[tokio::test]
+async fn a_message_whose_answer_was_lost_is_posted_once() {
+    for fault in [Injected::DropAfterCommit, Injected::StatusAfterCommit(502)] {
+        let w = world(RateLimits::unlimited()).await;
+        w.fake.inject("create_message", fault);
+        let ids = w.egress.send_text(w.channel, "only once", None).await.unwrap();
+        let posted = w.fake.messages(w.channel);
+        assert_eq!(requests_of(&w.fake, "create_message"), 2, "{fault:?}: the POST was retried");
+        assert_eq!(posted.len(), 1, "{fault:?}: Discord's enforced nonce answered the first message");
+        assert_eq!(ids, vec![posted[0].id]);
+    }
+}
+
+#[tokio::test]
+async fn a_webhook_post_whose_answer_was_lost_is_found_not_posted_again() {
+    for fault in [Injected::DropAfterCommit, Injected::StatusAfterCommit(500)] {
+        let w = world(RateLimits::unlimited()).await;
+        let gran = Identity { name: "Gran".into(), avatar_url: None };
+        w.egress.send_as(w.channel, &gran, "warming up").await.unwrap();
+        w.fake.inject("execute_webhook", fault);
+        let ids = w.egress.send_as(w.channel, &gran, "said once").await.unwrap();
+        let said: Vec<_> = w.fake.messages(w.channel).into_iter().filter(|m| m.content == "said once").collect();
+        assert_eq!(said.len(), 1, "{fault:?}");
+        assert_eq!(ids, vec![said[0].id]);
+        assert_eq!(requests_of(&w.fake, "execute_webhook"), 2, "{fault:?}: not sent a third time");
+    }
+}
+
+#[tokio::test]
+async fn an_acknowledgement_is_not_retried_past_discords_three_seconds() {
+    let w = world(RateLimits::default()).await;
+    let token = w.fake.invoke_command(w.user, w.channel, "status", &[]);
+    let id = w.fake.interaction(&token).unwrap().id;
+    for _ in 0..10 {
+        w.fake.inject("create_interaction_response", Injected::Status(500));
+    }
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let err = w.egress.respond_by(id, &token, &Ack::Defer { ephemeral: false }, deadline).await.unwrap_err();
+    assert_eq!(err.kind(), den_discord::DiscordErrorKind::Server);
+    assert!(start.elapsed() < Duration::from_secs(3), "gave up after {:?}", start.elapsed());
+    let tries = requests_of(&w.fake, "create_interaction_response");
+    assert!((3..=5).contains(&tries), "{tries} tries within the window");
+}
+
+#[tokio::test]
+async fn an_acknowledgement_whose_answer_was_lost_counts_as_sent() {
+    let w = world(RateLimits::default()).await;
+    let token = w.fake.invoke_command(w.user, w.channel, "status", &[]);
+    let id = w.fake.interaction(&token).unwrap().id;
+    w.fake.inject("create_interaction_response", Injected::DropAfterCommit);
+    w.egress.respond(id, &token, &Ack::Defer { ephemeral: false }).await.unwrap();
+    assert_eq!(w.fake.interaction(&token).unwrap().callback.unwrap().0, 5);
+}

@@ -41,7 +41,7 @@ async fn a_private_category_with_text_voice_and_forum_channels_is_built_with_its
     let private = vec![
         Overwrite { target: Target::Role(guild), allow: 0, deny: VIEW_CHANNEL },
         Overwrite { target: Target::Role(members.id), allow: VIEW_CHANNEL | SEND_MESSAGES, deny: 0 },
-        Overwrite { target: Target::Member(fake.app_id()), allow: VIEW_CHANNEL, deny: 0 },
+        Overwrite { target: Target::Member(fake.bot_user_id()), allow: VIEW_CHANNEL, deny: 0 },
     ];
     let category = egress
         .create_channel(

@@ -21,8 +21,13 @@ pub enum MessageEvent {
     DeadLettered,
 }
 
-/// Receives the timings and counts of storage calls (den-ops turns them into metrics).
+/// Receives the timings and counts of storage calls (den-ops turns them into
+/// metrics), and may refuse calls (tests use that to make the store fail).
 pub trait StoreObserver: Send + Sync + std::fmt::Debug {
+    /// Whether the call `op` on `target` may go ahead; an error is what the caller gets instead.
+    fn admit(&self, _target: &'static str, _op: &'static str) -> StoreResult<()> {
+        Ok(())
+    }
     /// A call on a table (`target = "table"`) or queue (`"queue"`) took `elapsed`.
     fn operation(&self, target: &'static str, op: &'static str, elapsed: Duration, ok: bool);
     /// `count` messages of `queue` went through `event`.
@@ -49,6 +54,7 @@ async fn timed<T>(
     op: &'static str,
     fut: impl Future<Output = StoreResult<T>>,
 ) -> StoreResult<T> {
+    observer.admit(target, op)?;
     let start = Instant::now();
     let result = fut.await;
     observer.operation(target, op, start.elapsed(), result.is_ok());
@@ -58,6 +64,7 @@ async fn timed<T>(
 #[async_trait]
 impl Store for Metered {
     async fn table(&self, spec: TableSpec) -> StoreResult<Arc<dyn Table>> {
+        self.observer.admit("table", "declare")?;
         let inner = self.inner.table(spec).await?;
         Ok(Arc::new(MeteredTable { inner, observer: self.observer.clone() }))
     }
@@ -67,6 +74,7 @@ impl Store for Metered {
     }
 
     async fn ping(&self) -> StoreResult<()> {
+        self.observer.admit("table", "ping")?;
         self.inner.ping().await
     }
 
@@ -120,10 +128,10 @@ struct MeteredQueue {
 #[async_trait]
 impl Queue for MeteredQueue {
     async fn create_queue(&self, spec: &QueueSpec) -> StoreResult<()> {
-        self.inner.create_queue(spec).await
+        timed(&*self.observer, "queue", "create_queue", self.inner.create_queue(spec)).await
     }
     async fn list_queues(&self) -> StoreResult<Vec<QueueSpec>> {
-        self.inner.list_queues().await
+        timed(&*self.observer, "queue", "list_queues", self.inner.list_queues()).await
     }
     async fn send_batch(&self, queue: &str, messages: Vec<OutgoingMessage>) -> StoreResult<Vec<Sent>> {
         let sent = timed(&*self.observer, "queue", "send", self.inner.send_batch(queue, messages)).await?;
@@ -136,6 +144,7 @@ impl Queue for MeteredQueue {
         let got = if options.wait.is_zero() {
             timed(&*self.observer, "queue", "receive", self.inner.receive(queue, options)).await?
         } else {
+            self.observer.admit("queue", "receive")?;
             self.inner.receive(queue, options).await?
         };
         self.observer.messages(queue, MessageEvent::Received, got.len() as u64);
@@ -156,16 +165,16 @@ impl Queue for MeteredQueue {
         Ok(())
     }
     async fn peek(&self, queue: &str, limit: usize, after: Option<&str>) -> StoreResult<Vec<PeekedMessage>> {
-        self.inner.peek(queue, limit, after).await
+        timed(&*self.observer, "queue", "peek", self.inner.peek(queue, limit, after)).await
     }
     async fn redrive(&self, dlq: &str, limit: Option<usize>) -> StoreResult<u64> {
-        self.inner.redrive(dlq, limit).await
+        timed(&*self.observer, "queue", "redrive", self.inner.redrive(dlq, limit)).await
     }
     async fn purge(&self, queue: &str) -> StoreResult<u64> {
-        self.inner.purge(queue).await
+        timed(&*self.observer, "queue", "purge", self.inner.purge(queue)).await
     }
     async fn delete_message(&self, queue: &str, message_id: &str) -> StoreResult<bool> {
-        self.inner.delete_message(queue, message_id).await
+        timed(&*self.observer, "queue", "delete_message", self.inner.delete_message(queue, message_id)).await
     }
     async fn depth(&self, queue: &str) -> StoreResult<QueueDepth> {
         timed(&*self.observer, "queue", "depth", self.inner.depth(queue)).await
@@ -174,6 +183,6 @@ impl Queue for MeteredQueue {
         timed(&*self.observer, "queue", "probe", self.inner.probe(queue)).await
     }
     async fn sweep_expired(&self) -> StoreResult<u64> {
-        self.inner.sweep_expired().await
+        timed(&*self.observer, "queue", "sweep_expired", self.inner.sweep_expired()).await
     }
 }

@@ -3,7 +3,9 @@
 //! servers (Anthropic and OpenAI-compatible wire formats).
 
 pub mod discord;
+pub mod faults;
 pub mod llm;
 pub mod openapi;
 
 pub use discord::{FakeConfig, FakeDiscord};
+pub use faults::StoreFaults;

@@ -134,6 +134,10 @@ pub async fn egress(
     let config = EgressConfig { token, api_proxy: c.discord.api_proxy.clone(), timeout: Duration::from_secs(15) };
     let egress = Arc::new(Egress::new(&config, c.discord.application_id.unwrap_or(0), Some(webhooks)));
     let mut public_key = c.discord.public_key.clone();
+    if has_token {
+        // Overwrites name den's bot user, which differs from the application id for old applications.
+        egress.learn_bot_user().await.context("cannot ask Discord who den's bot user is (GET /users/@me)")?;
+    }
     if has_token && (egress.app_id() == 0 || public_key.is_none()) {
         let (app, key) = fetch_application(egress.client())
             .await
@@ -173,6 +177,22 @@ impl ReadinessCheck for NotShuttingDown {
     }
     async fn check(&self) -> Result<(), String> {
         if self.0.is_cancelled() { Err("shutting down".into()) } else { Ok(()) }
+    }
+}
+
+/// Not ready while events cannot be enqueued (the shards stop reading meanwhile).
+struct IngressReady(Arc<Router>);
+
+#[async_trait]
+impl ReadinessCheck for IngressReady {
+    fn name(&self) -> &str {
+        "ingress"
+    }
+    async fn check(&self) -> Result<(), String> {
+        match self.0.enqueue_failing_for() {
+            Some(d) => Err(format!("events cannot be enqueued (failing for {} s)", d.as_secs())),
+            None => Ok(()),
+        }
     }
 }
 
@@ -281,6 +301,9 @@ async fn serve(
     if role.runs_gateway() {
         state = state.with_check(Arc::new(ShardsReady(shard_status.clone())));
     }
+    if role.runs_gateway() || role.runs_interactions(c) {
+        state = state.with_check(Arc::new(IngressReady(router.clone())));
+    }
     // The ops server outlives the drain, so /health answers until the end.
     let ops_stop = CancellationToken::new();
     let ops = tokio::spawn(den_ops::serve(listener, state, ops_stop.clone()));
@@ -327,6 +350,7 @@ async fn serve(
             router: router.clone(),
             egress: egress.clone(),
             status: shard_status.clone(),
+            senders: den_discord::gateway::ShardSenders::default(),
         };
         tracing::info!(shards = total, first, last = last - 1, max_concurrency, "connecting to the gateway");
         gateway = Some(tokio::spawn(gw.run(shutdown.clone())));

@@ -200,7 +200,7 @@ fn when_the_token_expires_during_the_build_the_summary_goes_to_the_channel() {
     ack(&discord, &t);
     discord.fake.advance(Duration::from_secs(20 * 60)); // the interaction token is now dead
     discord.wait_until("the summary in the channel", WAIT, |f| {
-        f.messages(discord.channel).iter().any(|m| m.author_id == f.app_id() && m.content.contains("is ready"))
+        f.messages(discord.channel).iter().any(|m| m.author_id == f.bot_user_id() && m.content.contains("is ready"))
     });
     let posted = discord.fake.messages(discord.channel).into_iter().find(|m| m.content.contains("is ready")).unwrap();
     assert!(posted.content.starts_with(&format!("<@{}>", discord.user)), "names the person: {}", posted.content);

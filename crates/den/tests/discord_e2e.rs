@@ -13,7 +13,7 @@ use support::{Discord, Scratch, TOKEN, stderr, stdout};
 const WAIT: Duration = Duration::from_secs(20);
 
 fn bot_replies(discord: &Discord) -> Vec<Message> {
-    let bot = discord.fake.app_id();
+    let bot = discord.fake.bot_user_id();
     discord.fake.messages(discord.channel).into_iter().filter(|m| m.author_id == bot).collect()
 }
 
@@ -262,7 +262,7 @@ fn split_roles_two_gateways_with_one_shard_each_and_a_worker_answer_every_guild(
     for (_, channel) in &guilds {
         discord.fake.post_as(discord.user, *channel, "!ping");
     }
-    let bot = discord.fake.app_id();
+    let bot = discord.fake.bot_user_id();
     discord.wait_until("both guilds answered", WAIT, |f| {
         guilds.iter().all(|(_, c)| f.messages(*c).iter().any(|m| m.author_id == bot && m.content == "pong"))
     });

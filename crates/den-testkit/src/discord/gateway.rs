@@ -44,9 +44,25 @@ pub(crate) struct GwSession {
     pub resumed: u32,
 }
 
+/// How the fake gateway treats new connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GatewayMode {
+    /// As Discord does: HELLO, then identify or resume.
+    #[default]
+    Normal,
+    /// Accept the WebSocket upgrade, then close at once with this code (or
+    /// drop the connection without a close frame when `None`): a gateway or
+    /// proxy that accepts and drops.
+    AcceptAndClose(Option<u16>),
+}
+
 /// The gateway side of the fake.
 #[derive(Debug, Default)]
 pub(crate) struct Hub {
+    /// How new connections are treated.
+    pub mode: GatewayMode,
+    /// The User-Agent of every connection, in order.
+    pub user_agents: Vec<Option<String>>,
     pub sessions: Vec<GwSession>,
     /// When false, heartbeats get no ACK (a zombied connection).
     pub withhold_acks: bool,
@@ -113,14 +129,35 @@ impl Hub {
     }
 }
 
-pub(crate) async fn upgrade(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
-    ws.on_upgrade(move |socket| run(shared, socket))
+pub(crate) async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let agent = headers.get("user-agent").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let mode = {
+        let mut hub = shared.hub();
+        hub.connections += 1;
+        hub.user_agents.push(agent);
+        hub.mode
+    };
+    ws.on_upgrade(move |socket| async move {
+        match mode {
+            GatewayMode::Normal => run(shared, socket).await,
+            GatewayMode::AcceptAndClose(code) => {
+                let mut socket = socket;
+                if let Some(code) = code {
+                    let _ = socket.send(WsMessage::Close(Some(CloseFrame { code, reason: "fake close".into() }))).await;
+                }
+                drop(socket);
+            }
+        }
+    })
 }
 
 async fn run(shared: Arc<Shared>, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Ctl>();
-    shared.hub().connections += 1;
     let hello = json!({"op": 10, "d": {"heartbeat_interval": shared.config.heartbeat_interval.as_millis() as u64}});
     if sink.send(WsMessage::Text(hello.to_string().into())).await.is_err() {
         return;

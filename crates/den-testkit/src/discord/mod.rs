@@ -7,6 +7,7 @@
 //! not match the spec is answered 400 and recorded as a violation; dropping a
 //! `FakeDiscord` with violations fails the test with the schema errors.
 
+mod conn;
 mod gateway;
 pub mod model;
 pub mod ratelimit;
@@ -22,7 +23,7 @@ use ed25519_dalek::{Signer as _, SigningKey};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-pub use gateway::{GUILD_MEMBERS, GUILD_MESSAGES, GUILD_PRESENCES, MESSAGE_CONTENT};
+pub use gateway::{GUILD_MEMBERS, GUILD_MESSAGES, GUILD_PRESENCES, GatewayMode, MESSAGE_CONTENT};
 pub use model::{Channel, Guild, Interaction, Message, Role, User, Webhook};
 pub use ratelimit::{Bucket, RateLimits};
 
@@ -93,12 +94,17 @@ pub struct Stats {
 }
 
 /// A failure to inject into the next call of an operation.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Injected {
     /// Answer 429 with this `Retry-After`.
     RateLimited(Duration),
-    /// Answer with this status (500, 502...).
+    /// Answer with this status (500, 502...) without doing anything.
     Status(u16),
+    /// Do the request's work, then answer with this status instead (a
+    /// gateway timing out in front of a backend that did commit).
+    StatusAfterCommit(u16),
+    /// Do the request's work, then drop the connection without answering.
+    DropAfterCommit,
 }
 
 pub(crate) struct Shared {
@@ -232,16 +238,14 @@ impl FakeDiscord {
             .fallback(rest::handle)
             .with_state(shared.clone());
         let gw_app = axum::Router::new().fallback(gateway::upgrade).with_state(shared.clone());
-        // Like Discord's servers, answer without Nagle's delay: small frames go out at once.
-        let rest = rest.tap_io(|s| {
-            let _ = s.set_nodelay(true);
-        });
         let gw = gw.tap_io(|s| {
             let _ = s.set_nodelay(true);
         });
+        let rest = conn::CuttableListener(rest);
         let tasks = vec![
             tokio::spawn(async move {
-                let _ = axum::serve(rest, rest_app).await;
+                let service = rest_app.into_make_service_with_connect_info::<conn::Conn>();
+                let _ = axum::serve(rest, service).await;
             }),
             tokio::spawn(async move {
                 let _ = axum::serve(gw, gw_app).await;
@@ -268,10 +272,16 @@ impl FakeDiscord {
         self.shared.config.bot_token.clone()
     }
 
-    /// The application (and bot user) id.
+    /// The application id.
     #[must_use]
     pub fn app_id(&self) -> u64 {
         self.shared.model().app_id
+    }
+
+    /// den's bot user id (not the application id: they differ for applications made before 2019).
+    #[must_use]
+    pub fn bot_user_id(&self) -> u64 {
+        self.shared.model().bot.id
     }
 
     /// The application's Ed25519 public key, hex, as the developer portal shows it.
@@ -405,6 +415,7 @@ impl FakeDiscord {
                 pinged_everyone: false,
                 edits: 0,
                 created: m.now(),
+                nonce: None,
             };
             let mut json = model::message_json(&msg);
             if let Some(r) = reply_to.and_then(|r| m.messages.get(&r)) {
@@ -700,6 +711,23 @@ impl FakeDiscord {
     /// Sends INVALID_SESSION (op 9).
     pub fn gateway_invalidate(&self, resumable: bool) {
         self.shared.hub().invalidate_all(resumable);
+    }
+
+    /// How the gateway treats new connections from now on.
+    pub fn gateway_mode(&self, mode: GatewayMode) {
+        self.shared.hub().mode = mode;
+    }
+
+    /// WebSocket connections made to the gateway so far.
+    #[must_use]
+    pub fn gateway_connections(&self) -> u32 {
+        self.shared.hub().connections
+    }
+
+    /// The User-Agent of every gateway connection so far, in order.
+    #[must_use]
+    pub fn gateway_user_agents(&self) -> Vec<Option<String>> {
+        self.shared.hub().user_agents.clone()
     }
 
     /// Shards that identified, in order.

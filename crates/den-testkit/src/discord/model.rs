@@ -105,6 +105,8 @@ pub struct Message {
     pub edits: u32,
     /// Creation time.
     pub created: SystemTime,
+    /// The nonce it was created with.
+    pub nonce: Option<String>,
 }
 
 /// A webhook.
@@ -199,8 +201,10 @@ impl Model {
             attachments: BTreeMap::new(),
         };
         m.app_id = m.snowflake();
-        // A bot user's id equals its application's id.
-        m.bot = User { id: m.app_id, name: "den".into(), bot: true };
+        // Applications made before 2019 have a bot user whose id differs from
+        // the application's; the fake gives them different ids so den cannot confuse them.
+        let bot_id = m.snowflake();
+        m.bot = User { id: bot_id, name: "den".into(), bot: true };
         m.users.insert(m.bot.id, m.bot.clone());
         m
     }
@@ -265,6 +269,9 @@ pub fn message_json(m: &Message) -> Value {
         "mention_everyone": m.pinged_everyone,
         "tts": false,
     });
+    if let Some(n) = &m.nonce {
+        v["nonce"] = n.clone().into();
+    }
     if m.edits > 0 {
         v["edited_timestamp"] = iso8601(m.created).into();
     }

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 /// - `guild_writes: 10 per 10 s` per guild for channel and role changes: an
 ///   assumption (Discord does not publish these; it reports them in headers).
 /// - `default: 50 per 1 s` per route: an assumption for everything else.
+/// - `webhook_channel: 30 per 60 s` per channel for webhook posts, across all
+///   webhooks of the channel: observed ("about 30 messages a minute"); Discord
+///   shows it in no header until it answers 429 with scope `shared`.
 ///
 /// Interaction callbacks are not limited (Discord exempts them from the
 /// global limit, and each token answers once).
@@ -30,6 +33,8 @@ pub struct RateLimits {
     pub guild_writes: Bucket,
     /// Every other route.
     pub default: Bucket,
+    /// Webhook posts per channel (hidden: only a 429 tells).
+    pub webhook_channel: Bucket,
 }
 
 /// A bucket's size and window.
@@ -58,6 +63,7 @@ impl Default for RateLimits {
             webhook_execute: Bucket::new(5, Duration::from_secs(2)),
             guild_writes: Bucket::new(10, Duration::from_secs(10)),
             default: Bucket::new(50, Duration::from_secs(1)),
+            webhook_channel: Bucket::new(30, Duration::from_secs(60)),
         }
     }
 }
@@ -74,6 +80,7 @@ impl RateLimits {
             webhook_execute: big,
             guild_writes: big,
             default: big,
+            webhook_channel: big,
         }
     }
 }
@@ -120,9 +127,26 @@ struct Window {
 pub struct Limiter {
     buckets: HashMap<(String, String), Window>,
     global: Option<Window>,
+    /// Webhook posts per channel in the last window (a sliding log).
+    webhook_posts: HashMap<u64, std::collections::VecDeque<Instant>>,
 }
 
 impl Limiter {
+    /// Takes one webhook post in `channel` from the hidden per-channel
+    /// limit; when it is full, how long until a post fits.
+    pub fn take_webhook_post(&mut self, limits: &RateLimits, channel: u64, now: Instant) -> Option<Duration> {
+        let bucket = limits.webhook_channel;
+        let log = self.webhook_posts.entry(channel).or_default();
+        while log.front().is_some_and(|t| now.duration_since(*t) >= bucket.window) {
+            log.pop_front();
+        }
+        if log.len() >= bucket.limit as usize {
+            return log.front().map(|first| bucket.window.saturating_sub(now.duration_since(*first)));
+        }
+        log.push_back(now);
+        None
+    }
+
     /// Takes one request of `route_class` on `major` (channel, guild or webhook id).
     pub fn take(
         &mut self,

@@ -17,6 +17,8 @@ use super::{RequestRecord, Shared};
 
 /// Interaction tokens work for 15 minutes.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
+/// How long Discord remembers an enforced nonce ("a few minutes").
+const NONCE_WINDOW: Duration = Duration::from_secs(5 * 60);
 /// An interaction must get its first response within 3 seconds.
 const FIRST_RESPONSE: Duration = Duration::from_secs(3);
 
@@ -35,6 +37,7 @@ type OpResult = Result<(u16, Value), ApiError>;
 
 pub(crate) async fn handle(
     State(shared): State<Arc<Shared>>,
+    axum::extract::ConnectInfo(conn): axum::extract::ConnectInfo<super::conn::Conn>,
     method: Method,
     uri: Uri,
     Query(query): Query<HashMap<String, String>>,
@@ -85,6 +88,7 @@ pub(crate) async fn handle(
     }
 
     let (class, major) = route_class(&shared, &op);
+    let mut after_commit = None;
     let verdict = {
         let mut limiter = shared.limiter.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let injected = shared.take_injected(&op.id);
@@ -103,8 +107,23 @@ pub(crate) async fn handle(
                 record(&shared, &method, path, &op.id, &json_body, status);
                 return error_response(err(status, 0, "injected failure"), None);
             }
+            Some(after @ (super::Injected::StatusAfterCommit(_) | super::Injected::DropAfterCommit)) => {
+                after_commit = Some(after);
+                Verdict::Exempt
+            }
             None => limiter.take(&shared.config.rate_limits, class, &major, !token_route, Instant::now()),
         }
+    };
+    let verdict = match verdict {
+        Verdict::Allowed(h) if op.id == "execute_webhook" => match webhook_channel_wait(&shared, &op) {
+            Some(retry_after) => Verdict::Limited {
+                headers: super::ratelimit::Headers { bucket: "webhook-channel".into(), ..h },
+                retry_after,
+                global: false,
+            },
+            None => Verdict::Allowed(h),
+        },
+        other => other,
     };
     let rl_headers = match verdict {
         Verdict::Limited { headers, retry_after, global } => {
@@ -124,6 +143,8 @@ pub(crate) async fn handle(
             h.insert("retry-after", HeaderValue::from(retry_after.as_secs_f64().ceil().max(1.0) as u64));
             if global {
                 h.insert("x-ratelimit-scope", HeaderValue::from_static("global"));
+            } else if headers.bucket == "webhook-channel" {
+                h.insert("x-ratelimit-scope", HeaderValue::from_static("shared"));
             }
             if global {
                 h.insert("x-ratelimit-global", HeaderValue::from_static("true"));
@@ -171,7 +192,24 @@ pub(crate) async fn handle(
         }
     };
     shared.changed.notify_waiters();
-    response
+    match after_commit {
+        Some(super::Injected::DropAfterCommit) => {
+            conn.cut();
+            response
+        }
+        Some(super::Injected::StatusAfterCommit(status)) => {
+            error_response(err(status, 0, "injected failure after commit"), None)
+        }
+        _ => response,
+    }
+}
+
+/// The hidden per-channel limit of webhook posts: how long to wait, when full.
+fn webhook_channel_wait(shared: &Shared, op: &crate::openapi::Operation) -> Option<Duration> {
+    let webhook: u64 = op.params.get("webhook_id")?.parse().ok()?;
+    let channel = shared.model().webhooks.get(&webhook)?.channel_id;
+    let mut limiter = shared.limiter.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    limiter.take_webhook_post(&shared.config.rate_limits, channel, Instant::now())
 }
 
 fn set_rate_headers(h: &mut HeaderMap, r: &super::ratelimit::Headers) {
@@ -313,6 +351,7 @@ fn new_message(
         pinged_everyone,
         edits: 0,
         created: model.now(),
+        nonce: None,
     }
 }
 
@@ -393,7 +432,12 @@ fn run(
                 }),
             ))
         }
-        "get_my_user" => Ok((200, model::user_json(model.bot.id, &model.bot.name, true, None))),
+        "get_my_user" => {
+            let mut me = model::user_json(model.bot.id, &model.bot.name, true, None);
+            me["mfa_enabled"] = false.into();
+            me["locale"] = "en-US".into();
+            Ok((200, me))
+        }
         "get_my_application" => Ok((
             200,
             json!({
@@ -415,7 +459,26 @@ fn run(
                 model.channels.get(&channel).map(|c| c.guild_id).ok_or_else(|| err(404, 10003, "Unknown Channel"))?;
             check_content(body)?;
             let author = bot_author(model);
-            let m = new_message(model, channel, author, body);
+            let nonce = match &body["nonce"] {
+                Value::String(n) => Some(n.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            };
+            // `enforce_nonce`: a second create with the same nonce by the same
+            // author in the same channel within minutes answers the first message.
+            if let Some(n) = nonce.as_ref().filter(|_| body["enforce_nonce"] == true) {
+                let now = model.now();
+                if let Some(first) = model.messages.values().find(|m| {
+                    m.channel_id == channel
+                        && m.author_id == author.0
+                        && m.nonce.as_ref() == Some(n)
+                        && now.duration_since(m.created).unwrap_or_default() < NONCE_WINDOW
+                }) {
+                    return Ok((200, model::message_json(first)));
+                }
+            }
+            let mut m = new_message(model, channel, author, body);
+            m.nonce = nonce;
             let json = model::message_json(&m);
             model.messages.insert(m.id, m);
             shared.dispatch_message(&json, guild);
