@@ -75,7 +75,14 @@ pub fn run(o: &CampaignOptions) -> anyhow::Result<serde_json::Value> {
             };
             let limited_before = fake.rate_limited();
             let start = Instant::now();
-            plan::build(&egress, &plans, p, v, fake.bot_user_id(), &report, None).await?;
+            let builder = den_campaigns::build::Builder {
+                egress: &egress,
+                plans: &plans,
+                bot: fake.bot_user_id(),
+                clock: &den_core::SystemClock,
+                progress: &report,
+            };
+            builder.run(p, v, None).await?;
             let wall = start.elapsed().as_secs_f64();
             stop.cancel();
             reporter.await?;

@@ -7,8 +7,10 @@
 //! and never holds up creation; a summary ends it.
 //!
 //! - [`template`]: templates (TOML) and the shipped default.
-//! - [`plan`]: the stored plan, the idempotent builder, progress and summary.
+//! - [`plan`]: the stored plan, progress and summary.
+//! - [`build`]: carrying a plan out exactly once, on nothing den did not make.
 
+pub mod build;
 pub mod plan;
 pub mod template;
 
@@ -23,7 +25,8 @@ use den_discord::{CommandSpec, Egress, IngressCx, InteractionRef, Module, Option
 use den_worker::{JobContext, JobError, JobHandler};
 use serde_json::{Value, json};
 
-use crate::plan::{BuildError, Gm, Plan, Plans, Status};
+use crate::build::{BuildError, Builder};
+use crate::plan::{Gm, Plan, Plans, Status};
 use crate::template::Template;
 
 /// Job kind: plan (if new) and build a campaign.
@@ -86,8 +89,8 @@ impl CampaignsModule {
             templates: all,
             progress_every: Duration::from_secs(1),
             manager_role,
+            http: download_client(&extra_hosts),
             extra_hosts,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default(),
         })
     }
 
@@ -120,14 +123,15 @@ impl CampaignsModule {
         let guild = iref.guild_id.ok_or_else(|| JobError::permanent("no guild"))?;
         let url = payload["url"].as_str().unwrap_or_default();
         let filename = payload["filename"].as_str().unwrap_or("template.toml");
-        let response = self.http.get(url).send().await.map_err(retry)?;
-        if !response.status().is_success() {
-            return self.finish(&iref, &format!("Cannot download {filename}: HTTP {}.", response.status())).await;
+        // Checked again here: a job's payload is not trusted because ingress checked it.
+        if !downloadable(url, &self.extra_hosts) {
+            return self.finish(&iref, "den only downloads attachments from Discord.").await;
         }
-        let bytes = response.bytes().await.map_err(retry)?;
-        if bytes.len() as u64 > MAX_TEMPLATE_BYTES {
-            return self.finish(&iref, &format!("{filename} is over {MAX_TEMPLATE_BYTES} bytes.")).await;
-        }
+        let bytes = match self.download(url).await {
+            Ok(b) => b,
+            Err(Download::Retry(e)) => return Err(retry(e)),
+            Err(Download::Refused(why)) => return self.finish(&iref, &format!("Cannot use {filename}: {why}.")).await,
+        };
         let text = String::from_utf8_lossy(&bytes);
         let answer = match Template::from_named_text(filename, &text) {
             Err(e) => format!("❌ {filename}: {e}"),
@@ -140,6 +144,33 @@ impl CampaignsModule {
             }
         };
         self.finish(&iref, &answer).await
+    }
+
+    /// Downloads an attachment: at most [`MAX_TEMPLATE_BYTES`], read in
+    /// pieces so a bigger body is never held whole, redirects followed only
+    /// to Discord's hosts.
+    async fn download(&self, url: &str) -> Result<Vec<u8>, Download> {
+        let mut response = self.http.get(url).send().await.map_err(|e| {
+            if e.is_redirect() {
+                Download::Refused("it redirects away from Discord".into())
+            } else {
+                Download::Retry(e.to_string())
+            }
+        })?;
+        if response.status().is_redirection() {
+            return Err(Download::Refused("it redirects away from Discord".into()));
+        }
+        if !response.status().is_success() {
+            return Err(Download::Refused(format!("HTTP {}", response.status())));
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| Download::Retry(e.to_string()))? {
+            if (bytes.len() + chunk.len()) as u64 > MAX_TEMPLATE_BYTES {
+                return Err(Download::Refused(format!("it is over {MAX_TEMPLATE_BYTES} bytes")));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
     }
 
     async fn build_job(&self, payload: &Value) -> Result<(), JobError> {
@@ -162,6 +193,14 @@ impl CampaignsModule {
             None => {
                 let mut plan = Plan::new(guild, &name, gm, &template, now);
                 plan.interaction = Some(iref.clone());
+                let taken = build::names_in_use(&self.egress, &plan).await.map_err(retry)?;
+                if let Some(first) = taken.first() {
+                    let text = format!(
+                        "This server already has a role or category called **{first}**. den only builds what it \
+                         can call its own: pick another campaign name."
+                    );
+                    return self.finish(&iref, &text).await;
+                }
                 if !self.plans.create(&plan).await.map_err(retry)? {
                     return self.finish(&iref, &format!("There is already a campaign called **{name}** here.")).await;
                 }
@@ -196,8 +235,9 @@ impl CampaignsModule {
         let report = |p: &Plan, last: &str| {
             *latest.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(plan::progress_text(p, last));
         };
-        let bot = self.egress.bot_user_id();
-        let outcome = plan::build(&self.egress, &self.plans, plan.clone(), version, bot, &report, None).await;
+        let bot = self.bot_user().await?;
+        let builder = Builder { egress: &self.egress, plans: &self.plans, bot, clock: &*self.clock, progress: &report };
+        let outcome = builder.run(plan.clone(), version, None).await;
         stop.cancel();
         let _ = reporter.await;
         match outcome {
@@ -231,7 +271,7 @@ impl CampaignsModule {
             return self.finish(&iref, &format!("There is no campaign called **{name}**.")).await;
         };
         if kind == DELETE {
-            let gone = plan::tear_down(&self.egress, &plan).await.map_err(retry)?;
+            let gone = build::tear_down(&self.egress, &plan).await.map_err(retry)?;
             self.plans.remove(guild, name).await.map_err(retry)?;
             self.finish(
                 &iref,
@@ -239,7 +279,8 @@ impl CampaignsModule {
             )
             .await
         } else {
-            plan::archive(&self.egress, &plan, self.egress.bot_user_id()).await.map_err(retry)?;
+            let bot = self.bot_user().await?;
+            build::archive(&self.egress, &self.plans, &*self.clock, &plan, bot).await.map_err(retry)?;
             plan.status = Status::Archived;
             self.plans.save(&plan, version).await.map_err(retry)?;
             self.finish(
@@ -252,6 +293,14 @@ impl CampaignsModule {
 
     async fn finish(&self, iref: &InteractionRef, text: &str) -> Result<(), JobError> {
         finish_interaction(&self.egress, &*self.clock, iref, text).await.map_err(retry)
+    }
+
+    /// den's bot user id, which private channels show to (asked from Discord if not yet known).
+    async fn bot_user(&self) -> Result<u64, JobError> {
+        match self.egress.bot_user_id() {
+            0 => self.egress.learn_bot_user().await.map_err(retry),
+            id => Ok(id),
+        }
     }
 }
 
@@ -452,6 +501,28 @@ impl CampaignsModule {
         let job = Job::builder(DELETE, cx.now).guild(i.guild_id.unwrap_or(0)).payload(payload).build();
         Reaction { ack: den_discord::Ack::UpdateMessage { content: format!("Deleting **{key}**…") }, jobs: vec![job] }
     }
+}
+
+/// Why a download did not give a template.
+enum Download {
+    /// A passing failure: try again later.
+    Retry(String),
+    /// Den will not use it (said to the person).
+    Refused(String),
+}
+
+/// The client attachments are downloaded with: 10 s, and redirects only
+/// between hosts den downloads from.
+fn download_client(extra_hosts: &[String]) -> reqwest::Client {
+    let hosts = extra_hosts.to_vec();
+    let policy = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() < 3 && downloadable(attempt.url().as_str(), &hosts) {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    });
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).redirect(policy).build().unwrap_or_default()
 }
 
 /// Whether den may download from `url`: Discord's attachment hosts over

@@ -1,14 +1,12 @@
-//! A campaign's plan, stored before anything is created, and carried out
-//! step by step, each step idempotent: a crash or a retry resumes where it
-//! stopped without creating anything twice.
+//! A campaign's plan, stored before anything is created: its steps, the ids
+//! of what they made, and where it stands; progress text and the summary.
+//! [`crate::build`] carries it out.
 
 use std::sync::Arc;
 
 use den_core::Timestamp;
-use den_discord::guild::{
-    CONNECT, ChannelInfo, ChannelKind, NewChannel, Overwrite, SEND_MESSAGES, Target, VIEW_CHANNEL, channel_name,
-};
-use den_discord::{DiscordError, Egress, InteractionRef};
+use den_discord::InteractionRef;
+use den_discord::guild::{CONNECT, ChannelKind, Overwrite, SEND_MESSAGES, Target, VIEW_CHANNEL};
 use den_storage::{Condition, Put, Query, SkCondition, StoreErrorKind, StoreResult, Table, TableSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -61,6 +59,10 @@ pub struct Step {
     pub name: String,
     /// The id of what it made.
     pub id: Option<u64>,
+    /// When it was first attempted (den's clock): only what was created
+    /// after this may be taken as the step's own when its id was not saved.
+    #[serde(default)]
+    pub attempted: Option<Timestamp>,
 }
 
 /// Where a campaign stands.
@@ -120,11 +122,16 @@ impl Plan {
     /// The plan for `name` from `template`.
     #[must_use]
     pub fn new(guild: u64, name: &str, gm: Gm, template: &Template, now: Timestamp) -> Self {
-        let mut steps = vec![Step { kind: StepKind::MembersRole, name: fill(&template.members_role, name), id: None }];
+        let mut steps = vec![Step {
+            kind: StepKind::MembersRole,
+            name: fill(&template.members_role, name),
+            id: None,
+            attempted: None,
+        }];
         if gm == Gm::Role {
-            steps.push(Step { kind: StepKind::GmRole, name: fill(&template.gm_role, name), id: None });
+            steps.push(Step { kind: StepKind::GmRole, name: fill(&template.gm_role, name), id: None, attempted: None });
         }
-        steps.push(Step { kind: StepKind::Category, name: fill(&template.category, name), id: None });
+        steps.push(Step { kind: StepKind::Category, name: fill(&template.category, name), id: None, attempted: None });
         for c in &template.channels {
             steps.push(Step {
                 kind: StepKind::Channel {
@@ -135,6 +142,7 @@ impl Plan {
                 },
                 name: fill(&c.name, name),
                 id: None,
+                attempted: None,
             });
         }
         Self {
@@ -149,13 +157,13 @@ impl Plan {
         }
     }
 
-    fn id_of(&self, kind: &StepKind) -> Option<u64> {
+    pub(crate) fn id_of(&self, kind: &StepKind) -> Option<u64> {
         self.steps.iter().find(|s| s.kind == *kind).and_then(|s| s.id)
     }
 
     /// The overwrites of the category and its channels; GM-only channels
     /// hide from @everyone and the members, and show to the GM and den.
-    fn overwrites(&self, bot: u64, private: bool) -> Vec<Overwrite> {
+    pub(crate) fn overwrites(&self, bot: u64, private: bool) -> Vec<Overwrite> {
         let members = self.id_of(&StepKind::MembersRole).unwrap_or(0);
         let gm = match self.gm {
             Gm::Role => Target::Role(self.id_of(&StepKind::GmRole).unwrap_or(0)),
@@ -240,6 +248,24 @@ impl Plans {
         Ok(page.items.into_iter().filter_map(|i| serde_json::from_value(Value::Object(i.attrs)).ok()).collect())
     }
 
+    /// The guild's archive category as den recorded it: its id once made, and
+    /// when den first tried to make it.
+    pub async fn archive_category(&self, guild: u64) -> StoreResult<(Option<u64>, Option<Timestamp>)> {
+        let item = self.table.get(&Self::pk(guild), "archive").await?;
+        let attr = |k: &str| item.as_ref().and_then(|i| i.attrs.get(k)).and_then(Value::as_i64);
+        Ok((attr("id").and_then(|n| u64::try_from(n).ok()), attr("attempted").map(Timestamp)))
+    }
+
+    /// Records the archive category's id (or, with `None`, that den is about to make it at `attempted`).
+    pub async fn set_archive_category(&self, guild: u64, id: Option<u64>, attempted: Timestamp) -> StoreResult<()> {
+        let mut attrs = serde_json::Map::new();
+        attrs.insert("attempted".into(), attempted.0.into());
+        if let Some(id) = id {
+            attrs.insert("id".into(), id.into());
+        }
+        self.table.put(Put::new(Self::pk(guild), "archive", attrs)).await.map(|_| ())
+    }
+
     /// Stores a guild's own template (replacing one of the same name).
     pub async fn save_template(&self, guild: u64, template: &Template) -> StoreResult<()> {
         let attrs = serde_json::to_value(template).ok().and_then(|v| v.as_object().cloned()).unwrap_or_default();
@@ -253,200 +279,8 @@ impl Plans {
     }
 }
 
-/// Why building stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// Discord refused a step for good (after retries).
-    #[error("step {step:?} failed: {source}")]
-    Step {
-        /// The step's name.
-        step: String,
-        /// Discord's answer.
-        source: DiscordError,
-    },
-    /// Discord could not be reached or kept failing; the job should be retried.
-    #[error("Discord unavailable: {0}")]
-    Transient(DiscordError),
-    /// The store failed.
-    #[error("store: {0}")]
-    Store(#[from] den_storage::StoreError),
-}
-
-/// Carries out the plan's remaining steps, saving each id as soon as it
-/// exists. Each step first looks for what an interrupted run may already
-/// have made (by stored id, then by name under the category). `progress` is
-/// told after each step. `stop_after` ends the run after that many steps
-/// (tests use it to stand for a crash).
-pub async fn build(
-    egress: &Egress,
-    plans: &Plans,
-    mut plan: Plan,
-    mut version: u64,
-    bot: u64,
-    progress: &(dyn Fn(&Plan, &str) + Send + Sync),
-    stop_after: Option<usize>,
-) -> Result<Plan, BuildError> {
-    let guild = plan.guild;
-    let fail = |step: &str, e: DiscordError| {
-        use den_discord::DiscordErrorKind as K;
-        if matches!(e.kind(), K::RateLimited | K::Server | K::Transport) {
-            BuildError::Transient(e)
-        } else {
-            BuildError::Step { step: step.to_owned(), source: e }
-        }
-    };
-    let mut existing: Option<Vec<ChannelInfo>> = None;
-    let mut roles = None;
-    let mut done_now = 0;
-    for i in 0..plan.steps.len() {
-        if plan.steps[i].id.is_some() {
-            continue;
-        }
-        if stop_after.is_some_and(|n| done_now >= n) {
-            return Ok(plan);
-        }
-        let step = plan.steps[i].clone();
-        let id = match &step.kind {
-            StepKind::MembersRole | StepKind::GmRole => {
-                if roles.is_none() {
-                    roles = Some(egress.list_roles(guild).await.map_err(|e| fail(&step.name, e))?);
-                }
-                match roles.as_ref().and_then(|r| r.iter().find(|r| r.name == step.name)) {
-                    Some(r) => r.id,
-                    None => egress.create_role(guild, &step.name).await.map_err(|e| fail(&step.name, e))?.id,
-                }
-            }
-            StepKind::Category | StepKind::Channel { .. } => {
-                if existing.is_none() {
-                    existing = Some(egress.list_channels(guild).await.map_err(|e| fail(&step.name, e))?);
-                }
-                let parent = plan.id_of(&StepKind::Category);
-                let (kind, topic, private, tags) = match &step.kind {
-                    StepKind::Channel { kind, topic, private, tags } => (*kind, topic.clone(), *private, tags.clone()),
-                    _ => (ChannelKind::Category, None, false, vec![]),
-                };
-                let wanted = channel_name(&step.name, kind);
-                let under = if kind == ChannelKind::Category { None } else { parent };
-                let found = existing.as_ref().and_then(|all| {
-                    all.iter().find(|c| c.name == wanted && c.kind == u64::from(kind.code()) && c.parent == under)
-                });
-                match found {
-                    Some(c) => c.id,
-                    None => {
-                        let new = NewChannel {
-                            name: step.name.clone(),
-                            kind: Some(kind),
-                            topic,
-                            parent: under,
-                            position: Some(u32::try_from(i).unwrap_or(0)),
-                            overwrites: plan.overwrites(bot, private),
-                            tags,
-                        };
-                        egress.create_channel(guild, &new).await.map_err(|e| fail(&step.name, e))?.id
-                    }
-                }
-            }
-        };
-        plan.steps[i].id = Some(id);
-        version = save(plans, &mut plan, version).await?;
-        done_now += 1;
-        progress(&plan, &step.name);
-    }
-    plan.status = Status::Done;
-    save(plans, &mut plan, version).await?;
-    Ok(plan)
-}
-
-/// Saves, merging with a concurrent writer's ids if the version moved.
-async fn save(plans: &Plans, plan: &mut Plan, version: u64) -> Result<u64, BuildError> {
-    match plans.save(plan, version).await {
-        Ok(v) => Ok(v),
-        Err(e) if e.kind() == StoreErrorKind::ConditionFailed => {
-            let Some((mut stored, v)) = plans.get(plan.guild, &plan.name).await? else { return Err(e.into()) };
-            for (mine, theirs) in plan.steps.iter().zip(stored.steps.iter_mut()) {
-                if theirs.id.is_none() {
-                    theirs.id = mine.id;
-                }
-            }
-            stored.status = plan.status;
-            *plan = stored;
-            Ok(plans.save(plan, v).await?)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Deletes what a campaign made, by stored id: channels, then the category,
-/// then the roles. Anything already gone is fine. Returns how many went.
-pub async fn tear_down(egress: &Egress, plan: &Plan) -> Result<usize, DiscordError> {
-    let mut gone = 0;
-    let order = |s: &Step| match s.kind {
-        StepKind::Channel { .. } => 0,
-        StepKind::Category => 1,
-        StepKind::MembersRole | StepKind::GmRole => 2,
-    };
-    let mut steps: Vec<&Step> = plan.steps.iter().filter(|s| s.id.is_some()).collect();
-    steps.sort_by_key(|s| order(s));
-    for s in steps {
-        let id = s.id.unwrap_or(0);
-        let deleted = match s.kind {
-            StepKind::MembersRole | StepKind::GmRole => egress.delete_role(plan.guild, id).await?,
-            _ => egress.delete_channel(id).await?,
-        };
-        gone += usize::from(deleted);
-    }
-    Ok(gone)
-}
-
 /// The name of the category archived campaigns move under.
 pub const ARCHIVE_CATEGORY: &str = "Archived Campaigns";
-
-/// Makes a campaign read-only and moves its channels under the archive
-/// category (found or created, hidden from @everyone), then deletes the
-/// campaign's own category. GM-only channels stay GM-only.
-pub async fn archive(egress: &Egress, plan: &Plan, bot: u64) -> Result<(), DiscordError> {
-    let channels = egress.list_channels(plan.guild).await?;
-    let archive = match channels.iter().find(|c| c.kind == 4 && c.name == ARCHIVE_CATEGORY) {
-        Some(c) => c.id,
-        None => {
-            let hidden = vec![
-                Overwrite { target: Target::Role(plan.guild), allow: 0, deny: VIEW_CHANNEL },
-                Overwrite { target: Target::Member(bot), allow: VIEW_CHANNEL, deny: 0 },
-            ];
-            let new = NewChannel {
-                name: ARCHIVE_CATEGORY.into(),
-                kind: Some(ChannelKind::Category),
-                overwrites: hidden,
-                ..NewChannel::default()
-            };
-            egress.create_channel(plan.guild, &new).await?.id
-        }
-    };
-    let members = plan.id_of(&StepKind::MembersRole).unwrap_or(0);
-    let write = SEND_MESSAGES
-        | den_discord::guild::SEND_MESSAGES_IN_THREADS
-        | den_discord::guild::CREATE_PUBLIC_THREADS
-        | CONNECT;
-    for s in &plan.steps {
-        let (StepKind::Channel { private, .. }, Some(id)) = (&s.kind, s.id) else { continue };
-        let mut overwrites = plan.overwrites(bot, *private);
-        for o in &mut overwrites {
-            if o.target == Target::Role(members) && !*private {
-                o.allow = VIEW_CHANNEL;
-                o.deny = write;
-            }
-        }
-        match egress.update_channel(id, Some(archive), Some(&overwrites)).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == den_discord::DiscordErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    if let Some(category) = plan.id_of(&StepKind::Category) {
-        egress.delete_channel(category).await?;
-    }
-    Ok(())
-}
 
 /// The 20-cell progress text.
 #[must_use]

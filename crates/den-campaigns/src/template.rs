@@ -196,11 +196,13 @@ impl Template {
                 return Err(format!("channel[{i}].name: {name:?} appears twice"));
             }
         }
+        // With the campaign's name in them, a template's role and category can
+        // never be named like the server's own ("Moderators", "Text Channels").
         for (field, v) in
             [("members_role", &self.members_role), ("gm_role", &self.gm_role), ("category", &self.category)]
         {
-            if v.trim().is_empty() {
-                return Err(format!("{field}: empty"));
+            if !v.contains("{name}") {
+                return Err(format!("{field}: must contain {{name}}, the campaign's name (e.g. \"{{name}} Players\")"));
             }
         }
         Ok(())
@@ -246,6 +248,14 @@ mod tests {
             ("name = \"x\"\n[[channel]]\nname = \"a\"\n[[channel]]\nname = \"A\"\n", "channel[1].name"),
             ("name = \"x\"\n[[channel]]\nname = \"a\"\nkind = \"category\"\n", "channel[0].kind"),
             ("name = \"x\"\n[[channel]]\nname = \"a\"\nkind = \"stage\"\n", "unknown variant"),
+            (
+                "name = \"x\"\nmembers_role = \"Moderators\"\n[[channel]]\nname = \"a\"\n",
+                "members_role: must contain {name}",
+            ),
+            (
+                "name = \"x\"\ncategory = \"Text Channels\"\n[[channel]]\nname = \"a\"\n",
+                "category: must contain {name}",
+            ),
         ];
         for (text, expected) in cases {
             let e = Template::from_toml(text).unwrap_err();

@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use den_campaigns::build::{self, Builder, Stop};
 use den_campaigns::plan::{self, Gm, Plan, Plans, Status};
 use den_campaigns::template::Template;
 use den_core::{Secret, SystemClock};
-use den_discord::guild::{NewChannel, VIEW_CHANNEL};
+use den_discord::guild::{ChannelKind, NewChannel, VIEW_CHANNEL};
 use den_discord::{Egress, EgressConfig};
 use den_storage::Store;
 use den_storage::sqlite::{SqliteOptions, SqliteStore};
@@ -40,12 +41,40 @@ async fn rig(rate_limits: RateLimits) -> Rig {
     Rig { fake, egress, plans, guild, _dir: dir }
 }
 
+/// Builds the rest of `plan` as a worker would, stopping at `stop`.
+async fn run(
+    r: &Rig,
+    plan: Plan,
+    version: u64,
+    stop: Option<Stop>,
+    report: &(dyn Fn(&Plan, &str) + Send + Sync),
+) -> Plan {
+    let builder = Builder {
+        egress: &r.egress,
+        plans: &r.plans,
+        bot: r.fake.bot_user_id(),
+        clock: &SystemClock,
+        progress: report,
+    };
+    builder.run(plan, version, stop).await.unwrap()
+}
+
 fn fast() -> RateLimits {
     RateLimits { guild_writes: Bucket::new(50, Duration::from_secs(1)), ..RateLimits::default() }
 }
 
 async fn planned(r: &Rig, name: &str, gm: Gm) -> (Plan, u64) {
-    let plan = Plan::new(r.guild, name, gm, &Template::default_template(), den_core::Timestamp(0));
+    let mut plan = Plan::new(r.guild, name, gm, &Template::default_template(), den_core::Timestamp(0));
+    // Asked for now: the interaction's snowflake dates the campaign by Discord's clock.
+    let now = den_core::Clock::now(&SystemClock);
+    plan.interaction = Some(den_discord::InteractionRef {
+        id: den_discord::snowflake_at(now),
+        token: "t".into(),
+        channel_id: None,
+        guild_id: Some(r.guild),
+        user_id: None,
+        created_at: now,
+    });
     assert!(r.plans.create(&plan).await.unwrap());
     r.plans.get(r.guild, name).await.unwrap().unwrap()
 }
@@ -91,7 +120,7 @@ async fn the_default_template_is_built_whole_under_a_private_category_without_a_
     let (p, v) = planned(&r, "Dragonfall", Gm::Role).await;
     let reports = std::sync::Mutex::new(Vec::new());
     let report = |p: &Plan, last: &str| reports.lock().unwrap().push(plan::progress_text(p, last));
-    let done = plan::build(&r.egress, &r.plans, p, v, r.fake.bot_user_id(), &report, None).await.unwrap();
+    let done = run(&r, p, v, None, &report).await;
     assert_eq!(done.status, Status::Done);
     assert_eq!(r.fake.rate_limited(), 0);
     let reports = reports.into_inner().unwrap();
@@ -130,7 +159,7 @@ async fn a_named_gm_member_gets_the_private_channels_instead_of_a_role() {
     let r = rig(fast()).await;
     let gm_user = r.fake.add_user("gm");
     let (p, v) = planned(&r, "Solo", Gm::User(gm_user)).await;
-    plan::build(&r.egress, &r.plans, p, v, r.fake.bot_user_id(), &|_, _| {}, None).await.unwrap();
+    run(&r, p, v, None, &|_, _| {}).await;
     assert!(r.fake.roles(r.guild).iter().all(|x| x.name != "Solo GM"), "no GM role");
     let channels = r.fake.channels(r.guild);
     let notes = channels.iter().find(|c| c.name == "gm-notes").unwrap();
@@ -145,13 +174,12 @@ async fn a_crash_after_any_step_resumes_to_exactly_the_templates_channels() {
         let r = rig(fast()).await;
         let name = format!("Crash {k}");
         let (p, v) = planned(&r, &name, Gm::Role).await;
-        let partial = plan::build(&r.egress, &r.plans, p, v, r.fake.bot_user_id(), &|_, _| {}, Some(k)).await.unwrap();
+        let partial = run(&r, p, v, Some(Stop::Before(k)), &|_, _| {}).await;
         assert_eq!(partial.progress().0, k);
         // The process died; a retried job reads the stored plan and goes on.
         let (stored, version) = r.plans.get(r.guild, &name).await.unwrap().unwrap();
         assert_eq!(stored.progress().0, k, "each id is stored as soon as it exists");
-        let done =
-            plan::build(&r.egress, &r.plans, stored, version, r.fake.bot_user_id(), &|_, _| {}, None).await.unwrap();
+        let done = run(&r, stored, version, None, &|_, _| {}).await;
         assert_eq!(done.progress(), (14, 14));
         let channels = r.fake.channels(r.guild);
         assert_eq!(channels.iter().filter(|c| c.kind == 4).count(), 1, "k={k}: one category");
@@ -166,20 +194,97 @@ async fn a_crash_after_any_step_resumes_to_exactly_the_templates_channels() {
 
 #[tokio::test]
 async fn a_step_created_on_discord_but_not_recorded_is_found_by_name_not_made_twice() {
+    for k in [0usize, 2, 5, 12] {
+        let r = rig(fast()).await;
+        let (p, v) = planned(&r, "Lost Ids", Gm::Role).await;
+        // Step k+1 was created on Discord, then the process died before saving its id.
+        let partial = run(&r, p, v, Some(Stop::AfterCreating(k)), &|_, _| {}).await;
+        let lost = partial.steps.iter().find(|s| s.id.is_none()).unwrap().name.clone();
+        let (stored, version) = r.plans.get(r.guild, "Lost Ids").await.unwrap().unwrap();
+        assert!(
+            stored.steps.iter().find(|s| s.name == lost).unwrap().attempted.is_some(),
+            "the attempt was saved first"
+        );
+        let done = run(&r, stored, version, None, &|_, _| {}).await;
+        assert_eq!(done.progress(), (14, 14));
+        let channels = r.fake.channels(r.guild);
+        let named = |n: &str| {
+            channels.iter().filter(|c| c.name.eq_ignore_ascii_case(n)).count()
+                + r.fake.roles(r.guild).iter().filter(|x| x.name == n).count()
+        };
+        assert_eq!(named(&lost), 1, "k={k}: {lost} adopted, not duplicated");
+        assert_eq!(channels.len(), 12, "k={k}");
+    }
+}
+
+#[tokio::test]
+async fn a_campaign_never_adopts_a_role_or_category_the_server_already_had() {
     let r = rig(fast()).await;
-    let (p, v) = planned(&r, "Lost Ids", Gm::Role).await;
-    let partial = plan::build(&r.egress, &r.plans, p, v, r.fake.bot_user_id(), &|_, _| {}, Some(5)).await.unwrap();
-    // Step 6 ("maps-and-visuals"... whichever is next) was created, then the process died before saving its id.
-    let next = partial.steps.iter().find(|s| s.id.is_none()).unwrap().name.clone();
-    let category = partial.steps.iter().find(|s| s.kind == plan::StepKind::Category).unwrap().id;
+    // The server's own objects, named as the plan's steps will be.
+    let theirs_role = r.egress.create_role(r.guild, "Old Members").await.unwrap().id;
+    let theirs_category = r
+        .egress
+        .create_channel(
+            r.guild,
+            &NewChannel { name: "Old".into(), kind: Some(ChannelKind::Category), ..NewChannel::default() },
+        )
+        .await
+        .unwrap()
+        .id;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (p, v) = planned(&r, "Old", Gm::Role).await;
+    // A crash right after the category step's create, so the resumed run looks for it by name.
+    let partial = run(&r, p, v, Some(Stop::AfterCreating(2)), &|_, _| {}).await;
+    assert_eq!(partial.progress().0, 2);
+    let (stored, version) = r.plans.get(r.guild, "Old").await.unwrap().unwrap();
+    let done = run(&r, stored, version, None, &|_, _| {}).await;
+    let mine: Vec<u64> = done.steps.iter().filter_map(|s| s.id).collect();
+    assert!(!mine.contains(&theirs_role) && !mine.contains(&theirs_category), "the server's objects are not den's");
+    let categories: Vec<_> = r.fake.channels(r.guild).into_iter().filter(|c| c.kind == 4).collect();
+    assert_eq!(categories.len(), 2, "the server's category and den's one");
+    let ours = categories.iter().find(|c| c.id != theirs_category).unwrap();
+    assert_eq!(r.fake.channels(r.guild).iter().filter(|c| c.parent_id == Some(ours.id)).count(), 11);
+    assert_eq!(r.fake.channels(r.guild).iter().filter(|c| c.parent_id == Some(theirs_category)).count(), 0);
+    // Deleting the campaign deletes only what den made.
+    build::tear_down(&r.egress, &done).await.unwrap();
+    assert!(r.fake.roles(r.guild).iter().any(|x| x.id == theirs_role));
+    assert_eq!(r.fake.channels(r.guild).iter().map(|c| c.id).collect::<Vec<_>>(), vec![theirs_category]);
+}
+
+#[tokio::test]
+async fn the_names_a_plan_would_take_from_the_server_are_found_before_anything_is_built() {
+    let r = rig(fast()).await;
+    r.egress.create_role(r.guild, "dragonfall members").await.unwrap();
     r.egress
-        .create_channel(r.guild, &NewChannel { name: next.clone(), parent: category, ..NewChannel::default() })
+        .create_channel(
+            r.guild,
+            &NewChannel { name: "Text Channels".into(), kind: Some(ChannelKind::Category), ..NewChannel::default() },
+        )
         .await
         .unwrap();
-    let (stored, version) = r.plans.get(r.guild, "Lost Ids").await.unwrap().unwrap();
-    plan::build(&r.egress, &r.plans, stored, version, r.fake.bot_user_id(), &|_, _| {}, None).await.unwrap();
-    let same: Vec<_> = r.fake.channels(r.guild).into_iter().filter(|c| c.name == next).collect();
-    assert_eq!(same.len(), 1, "{next} adopted, not duplicated");
+    let plan = |name: &str| Plan::new(r.guild, name, Gm::Role, &Template::default_template(), den_core::Timestamp(0));
+    assert_eq!(build::names_in_use(&r.egress, &plan("Dragonfall")).await.unwrap(), ["Dragonfall Members"]);
+    assert_eq!(build::names_in_use(&r.egress, &plan("Text Channels")).await.unwrap(), ["Text Channels"]);
+    assert!(build::names_in_use(&r.egress, &plan("Fresh")).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_adopted_private_channel_gets_the_plans_overwrites_again() {
+    let r = rig(fast()).await;
+    let (p, v) = planned(&r, "Secrets", Gm::Role).await;
+    let gm_notes = p.steps.iter().position(|s| s.name == "gm-notes").unwrap();
+    let partial = run(&r, p, v, Some(Stop::AfterCreating(gm_notes)), &|_, _| {}).await;
+    assert!(partial.steps[gm_notes].id.is_none());
+    // Meanwhile someone opened the new channel to everyone.
+    let made = r.fake.channels(r.guild).into_iter().find(|c| c.name == "gm-notes").unwrap();
+    r.egress.update_channel(made.id, None, Some(&[])).await.unwrap();
+    let (stored, version) = r.plans.get(r.guild, "Secrets").await.unwrap().unwrap();
+    let done = run(&r, stored, version, None, &|_, _| {}).await;
+    assert_eq!(done.steps[gm_notes].id, Some(made.id));
+    let notes = r.fake.channels(r.guild).into_iter().find(|c| c.id == made.id).unwrap();
+    let members = r.fake.roles(r.guild).iter().find(|x| x.name == "Secrets Members").unwrap().id;
+    assert!(!visible_to(&notes.overwrites, r.guild, &[members], 5), "private again");
+    assert!(visible_to(&notes.overwrites, r.guild, &[], r.fake.bot_user_id()), "den (its bot user) still sees it");
 }
 
 #[tokio::test]

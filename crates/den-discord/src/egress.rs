@@ -585,7 +585,7 @@ impl Egress {
         let earliest = since.as_millis().saturating_sub(2_000);
         Ok(list.as_array().into_iter().flatten().find_map(|m| {
             let mid: u64 = m["id"].as_str()?.parse().ok()?;
-            let created = i64::try_from((mid >> 22) + crate::router::DISCORD_EPOCH_MS).ok()?;
+            let created = crate::snowflake_time(mid).as_millis();
             let by = match poster {
                 Poster::Webhook { id, name } => {
                     m["webhook_id"].as_str() == Some(id.to_string().as_str()) && m["author"]["username"] == *name

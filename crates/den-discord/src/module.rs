@@ -186,7 +186,7 @@ impl InteractionRef {
     #[must_use]
     pub fn of(i: &InboundInteraction, now: Timestamp) -> Self {
         // The interaction id is a snowflake: its creation time is in its top bits.
-        let created = Timestamp(i64::try_from((i.id >> 22) + 1_420_070_400_000).unwrap_or(now.0).min(now.0));
+        let created = Timestamp(crate::snowflake_time(i.id).0.min(now.0));
         Self {
             id: i.id,
             token: i.token.clone(),

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use den_core::{Clock, Job, Timestamp};
+use den_core::{Clock, Job};
 use den_ops::Metrics;
 use den_storage::StoreResult;
 use den_worker::Backoff;
@@ -17,8 +17,6 @@ use crate::events::{InboundInteraction, InboundMessage, InteractionKind};
 use crate::module::{IngressCx, InteractionRef, Module, Reaction};
 use crate::{Ack, Egress};
 
-/// Discord's epoch (2015-01-01) in Unix milliseconds: snowflakes count from it.
-pub const DISCORD_EPOCH_MS: u64 = 1_420_070_400_000;
 /// Discord waits this long for the first response to an interaction.
 pub const ACK_WINDOW: Duration = Duration::from_secs(3);
 /// Waits between attempts to enqueue an interaction's jobs while the store fails.
@@ -195,7 +193,7 @@ impl Router {
     /// Time left of Discord's 3 s for the first response to interaction `id`
     /// (its creation time is in the snowflake), at least enough for one try.
     fn time_left_to_ack(&self, id: u64) -> Duration {
-        let created = Timestamp(i64::try_from((id >> 22) + DISCORD_EPOCH_MS).unwrap_or(i64::MAX));
+        let created = crate::snowflake_time(id);
         ACK_WINDOW.saturating_sub(self.clock.now().since(created)).max(Duration::from_millis(500))
     }
 

@@ -268,3 +268,24 @@ fn a_template_attached_to_campaign_template_is_checked_saved_and_used() {
     assert!(["planning-room", "getaway-van", "inside-man"].iter().all(|n| channels.iter().any(|c| c.name == *n)));
     assert!(discord.fake.violations().is_empty());
 }
+
+#[test]
+fn a_campaign_named_like_the_servers_own_category_or_role_is_refused_and_nothing_is_built() {
+    let discord = fast_discord();
+    discord.fake.add_category(discord.guild, "Text Channels");
+    let moderators = discord.fake.add_role(discord.guild, "Staff Members");
+    let (_scratch, _den) = start_den(&discord, &[]);
+    let before = (discord.fake.channels(discord.guild).len(), discord.fake.roles(discord.guild).len());
+    for name in ["text channels", "Staff"] {
+        let token = invoke(&discord, "add-campaign", &[CommandOption::string("name", name)]);
+        let text = answer(&discord, &token, "already has a role or category");
+        assert!(text.contains("pick another campaign name"), "{text}");
+    }
+    let after = (discord.fake.channels(discord.guild).len(), discord.fake.roles(discord.guild).len());
+    assert_eq!(after, before, "nothing built, nothing adopted");
+    // And deleting a campaign of that name finds nothing to delete.
+    let t = invoke(&discord, "delete-campaign", &[CommandOption::string("name", "Staff")]);
+    let (_, data) = ack(&discord, &t);
+    assert!(data["content"].as_str().unwrap().contains("no campaign called"), "{data}");
+    assert!(discord.fake.roles(discord.guild).iter().any(|r| r.id == moderators));
+}

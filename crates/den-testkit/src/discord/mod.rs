@@ -362,6 +362,24 @@ impl FakeDiscord {
 
     /// Adds a text channel.
     pub fn add_text_channel(&self, guild: u64, name: &str) -> u64 {
+        self.add_channel(guild, name, 0)
+    }
+
+    /// Adds a category (channel type 4), as servers have ("Text Channels").
+    pub fn add_category(&self, guild: u64, name: &str) -> u64 {
+        self.add_channel(guild, name, 4)
+    }
+
+    /// Adds a role to a guild, as its admins would.
+    pub fn add_role(&self, guild: u64, name: &str) -> u64 {
+        let mut m = self.shared.model();
+        let id = m.snowflake();
+        let position = m.roles.values().filter(|r| r.guild_id == guild).count() as i64;
+        m.roles.insert(id, Role { id, guild_id: guild, name: name.into(), permissions: "0".into(), position });
+        id
+    }
+
+    fn add_channel(&self, guild: u64, name: &str, kind: u8) -> u64 {
         let mut m = self.shared.model();
         let id = m.snowflake();
         m.channels.insert(
@@ -369,7 +387,7 @@ impl FakeDiscord {
             Channel {
                 id,
                 guild_id: guild,
-                kind: 0,
+                kind,
                 name: name.into(),
                 topic: None,
                 parent_id: None,
