@@ -11,7 +11,7 @@ use den_discord::{Egress, EgressConfig, Module, Router};
 use den_llm::openai::OpenAiCompatible;
 use den_llm::{ChatModel, ProviderConfig};
 use den_ops::Metrics;
-use den_personas::memory::MemoryStore;
+use den_personas::memory::{Memory as _, MemoryStore, SqliteMemory};
 use den_personas::module::Deps;
 use den_personas::{Models, Persona, PersonaSet, PersonasConfig, PersonasModule};
 use den_storage::sqlite::{SqliteOptions, SqliteStore};
@@ -121,7 +121,7 @@ pub fn recall(o: &RecallOptions) -> anyhow::Result<serde_json::Value> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
         let dir = tempfile::tempdir()?;
-        let memory = MemoryStore::open(&dir.path().join("memory.db"))?;
+        let memory = SqliteMemory::open(&dir.path().join("memory.db"))?;
         let now = SystemClock.now();
         let (facts, people) = (o.facts, o.people.max(1));
         let load = Instant::now();
@@ -215,7 +215,9 @@ pub fn persona(o: &PersonaOptions) -> anyhow::Result<serde_json::Value> {
         let config = PersonasConfig { user_per_minute: 100_000, channel_per_minute: 100_000, ..PersonasConfig::default() };
         let module = PersonasModule::new(Deps {
             egress: egress.clone(),
-            bots: HashMap::new(),
+            bot_egress: EgressConfig { token: None, ..egress_config.clone() },
+            env: Vec::new(),
+            posts: den_discord::posts::PostLedger::new(store.table(den_discord::posts::table_spec()).await?),
             personas: Arc::new(PersonaSet::fixed(vec![gran])),
             memory: MemoryStore::open(&dir.path().join("memory.db"))?,
             state: den_personas::state::State::new(store.table(den_personas::state::table_spec()).await?),

@@ -23,6 +23,10 @@ pub struct Job {
     /// Handler-specific data.
     #[serde(default)]
     pub payload: Value,
+    /// The people (user ids) whose words the payload carries, so that
+    /// forgetting a person can find and delete their queued jobs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub people: Vec<u64>,
     /// How many times this job has been delivered, counting this delivery
     /// (1 on the first run). Filled in by the worker from the queue.
     #[serde(default)]
@@ -45,6 +49,7 @@ impl Job {
                 guild: None,
                 dedup_key: None,
                 payload: Value::Null,
+                people: Vec::new(),
                 attempt: 0,
                 created_at: now,
             },
@@ -75,6 +80,14 @@ impl JobBuilder {
     /// Sets the payload.
     pub fn payload(mut self, payload: Value) -> Self {
         self.job.payload = payload;
+        self
+    }
+
+    /// Names the people whose words the payload carries (see [`Job::people`]).
+    pub fn people(mut self, people: impl IntoIterator<Item = u64>) -> Self {
+        self.job.people = people.into_iter().filter(|p| *p != 0).collect();
+        self.job.people.sort_unstable();
+        self.job.people.dedup();
         self
     }
 

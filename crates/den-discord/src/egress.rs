@@ -488,6 +488,13 @@ impl Egress {
         Ok(ids)
     }
 
+    /// Who a post by `identity` through den's webhook in `channel` appears as,
+    /// to find it again ([`Egress::find_posted`]).
+    pub async fn webhook_poster(&self, channel: u64, identity: &Identity) -> DiscordResult<Poster> {
+        let w = self.webhook(channel).await?;
+        Ok(Poster::Webhook { id: w.id, name: sanitize_webhook_name(&identity.name) })
+    }
+
     /// Replaces the text of a message den posted through its webhook in `channel`.
     pub async fn edit_as(&self, channel: u64, message: u64, text: &str) -> DiscordResult<()> {
         let text = clip(text);

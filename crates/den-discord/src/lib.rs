@@ -11,10 +11,11 @@ pub mod gateway;
 pub mod guild;
 pub mod interactions;
 pub mod module;
+pub mod posts;
 pub mod router;
 pub mod split;
 
-pub use egress::{Ack, DiscordError, DiscordErrorKind, Egress, EgressConfig, Identity};
+pub use egress::{Ack, DiscordError, DiscordErrorKind, Egress, EgressConfig, Identity, Poster};
 pub use module::{CommandSpec, IngressCx, InteractionRef, Module, OptionKind, OptionSpec, Reaction};
 pub use router::Router;
 

@@ -63,13 +63,29 @@ pub struct OptionSpec {
     pub choices: Vec<(String, String)>,
     /// Options of a subcommand.
     pub options: Vec<OptionSpec>,
+    /// Least and greatest value of an integer option, which Discord enforces in its picker.
+    pub range: Option<(i64, i64)>,
 }
 
 impl OptionSpec {
     /// An option.
     #[must_use]
     pub fn new(name: &str, description: &str, kind: OptionKind, required: bool) -> Self {
-        Self { name: name.into(), description: description.into(), kind, required, choices: vec![], options: vec![] }
+        Self {
+            name: name.into(),
+            description: description.into(),
+            kind,
+            required,
+            choices: vec![],
+            options: vec![],
+            range: None,
+        }
+    }
+
+    /// An integer option between `min` and `max`, both included.
+    #[must_use]
+    pub fn integer(name: &str, description: &str, required: bool, min: i64, max: i64) -> Self {
+        Self { range: Some((min, max)), ..Self::new(name, description, OptionKind::Integer, required) }
     }
 
     fn to_json(&self) -> Value {
@@ -82,6 +98,10 @@ impl OptionSpec {
         }
         if !self.options.is_empty() {
             v["options"] = self.options.iter().map(OptionSpec::to_json).collect();
+        }
+        if let Some((min, max)) = self.range {
+            v["min_value"] = min.into();
+            v["max_value"] = max.into();
         }
         v
     }

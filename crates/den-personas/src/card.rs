@@ -45,6 +45,30 @@ pub struct Imported {
     pub version: Version,
     /// The PNG it came in, if it did (its image is reused on export).
     pub png: Option<Vec<u8>>,
+    /// Fields the card tried to set that only the operator may (owner,
+    /// token variable, provider, model): ignored, named here to tell.
+    pub ignored: Vec<&'static str>,
+}
+
+/// Clears what a card must not decide: who owns the persona (Higher Self
+/// powers), which bot token it uses, and which provider and model it costs.
+/// Those come from the operator (`den persona import --owner ...`). Returns
+/// the names of the fields the card had set.
+fn operator_fields_cleared(persona: &mut Persona) -> Vec<&'static str> {
+    let mut ignored = Vec::new();
+    if persona.owner.take().is_some() {
+        ignored.push("owner");
+    }
+    if persona.token_env.take().is_some() {
+        ignored.push("token_env");
+    }
+    if persona.provider.take().is_some() {
+        ignored.push("provider");
+    }
+    if persona.model.take().is_some() {
+        ignored.push("model");
+    }
+    ignored
 }
 
 /// Reads a card from JSON or PNG bytes.
@@ -64,14 +88,15 @@ pub fn import(bytes: &[u8]) -> Result<Imported, CardError> {
         None => return Err(err("no \"spec\": not a V2 or V3 card")),
     };
     let data = card["data"].as_object().ok_or_else(|| err("no \"data\" object"))?;
-    let persona = match data.get("extensions").and_then(|e| e.get("den")) {
+    let mut persona = match data.get("extensions").and_then(|e| e.get("den")) {
         Some(den) => {
             serde_json::from_value::<Persona>(den.clone()).map_err(|e| err(format!("data.extensions.den: {e}")))?
         }
         None => persona_from_card(data)?,
     };
+    let ignored = operator_fields_cleared(&mut persona);
     persona.validate().map_err(|e| err(format!("as a den persona: {e}")))?;
-    Ok(Imported { persona, card, version, png })
+    Ok(Imported { persona, card, version, png, ignored })
 }
 
 fn text(data: &Map<String, Value>, key: &str) -> String {
@@ -218,7 +243,10 @@ pub fn export(persona: &Persona, original: Option<&Value>, version: Version) -> 
     if !data["extensions"].is_object() {
         data["extensions"] = json!({});
     }
-    data["extensions"]["den"] = serde_json::to_value(persona).unwrap_or(Value::Null);
+    // What only the operator decides stays on this server: a card carries the character, not who runs it.
+    let mut shared = persona.clone();
+    operator_fields_cleared(&mut shared);
+    data["extensions"]["den"] = serde_json::to_value(&shared).unwrap_or(Value::Null);
     card
 }
 
@@ -406,7 +434,6 @@ mod tests {
         let imported = import(v2_card().to_string().as_bytes()).unwrap();
         let mut p = imported.persona.clone();
         p.roast_style = "nautical insults".into();
-        p.owner = Some(42);
         let out = export(&p, Some(&imported.card), Version::V2);
         assert_eq!(out["top_level_unknown"], json!({"kept": true}));
         assert_eq!(out["data"]["unknown_data_field"], json!([1, 2, 3]));
@@ -415,6 +442,25 @@ mod tests {
         assert_eq!(out["data"]["character_book"], v2_card()["data"]["character_book"], "the lorebook as it was");
         let again = import(out.to_string().as_bytes()).unwrap();
         assert_eq!(again.persona, p, "den's fields come back from data.extensions.den");
+    }
+
+    #[test]
+    fn a_card_never_sets_the_owner_the_bot_token_the_provider_or_the_model() {
+        let mut card = v2_card();
+        let mut den: Persona = import(card.to_string().as_bytes()).unwrap().persona;
+        den.owner = Some(42);
+        den.token_env = Some("DISCORD_TOKEN".into());
+        den.provider = Some("expensive".into());
+        den.model = Some("claude-opus".into());
+        card["data"]["extensions"]["den"] = serde_json::to_value(&den).unwrap();
+        let imported = import(card.to_string().as_bytes()).unwrap();
+        assert_eq!(imported.ignored, ["owner", "token_env", "provider", "model"]);
+        let p = &imported.persona;
+        assert_eq!((p.owner, &p.token_env, &p.provider, &p.model), (None, &None, &None, &None));
+        // Nor does den put them in the cards it exports.
+        let out = export(&den, None, Version::V3);
+        let shared = &out["data"]["extensions"]["den"];
+        assert!(shared["owner"].is_null() && shared["token_env"].is_null() && shared["model"].is_null(), "{shared}");
     }
 
     #[test]

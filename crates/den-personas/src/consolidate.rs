@@ -1,6 +1,11 @@
 //! Memory consolidation: now and then, the model reads a channel's recent
 //! conversation and, for each person in it, says which facts to ADD, UPDATE,
 //! DELETE or leave alone (NOOP).
+//!
+//! Exactly once under redelivery: the model's answer for each person is kept
+//! (by job) before any of it is applied, a redelivered job applies the same
+//! answer again, and each ADD is stored under a key of the job, the person and
+//! its place in the answer, so it exists once.
 
 use std::collections::BTreeMap;
 
@@ -8,8 +13,9 @@ use den_core::Timestamp;
 use den_llm::{ChatModel, ChatRequest, Usage};
 use serde::Deserialize;
 
-use crate::memory::{Fact, Line, MemoryError, MemoryStore, Subject};
+use crate::memory::{Fact, Line, MemoryError, MemoryStore, NewFact, Subject};
 use crate::safety::OutputFilter;
+use crate::state::State;
 
 /// Most people considered per run.
 pub const MAX_PEOPLE: usize = 3;
@@ -80,15 +86,51 @@ Answer with JSON only: {\"ops\": [{\"op\": \"ADD\", \"text\": \"...\", \"importa
 {\"op\": \"UPDATE\", \"id\": 1, \"text\": \"...\", \"importance\": 0.5}, {\"op\": \"DELETE\", \"id\": 1}, \
 {\"op\": \"NOOP\"}]}. Facts are short sentences in the third person.";
 
-/// Consolidates what `lines` say about their authors into `memory`.
+/// What a consolidation run works with.
+pub struct Consolidation<'a> {
+    /// Where facts go.
+    pub memory: &'a MemoryStore,
+    /// The model that decides.
+    pub model: &'a dyn ChatModel,
+    /// Facts must pass it.
+    pub filter: &'a OutputFilter,
+    /// Keeps the model's answers by job, so a redelivered job applies the same ones.
+    pub decisions: &'a State,
+    /// The job's id.
+    pub job: &'a str,
+}
+
+impl Consolidation<'_> {
+    /// The model's answer for `user`: the one kept for this job, else a new one, kept.
+    async fn decide(
+        &self,
+        user: u64,
+        request: &ChatRequest,
+        usage: &mut Usage,
+        now: Timestamp,
+    ) -> Result<String, ConsolidateError> {
+        if let Some(answer) = self.decisions.decision(self.job, user).await? {
+            return Ok(answer);
+        }
+        let (answer, used, _) = den_llm::collect(self.model.stream(request).await.map_err(ConsolidateError::Model)?)
+            .await
+            .map_err(ConsolidateError::Model)?;
+        usage.input_tokens += used.input_tokens;
+        usage.output_tokens += used.output_tokens;
+        self.decisions.set_decision(self.job, user, &answer, now).await?;
+        Ok(answer)
+    }
+}
+
+/// Consolidates what `lines` say about their authors into memory.
 pub async fn run(
-    memory: &MemoryStore,
-    model: &dyn ChatModel,
-    filter: &OutputFilter,
+    cx: &Consolidation<'_>,
     guild: u64,
     lines: &[Line],
     now: Timestamp,
 ) -> Result<Outcome, ConsolidateError> {
+    let memory = cx.memory;
+    let filter = cx.filter;
     let mut people: BTreeMap<u64, (String, usize)> = BTreeMap::new();
     for l in lines.iter().filter(|l| l.persona.is_none() && l.user_id != 0) {
         let e = people.entry(l.user_id).or_insert_with(|| (l.author.clone(), 0));
@@ -111,11 +153,7 @@ pub async fn run(
         let mut request = ChatRequest::simple(SYSTEM, prompt);
         request.max_tokens = 400;
         request.temperature = Some(0.0);
-        let (answer, usage, _) = den_llm::collect(model.stream(&request).await.map_err(ConsolidateError::Model)?)
-            .await
-            .map_err(ConsolidateError::Model)?;
-        outcome.usage.input_tokens += usage.input_tokens;
-        outcome.usage.output_tokens += usage.output_tokens;
+        let answer = cx.decide(user, &request, &mut outcome.usage, now).await?;
         let ops = parse(&answer);
         let Some(ops) = ops else {
             outcome.refused += 1;
@@ -126,11 +164,13 @@ pub async fn run(
             let t = crate::safety::clean_input(t, 300);
             (!t.is_empty() && filter.check(&t).is_ok()).then_some(t)
         };
-        for op in ops {
+        for (i, op) in ops.into_iter().enumerate() {
             match op {
                 Op::Add { text, importance } => match clean(&text) {
                     Some(t) => {
-                        memory.remember(guild, Subject::User(user), t, importance, "consolidation", now).await?;
+                        let fact = NewFact::new(Subject::User(user), t, importance, "consolidation")
+                            .key(format!("consolidation:{}:{user}:{i}", cx.job));
+                        memory.remember(guild, fact, now).await?;
                         outcome.added += 1;
                     }
                     None => outcome.refused += 1,
@@ -184,6 +224,9 @@ pub enum ConsolidateError {
     /// The memory store failed.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// den's store failed (kept answers).
+    #[error("consolidation: {0}")]
+    Store(#[from] den_storage::StoreError),
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //!
 //! - [`persona`]: persona files (TOML), validated, reloaded when they change.
 //! - [`prompt`]: a persona's prompt inside a token budget.
-//! - [`memory`]: the transcript and long-term facts (SQLite with FTS5).
+//! - [`memory`]: the transcript and long-term facts: one trait, SQLite (FTS5) and den-table backends.
 //! - [`state`]: runtime state in den's store (brakes, limits, mutes, Higher Self).
 //! - [`safety`]: input cleaning and the output filter.
 //! - [`consolidate`]: the model turns conversation into long-term facts.
@@ -12,7 +12,6 @@
 pub mod card;
 pub mod consolidate;
 pub mod memory;
-mod memory_table;
 pub mod module;
 pub mod persona;
 pub mod prompt;

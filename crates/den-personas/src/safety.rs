@@ -50,6 +50,19 @@ pub enum Violation {
     Ping,
 }
 
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Violation::Denied(_) => "it matches one of this server's deny patterns",
+            Violation::Hate => "it attacks people for who they are",
+            Violation::PersonalData => "it looks like someone's phone number, address or e-mail",
+            Violation::SelfHarm => "it encourages self-harm",
+            Violation::PromptLeak => "it recites the personas' rules",
+            Violation::Ping => "it pings people",
+        })
+    }
+}
+
 /// The output filter: built-in rules and configured deny patterns.
 #[derive(Debug)]
 pub struct OutputFilter {

@@ -126,18 +126,6 @@ impl State {
             .and_then(|i| i.attrs.get("persona").and_then(Value::as_str).map(str::to_owned)))
     }
 
-    /// Records that the reply of job `job` has started to appear in Discord
-    /// (kept a day: longer than any redelivery of the job).
-    pub async fn mark_reply_posted(&self, job: &str, now: Timestamp) -> StoreResult<()> {
-        let put = Put::new(format!("job:{job}"), "posted", Map::new()).expires_at(Timestamp(now.0 + DAY));
-        self.table.put(put).await.map(|_| ())
-    }
-
-    /// Whether an earlier delivery of job `job` already posted its reply.
-    pub async fn reply_posted(&self, job: &str) -> StoreResult<bool> {
-        Ok(self.table.get(&format!("job:{job}"), "posted").await?.is_some())
-    }
-
     /// A channel's activity.
     pub async fn channel(&self, channel: u64) -> StoreResult<ChannelRun> {
         let item = self.table.get(&format!("chan:{channel}"), "run").await?;
@@ -331,14 +319,66 @@ impl State {
         Ok(self.table.get(&format!("hs:{guild}:{persona}"), "mode").await?.is_some())
     }
 
-    /// Appends to a guild's audit log (kept 180 days).
-    pub async fn audit(&self, guild: u64, user: u64, action: &str, detail: &str, now: Timestamp) -> StoreResult<()> {
-        let attrs = obj(json!({"user": user.to_string(), "action": action, "detail": detail, "at": now.0}));
-        let sk = format!("{:015}:{}", now.0, uuid_like(now));
+    /// Writes an entry of a guild's audit log (kept 180 days): one entry per
+    /// `key` (the interaction's id), dated `at` (when it was asked), so a
+    /// redelivered command job writes the same line again, not a second one.
+    pub async fn audit(
+        &self,
+        guild: u64,
+        user: u64,
+        action: &str,
+        detail: &str,
+        at: Timestamp,
+        key: u64,
+    ) -> StoreResult<()> {
+        let attrs = obj(json!({"user": user.to_string(), "action": action, "detail": detail, "at": at.0}));
+        let sk = format!("{:015}:{key}", at.0.max(0));
         self.table
-            .put(Put::new(format!("audit:{guild}"), sk, attrs).expires_at(Timestamp(now.0 + 180 * DAY)))
+            .put(Put::new(format!("audit:{guild}"), sk, attrs).expires_at(Timestamp(at.0.saturating_add(180 * DAY))))
             .await
             .map(|_| ())
+    }
+
+    /// Replaces the details of `user`'s audit entries with "(forgotten)":
+    /// the log keeps that they acted, not what they wrote. Returns how many.
+    pub async fn redact_audit(&self, guild: u64, user: u64) -> StoreResult<usize> {
+        let mut n = 0;
+        let mut query = Query::pk(format!("audit:{guild}")).limit(200);
+        loop {
+            let page = self.table.query(query.clone()).await?;
+            for item in &page.items {
+                let theirs = item.attrs.get("user").and_then(Value::as_str) == Some(user.to_string().as_str());
+                if theirs && item.attrs.get("detail").and_then(Value::as_str) != Some(FORGOTTEN) {
+                    let mut attrs = item.attrs.clone();
+                    attrs.insert("detail".into(), FORGOTTEN.into());
+                    let put = Put::new(item.pk.clone(), item.sk.clone(), attrs);
+                    let put = match item.expires_at {
+                        Some(at) => put.expires_at(at),
+                        None => put,
+                    };
+                    self.table.put(put).await?;
+                    n += 1;
+                }
+            }
+            match page.cursor {
+                Some(c) => query = query.cursor(Some(c)),
+                None => return Ok(n),
+            }
+        }
+    }
+
+    /// The model's answer kept for consolidation job `job` about `user`.
+    pub async fn decision(&self, job: &str, user: u64) -> StoreResult<Option<String>> {
+        let item = self.table.get(&format!("consolidation:{job}"), &user.to_string()).await?;
+        Ok(item.and_then(|i| i.attrs.get("answer").and_then(Value::as_str).map(str::to_owned)))
+    }
+
+    /// Keeps the model's answer for consolidation job `job` about `user` (a day: longer than any redelivery).
+    pub async fn set_decision(&self, job: &str, user: u64, answer: &str, now: Timestamp) -> StoreResult<()> {
+        let expires = Timestamp(now.0.saturating_add(DAY));
+        let put = Put::new(format!("consolidation:{job}"), user.to_string(), obj(json!({"answer": answer})))
+            .expires_at(expires);
+        self.table.put(put).await.map(|_| ())
     }
 
     /// The newest `n` audit entries: (time, user, action, detail).
@@ -356,9 +396,8 @@ impl State {
     }
 }
 
-fn uuid_like(now: Timestamp) -> String {
-    format!("{:08x}", rand::random::<u32>() ^ (now.0 as u32))
-}
+/// What a forgotten person's audit entries say instead of their words.
+const FORGOTTEN: &str = "(forgotten)";
 
 fn run_of(a: &Map<String, Value>) -> ChannelRun {
     ChannelRun {

@@ -185,4 +185,7 @@ impl Queue for MeteredQueue {
     async fn sweep_expired(&self) -> StoreResult<u64> {
         timed(&*self.observer, "queue", "sweep_expired", self.inner.sweep_expired()).await
     }
+    async fn scrub(&self) -> StoreResult<()> {
+        timed(&*self.observer, "queue", "scrub", self.inner.scrub()).await
+    }
 }

@@ -283,6 +283,14 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
 
     /// Deletes messages past retention and stale dedup keys; returns how many messages.
     async fn sweep_expired(&self) -> StoreResult<u64>;
+
+    /// Makes deleted messages unrecoverable from the backend's own files
+    /// (SQLite: freed pages are zeroed as they go, and this folds and
+    /// truncates the write-ahead log). Backends that keep no files of their
+    /// own do nothing.
+    async fn scrub(&self) -> StoreResult<()> {
+        Ok(())
+    }
 }
 
 pub(crate) fn validate_send(messages: &[OutgoingMessage]) -> StoreResult<()> {

@@ -45,6 +45,38 @@ impl JobQueue {
         Ok(out)
     }
 
+    /// Deletes the jobs of `guild` that carry `person`'s words ([`Job::people`])
+    /// from this queue and its dead-letter queue, running or waiting, then
+    /// scrubs the store's files; returns how many went. Forgetting a person
+    /// uses it: their queued messages are neither acted on nor kept.
+    pub async fn forget_person(&self, guild: u64, person: u64) -> StoreResult<u64> {
+        let dlq = self
+            .queue
+            .list_queues()
+            .await?
+            .into_iter()
+            .find(|spec| spec.name == self.name)
+            .and_then(|spec| spec.dead_letter.map(|d| d.name));
+        let mut gone = 0;
+        for queue in std::iter::once(self.name.clone()).chain(dlq) {
+            let mut after: Option<String> = None;
+            loop {
+                let page = self.queue.peek(&queue, 200, after.as_deref()).await?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.message_id.clone());
+                for message in &page {
+                    let carries = serde_json::from_str::<Job>(&message.body)
+                        .is_ok_and(|job| job.guild == Some(guild) && job.people.contains(&person));
+                    if carries && self.queue.delete_message(&queue, &message.message_id).await? {
+                        gone += 1;
+                    }
+                }
+            }
+        }
+        self.queue.scrub().await?;
+        Ok(gone)
+    }
+
     async fn send_messages(&self, jobs: &[Job], delay: Duration) -> StoreResult<Vec<Sent>> {
         let messages = jobs
             .iter()

@@ -257,3 +257,43 @@ async fn shutdown_releases_a_job_that_outlives_the_grace_period() {
     let depth = f.queue.depth("jobs").await.unwrap();
     assert_eq!(depth.visible, 1, "the unfinished job is visible again at once: {depth:?}");
 }
+
+#[tokio::test]
+async fn forgetting_a_person_deletes_their_waiting_and_dead_lettered_jobs_and_their_bytes() {
+    let f = fixture().await;
+    let secret = "Zanzibarquette";
+    let theirs = |text: &str| {
+        Job::builder("personas.message", SystemClock.now())
+            .guild(1)
+            .people([7])
+            .payload(serde_json::json!({"text": text}))
+            .build()
+    };
+    let mine = Job::builder("personas.message", SystemClock.now())
+        .guild(1)
+        .people([8])
+        .payload(serde_json::json!({"text": "other"}))
+        .build();
+    let elsewhere = Job::builder("personas.message", SystemClock.now())
+        .guild(2)
+        .people([7])
+        .payload(serde_json::json!({"text": "x"}))
+        .build();
+    // One of theirs dead-lettered, one waiting; someone else's and another guild's stay.
+    f.jobs.send(&theirs(&format!("first {secret}"))).await.unwrap();
+    let got = f.queue.receive("jobs", den_storage::ReceiveOptions::default()).await.unwrap();
+    f.queue.dead_letter("jobs", &got[0].receipt).await.unwrap();
+    f.jobs.send_all(&[theirs(&format!("second {secret}")), mine, elsewhere]).await.unwrap();
+
+    assert_eq!(f.jobs.forget_person(1, 7).await.unwrap(), 2);
+    let left: Vec<Job> =
+        f.queue.peek("jobs", 10, None).await.unwrap().iter().map(|m| serde_json::from_str(&m.body).unwrap()).collect();
+    assert_eq!(left.len(), 2);
+    assert!(left.iter().all(|j| !(j.guild == Some(1) && j.people.contains(&7))));
+    assert!(f.queue.peek("jobs-dlq", 10, None).await.unwrap().is_empty());
+    for file in std::fs::read_dir(f._dir.path()).unwrap() {
+        let path = file.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{} still holds it", path.display());
+    }
+}

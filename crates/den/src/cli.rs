@@ -140,6 +140,18 @@ pub enum PersonaCommand {
         /// Replace a persona with the same id.
         #[arg(long)]
         force: bool,
+        /// The Discord user id of its owner (Higher Self); a card never sets it.
+        #[arg(long)]
+        owner: Option<u64>,
+        /// The environment variable with its own bot token; a card never sets it.
+        #[arg(long)]
+        token_env: Option<String>,
+        /// The `[[llm.provider]]` it speaks through; a card never sets it.
+        #[arg(long)]
+        provider: Option<String>,
+        /// The model it asks for; a card never sets it.
+        #[arg(long)]
+        model: Option<String>,
     },
     /// Export a persona as a Character Card (unknown fields of an imported card are kept).
     Export {

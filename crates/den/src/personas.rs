@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use den_discord::{Egress, EgressConfig, Module};
+use den_discord::{EgressConfig, Module};
 use den_llm::ChatModel;
 use den_llm::StreamEvent;
 use den_llm::ledger::Ledger;
 use den_llm::resilience::{Policy, Resilient};
 use den_personas::card;
-use den_personas::memory::{Line, Subject};
+use den_personas::memory::{Line, NewFact, Subject};
 use den_personas::module::{Deps, ReplyRequest};
 use den_personas::{Models, Persona, PersonaSet, PersonasModule};
 use futures_util::StreamExt as _;
@@ -105,24 +105,16 @@ pub async fn module(cx: &ModuleCx<'_>) -> anyhow::Result<Arc<dyn Module>> {
     if models.is_none() && !personas.all().is_empty() {
         tracing::warn!("personas have no language model: set the key of llm.primary (see `den llm ping`)");
     }
-    // Multi-bot mode: a persona with its own token posts as that bot.
-    let mut bots = HashMap::new();
-    for p in personas.all() {
-        let Some(var) = &p.token_env else { continue };
-        let Some((_, token)) = cx.env.iter().find(|(k, v)| k == var && !v.is_empty()) else {
-            tracing::warn!(persona = %p.id, var = %var, "persona token not set; it posts through webhooks");
-            continue;
-        };
-        let config = EgressConfig {
-            token: Some(den_core::Secret::new(token.as_str())),
-            api_proxy: c.discord.api_proxy.clone(),
-            timeout: Duration::from_secs(15),
-        };
-        bots.insert(p.id.clone(), Arc::new(Egress::new(&config, 0, None)));
-    }
     let deps = Deps {
         egress: cx.egress.clone(),
-        bots,
+        // Multi-bot mode: a persona with its own token posts as that bot.
+        bot_egress: EgressConfig {
+            token: None,
+            api_proxy: c.discord.api_proxy.clone(),
+            timeout: Duration::from_secs(15),
+        },
+        env: cx.env.to_vec(),
+        posts: den_discord::posts::PostLedger::new(cx.store.table(den_discord::posts::table_spec()).await?),
         personas,
         memory,
         state,
@@ -215,9 +207,18 @@ pub fn command(command: PersonaCommand, c: &Config) -> anyhow::Result<()> {
             println!("wrote {}", path.display());
             Ok(())
         }
-        PersonaCommand::Import { file, force } => {
+        PersonaCommand::Import { file, force, owner, token_env, provider, model } => {
             let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let imported = card::import(&bytes).with_context(|| format!("{}", file.display()))?;
+            let mut imported = card::import(&bytes).with_context(|| format!("{}", file.display()))?;
+            if !imported.ignored.is_empty() {
+                println!(
+                    "ignored what the card set for {} (only the operator sets those: --owner, --token-env, --provider, --model)",
+                    imported.ignored.join(", ")
+                );
+            }
+            let p = &mut imported.persona;
+            (p.owner, p.token_env, p.provider, p.model) = (owner, token_env, provider, model);
+            p.validate().map_err(anyhow::Error::msg)?;
             let id = imported.persona.id.clone();
             std::fs::create_dir_all(dir)?;
             let path = dir.join(format!("{id}.toml"));
@@ -285,7 +286,8 @@ pub async fn chat(persona: Option<String>, c: &Config, env: &[(String, String)])
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     out.write_all(format!("Talking to {} (/persona NAME, /remember TEXT, /forget, /quit)\n", current.name).as_bytes())
         .await?;
-    let mut next_id = clock.now().0 as u64;
+    // Message ids as Discord makes them (time in the top bits), so "said before it was forgotten" reads right.
+    let mut next_id = den_discord::snowflake_at(clock.now());
     while let Some(line) = lines.next_line().await? {
         let text = den_personas::safety::clean_input(&line, den_personas::safety::MAX_INPUT_CHARS);
         let now = clock.now();
@@ -302,10 +304,10 @@ pub async fn chat(persona: Option<String>, c: &Config, env: &[(String, String)])
                 None => format!("No persona {name:?}."),
             }
         } else if let Some(fact) = text.strip_prefix("/remember ") {
-            memory.remember(guild, Subject::User(user), fact.to_owned(), 0.8, "remember", now).await?;
+            memory.remember(guild, NewFact::new(Subject::User(user), fact, 0.8, "remember"), now).await?;
             format!("Noted: \"{fact}\".")
         } else if text == "/forget" {
-            let n = memory.forget_user(guild, user, None).await?;
+            let n = memory.forget_user(guild, user, None, now).await?;
             format!("Forgotten ({n} items).")
         } else {
             next_id += 1;
@@ -402,5 +404,5 @@ async fn memory(
         }
     };
     let table = store.table(table_spec()).await.context("cannot open the persona memory table")?;
-    Ok(MemoryStore::on_table(table)?)
+    Ok(MemoryStore::on_table(table))
 }

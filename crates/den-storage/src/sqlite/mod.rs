@@ -127,6 +127,9 @@ impl SqliteStore {
         // their own thread, so a commit never waits for one.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+        // Deleted rows are zeroed on their pages, not left in free space: a
+        // forgotten person's queued words must not survive their deletion.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         conn.execute_batch(SCHEMA)?;
 
         let wal = Arc::new(WalState::default());
@@ -225,6 +228,26 @@ impl SqliteStore {
 impl Shared {
     pub(crate) fn now(&self) -> den_core::Timestamp {
         self.clock.now()
+    }
+
+    /// Folds the write-ahead log into the database and truncates it, so
+    /// deleted data lives on in no frame of it.
+    pub(crate) async fn truncate_wal(&self) -> StoreResult<()> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = open_connection(&path, false)?;
+            for _ in 0..50 {
+                // (busy, frames in the log, frames checkpointed); busy = 1 while a reader holds an old snapshot.
+                let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+                if busy == 0 {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(StoreError::new(StoreErrorKind::Backend, "the write-ahead log stayed busy; not truncated"))
+        })
+        .await
+        .map_err(|e| StoreError::backend("checkpoint task failed", e))?
     }
 
     /// Runs `f` in the writer's current transaction and returns after commit.

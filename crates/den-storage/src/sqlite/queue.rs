@@ -521,4 +521,8 @@ impl Queue for SqliteQueue {
             })
             .await
     }
+
+    async fn scrub(&self) -> StoreResult<()> {
+        self.shared.truncate_wal().await
+    }
 }
