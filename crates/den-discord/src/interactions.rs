@@ -54,7 +54,9 @@ pub fn verify(key: &VerifyingKey, headers: &HeaderMap, body: &[u8], now_secs: i6
         return Err(SignatureError::Missing);
     };
     let sent: i64 = timestamp.parse().map_err(|_| SignatureError::Malformed)?;
-    if (now_secs - sent).unsigned_abs() > MAX_SIGNATURE_AGE.as_secs() {
+    // Any i64 parses: the difference is checked, never wrapped.
+    let age = now_secs.checked_sub(sent).map(i64::unsigned_abs);
+    if age.is_none_or(|age| age > MAX_SIGNATURE_AGE.as_secs()) {
         return Err(SignatureError::Stale);
     }
     let bytes: [u8; 64] =
@@ -96,4 +98,37 @@ async fn handle(State(state): State<EndpointState>, headers: HeaderMap, body: By
     };
     let ack = state.router.route_interaction(&interaction).await;
     axum::Json(ack.to_json()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::{Signer as _, SigningKey};
+
+    use super::*;
+
+    fn signed(key: &SigningKey, timestamp: &str, body: &[u8]) -> HeaderMap {
+        let mut message = timestamp.as_bytes().to_vec();
+        message.extend_from_slice(body);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-signature-ed25519", hex::encode(key.sign(&message).to_bytes()).parse().unwrap());
+        headers.insert("x-signature-timestamp", timestamp.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn timestamps_at_the_ends_of_the_number_line_are_stale_not_a_panic() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let now = 1_800_000_000;
+        for timestamp in [i64::MIN.to_string(), i64::MAX.to_string(), (now - 301).to_string()] {
+            let headers = signed(&key, &timestamp, b"{}");
+            assert_eq!(verify(&key.verifying_key(), &headers, b"{}", now), Err(SignatureError::Stale), "{timestamp}");
+        }
+        // A difference that does not fit in 64 bits.
+        let far = signed(&key, &i64::MAX.to_string(), b"{}");
+        assert_eq!(verify(&key.verifying_key(), &far, b"{}", i64::MIN), Err(SignatureError::Stale));
+        let fresh = signed(&key, &now.to_string(), b"{}");
+        assert_eq!(verify(&key.verifying_key(), &fresh, b"{}", now), Ok(()));
+        let junk = signed(&key, "99999999999999999999999", b"{}");
+        assert_eq!(verify(&key.verifying_key(), &junk, b"{}", now), Err(SignatureError::Malformed));
+    }
 }

@@ -290,3 +290,32 @@ fn den_run_registers_commands_at_start_when_configured() {
     assert_eq!(names, ["ping", "status"], "only the enabled modules' commands");
     assert!(discord.fake.commands(None).is_empty(), "nothing registered globally");
 }
+
+#[test]
+fn an_acknowledgement_discord_never_got_is_given_up_at_three_seconds_and_the_answer_goes_to_the_channel_or_nowhere() {
+    let discord = Discord::start();
+    let scratch = Scratch::new();
+    let den = scratch.start_with(&discord, "run", &[]);
+    den.wait_ready(WAIT);
+    // Every first response fails: den stops retrying at Discord's 3 s.
+    for _ in 0..20 {
+        discord.fake.inject("create_interaction_response", den_testkit::discord::Injected::Status(500));
+    }
+    let status = discord.fake.invoke_command(discord.user, discord.channel, "status", &[]);
+    discord.wait_until("the status answer in the channel", WAIT, |f| {
+        f.messages(discord.channel).iter().any(|m| m.content.contains("is up") && m.content.contains("den-jobs"))
+    });
+    let tries = discord.fake.requests().iter().filter(|r| r.operation == "create_interaction_response").count();
+    let posted = bot_replies(&discord);
+    assert_eq!(posted.len(), 1, "the public answer, once, in the channel");
+    assert!(posted[0].content.starts_with(&format!("<@{}>", discord.user)), "naming who asked");
+    assert!(posted[0].pinged_users.is_empty(), "without pinging them");
+    assert!((2..=5).contains(&tries), "{tries} tries inside the 3 s window");
+    assert!(discord.fake.interaction(&status).unwrap().callback.is_none());
+
+    // A private answer has nowhere else to go: it is dropped, never posted.
+    let memories = discord.fake.invoke_command(discord.user, discord.channel, "memories", &[]);
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(discord.fake.interaction(&memories).unwrap().callback.is_none());
+    assert_eq!(bot_replies(&discord).len(), 1, "nothing more in the channel");
+}
