@@ -33,6 +33,8 @@ enum Scenario {
     Recall(persona::RecallOptions),
     /// Wall time of the default campaign template against Discord-like rate limits, next to their floor.
     Campaign(campaign::CampaignOptions),
+    /// A gateway and two workers under faults: lost and duplicated side effects.
+    Chaos(den_bench::chaos::ChaosOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Persona(o) => persona::persona(&o)?,
         Scenario::Recall(o) => persona::recall(&o)?,
         Scenario::Campaign(o) => campaign::run(&o)?,
+        Scenario::Chaos(o) => den_bench::chaos::run(&o)?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

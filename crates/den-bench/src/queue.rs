@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use den_core::{Clock, Job, SystemClock};
 use den_ops::Metrics;
 use den_storage::sqlite::{Durability, SqliteOptions, SqliteStore};
-use den_storage::{OutgoingMessage, Queue, QueueSpec};
+use den_storage::{Queue, QueueSpec};
 use den_worker::{Handlers, JobContext, JobError, JobHandler, JobQueue, WorkerConfig, WorkerPool};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -41,9 +41,18 @@ fn open(dir: &std::path::Path, durability: Durability) -> anyhow::Result<SqliteS
     Ok(SqliteStore::open(&options, Arc::new(SystemClock))?)
 }
 
-/// Pads a job's payload so the serialised body is about 1 KiB.
+/// Worker concurrency of `den run` (`worker.concurrency`).
+const DEFAULT_CONCURRENCY: usize = 16;
+
+/// A job as ingress makes one: a dedup key unique to its event, and a
+/// payload padded so the serialised body is about 1 KiB.
 fn job(payload: serde_json::Value) -> Job {
-    let mut job = Job::builder("bench.noop", SystemClock.now()).payload(payload).build();
+    static EVENT: AtomicU64 = AtomicU64::new(0);
+    let event = EVENT.fetch_add(1, Ordering::Relaxed);
+    let mut job = Job::builder("bench.noop", SystemClock.now())
+        .dedup_key(format!("msg:{event}:bench.noop"))
+        .payload(payload)
+        .build();
     let size = serde_json::to_string(&job).map(|s| s.len()).unwrap_or(0);
     if let serde_json::Value::Object(map) = &mut job.payload {
         map.insert("pad".into(), "x".repeat(BODY_BYTES.saturating_sub(size + 10)).into());
@@ -82,17 +91,18 @@ async fn sends_per_second(o: &Options, durability: Durability) -> anyhow::Result
     let store = open(dir.path(), durability)?;
     let queue: Arc<dyn Queue> = Arc::new(store.queue());
     queue.create_queue(&QueueSpec::with_dlq("bench")).await?;
-    let body = serde_json::to_string(&job(json!({})))?;
+    let jobs = JobQueue::new(queue.clone(), "bench", Metrics::new());
     let batches = o.messages / 10;
     let per_sender = batches / o.senders.max(1);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..o.senders.max(1) {
-        let (queue, body) = (queue.clone(), body.clone());
+        let jobs = jobs.clone();
         tasks.push(tokio::spawn(async move {
             for _ in 0..per_sender {
-                let batch = (0..10).map(|_| OutgoingMessage::new(body.clone())).collect();
-                queue.send_batch("bench", batch).await?;
+                // Each job with its own dedup key, as ingress sends them.
+                let batch: Vec<Job> = (0..10).map(|_| job(json!({}))).collect();
+                jobs.send_all(&batch).await?;
             }
             anyhow::Ok(())
         }));
@@ -102,10 +112,12 @@ async fn sends_per_second(o: &Options, durability: Durability) -> anyhow::Result
     }
     let elapsed = start.elapsed().as_secs_f64();
     let sent = per_sender * o.senders.max(1) * 10;
+    anyhow::ensure!(queue.depth("bench").await?.total() == sent as u64, "every job was stored");
     store.close().await?;
-    Ok(
-        json!({ "messages": sent, "batch": 10, "senders": o.senders, "seconds": elapsed, "per_sec": (sent as f64 / elapsed).round() }),
-    )
+    Ok(json!({
+        "messages": sent, "batch": 10, "senders": o.senders, "dedup_keys": true, "seconds": elapsed,
+        "per_sec": (sent as f64 / elapsed).round(),
+    }))
 }
 
 struct Noop {
@@ -131,7 +143,8 @@ impl JobHandler for Noop {
 }
 
 fn pool(queue: Arc<dyn Queue>, handler: Arc<Noop>) -> WorkerPool {
-    let config = WorkerConfig { concurrency: 64, poll_wait: Duration::from_secs(1), ..WorkerConfig::default() };
+    let config =
+        WorkerConfig { concurrency: DEFAULT_CONCURRENCY, poll_wait: Duration::from_secs(1), ..WorkerConfig::default() };
     WorkerPool::new(
         queue,
         QueueSpec::with_dlq("bench"),
@@ -151,15 +164,14 @@ async fn jobs_per_second(o: &Options, durability: Durability) -> anyhow::Result<
     let worker = tokio::spawn(pool(queue.clone(), handler.clone()).run(stop.clone()));
     let jobs = JobQueue::new(queue.clone(), "bench", Metrics::new());
     let total = (o.messages / 2 / 10) * 10;
-    let template = job(json!({}));
     let start = Instant::now();
     let mut senders = Vec::new();
     for _ in 0..o.senders.max(1) {
-        let (jobs, template) = (jobs.clone(), template.clone());
+        let jobs = jobs.clone();
         let count = total / o.senders.max(1);
         senders.push(tokio::spawn(async move {
-            let batch = vec![template; 10];
             for _ in 0..count / 10 {
+                let batch: Vec<Job> = (0..10).map(|_| job(json!({}))).collect();
                 jobs.send_all(&batch).await?;
             }
             anyhow::Ok(count / 10 * 10)
@@ -169,7 +181,8 @@ async fn jobs_per_second(o: &Options, durability: Durability) -> anyhow::Result<
     for s in senders {
         sent += s.await??;
     }
-    while handler.done.load(Ordering::Relaxed) < sent as u64 {
+    // The clock stops when every ack is committed: the queue holds nothing, in flight or not.
+    while handler.done.load(Ordering::Relaxed) < sent as u64 || queue.depth("bench").await?.total() > 0 {
         tokio::time::sleep(Duration::from_millis(2)).await;
         anyhow::ensure!(start.elapsed() < Duration::from_secs(600), "jobs did not finish");
     }
@@ -180,7 +193,7 @@ async fn jobs_per_second(o: &Options, durability: Durability) -> anyhow::Result<
     store.close().await?;
     Ok(json!({
         "jobs": sent, "seconds": elapsed, "per_sec": (sent as f64 / elapsed).round(),
-        "left_in_queue": left, "worker_concurrency": 64,
+        "left_in_queue": left, "worker_concurrency": DEFAULT_CONCURRENCY, "dedup_keys": true, "until": "acks committed",
     }))
 }
 

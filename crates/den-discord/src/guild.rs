@@ -4,9 +4,11 @@
 //! Bodies are written as Discord's API describes them and sent through the
 //! same rate-limited client, with the same retries, as everything else.
 
+use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use twilight_http::routing::Route;
+
+use crate::rest::Call;
 
 use crate::egress::{DiscordErrorKind, DiscordResult, Egress};
 
@@ -179,14 +181,14 @@ impl Egress {
     /// them copies @everyone's).
     pub async fn create_role(&self, guild: u64, name: &str) -> DiscordResult<RoleInfo> {
         let body = json!({"name": name, "permissions": 0, "mentionable": false, "hoist": false});
-        let v = self.raw("create role", &Route::CreateRole { guild_id: guild }, Some(&body)).await?;
+        let v = self.call("create role", Call::new(Method::POST, format!("/guilds/{guild}/roles")).json(&body)).await?;
         let id = snowflake(&v["id"]).ok_or_else(|| crate::egress::local("create role", "no id in the answer"))?;
         Ok(RoleInfo { id, name: v["name"].as_str().unwrap_or(name).to_owned() })
     }
 
     /// The guild's roles.
     pub async fn list_roles(&self, guild: u64) -> DiscordResult<Vec<RoleInfo>> {
-        let v = self.raw("list roles", &Route::GetGuildRoles { guild_id: guild }, None).await?;
+        let v = self.call("list roles", Call::new(Method::GET, format!("/guilds/{guild}/roles"))).await?;
         Ok(v.as_array()
             .into_iter()
             .flatten()
@@ -198,7 +200,14 @@ impl Egress {
 
     /// Deletes a role; `false` when it was already gone.
     pub async fn delete_role(&self, guild: u64, role: u64) -> DiscordResult<bool> {
-        gone_is_fine(self.raw("delete role", &Route::DeleteRole { guild_id: guild, role_id: role }, None).await)
+        gone_is_fine(
+            self.call(
+                "delete role",
+                Call::new(Method::DELETE, format!("/guilds/{guild}/roles/{role}"))
+                    .bucket(format!("DELETE /guilds/{guild}/roles")),
+            )
+            .await,
+        )
     }
 
     /// Creates a channel with its whole overwrite set.
@@ -227,13 +236,15 @@ impl Egress {
                 .map(|t| json!({"name": t.chars().take(20).collect::<String>(), "moderated": false}))
                 .collect();
         }
-        let v = self.raw("create channel", &Route::CreateChannel { guild_id: guild }, Some(&body)).await?;
+        let v = self
+            .call("create channel", Call::new(Method::POST, format!("/guilds/{guild}/channels")).json(&body))
+            .await?;
         channel_info(&v).ok_or_else(|| crate::egress::local("create channel", "no id in the answer"))
     }
 
     /// The guild's channels.
     pub async fn list_channels(&self, guild: u64) -> DiscordResult<Vec<ChannelInfo>> {
-        let v = self.raw("list channels", &Route::GetChannels { guild_id: guild }, None).await?;
+        let v = self.call("list channels", Call::new(Method::GET, format!("/guilds/{guild}/channels"))).await?;
         Ok(v.as_array().into_iter().flatten().filter_map(channel_info).collect())
     }
 
@@ -251,13 +262,14 @@ impl Egress {
         if let Some(o) = overwrites {
             body["permission_overwrites"] = o.iter().map(|o| o.to_json()).collect();
         }
-        let v = self.raw("update channel", &Route::UpdateChannel { channel_id: channel }, Some(&body)).await?;
+        let v =
+            self.call("update channel", Call::new(Method::PATCH, format!("/channels/{channel}")).json(&body)).await?;
         channel_info(&v).ok_or_else(|| crate::egress::local("update channel", "no id in the answer"))
     }
 
     /// Deletes a channel; `false` when it was already gone.
     pub async fn delete_channel(&self, channel: u64) -> DiscordResult<bool> {
-        gone_is_fine(self.raw("delete channel", &Route::DeleteChannel { channel_id: channel }, None).await)
+        gone_is_fine(self.call("delete channel", Call::new(Method::DELETE, format!("/channels/{channel}"))).await)
     }
 }
 

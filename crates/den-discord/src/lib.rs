@@ -12,10 +12,11 @@ pub mod guild;
 pub mod interactions;
 pub mod module;
 pub mod posts;
+pub mod rest;
 pub mod router;
 pub mod split;
 
-pub use egress::{Ack, DiscordError, DiscordErrorKind, Egress, EgressConfig, Identity, Poster};
+pub use egress::{Ack, DiscordError, DiscordErrorKind, DiscordResult, Egress, EgressConfig, Identity, Poster};
 pub use module::{CommandSpec, IngressCx, InteractionRef, Module, OptionKind, OptionSpec, Reaction};
 pub use router::Router;
 

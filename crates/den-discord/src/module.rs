@@ -270,47 +270,17 @@ pub async fn sync_commands(
     commands: &[CommandSpec],
     guild: Option<u64>,
 ) -> Result<usize, crate::DiscordError> {
-    use twilight_http::routing::Route;
-    // Sent as den builds it: twilight's model would turn
-    // `default_member_permissions` into a string, where Discord's API
-    // description asks for an integer.
-    let body: Vec<Value> = commands.iter().map(CommandSpec::to_json).collect();
-    let application_id = egress.app_id();
-    if application_id == 0 {
+    let body: Value = commands.iter().map(CommandSpec::to_json).collect();
+    let app = egress.app_id();
+    if app == 0 {
         return Err(crate::egress::local("sync commands", "no application id"));
     }
-    let route = match guild {
+    let path = match guild {
         Some(0) => return Err(crate::egress::local("sync commands", "guild id 0")),
-        Some(guild_id) => Route::SetGuildCommands { application_id, guild_id },
-        None => Route::SetGlobalCommands { application_id },
+        Some(g) => format!("/applications/{app}/guilds/{g}/commands"),
+        None => format!("/applications/{app}/commands"),
     };
-    let request = twilight_http::request::Request::builder(&route)
-        .json(&body)
-        .build()
-        .map_err(|e| crate::egress::from_twilight("sync commands", e))?;
-    let response = egress
-        .client()
-        .request::<Vec<Value>>(request)
-        .await
-        .map_err(|e| crate::egress::from_twilight("sync commands", e))?;
-    let bytes = response.bytes().await.map_err(|e| crate::egress::local("sync commands", e.to_string()))?;
-    let registered: Vec<Value> =
-        serde_json::from_slice(&bytes).map_err(|e| crate::egress::local("sync commands", e.to_string()))?;
-    Ok(registered.len())
-}
-
-/// Asks Discord for the application's id and public key (`GET /applications/@me`).
-pub async fn fetch_application(egress_client: &twilight_http::Client) -> Result<(u64, String), crate::DiscordError> {
-    let response = egress_client
-        .current_user_application()
-        .await
-        .map_err(|e| crate::egress::from_twilight("get application", e))?;
-    let bytes = response.bytes().await.map_err(|e| crate::egress::local("get application", e.to_string()))?;
-    let v: Value =
-        serde_json::from_slice(&bytes).map_err(|e| crate::egress::local("get application", e.to_string()))?;
-    let id = v["id"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| crate::egress::local("get application", "no id"))?;
-    Ok((id, v["verify_key"].as_str().unwrap_or_default().to_owned()))
+    let call = crate::rest::Call::new(reqwest::Method::PUT, path).json(&body);
+    let registered = egress.call("sync commands", call).await?;
+    Ok(registered.as_array().map_or(0, Vec::len))
 }

@@ -83,7 +83,7 @@ impl PostLedger {
         let text = item.attrs.get("text").and_then(Value::as_str);
         match egress.find_posted(post.channel, post.poster, text, started).await? {
             Some(id) => {
-                tracing::info!(key, message = id, "an earlier delivery's post was found in the channel");
+                tracing::info!(key, message_id = id, "an earlier delivery's post was found in the channel");
                 self.done(key, &[id], started).await?;
                 Ok(Some(vec![id]))
             }

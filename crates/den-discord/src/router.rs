@@ -182,9 +182,13 @@ impl Router {
         let result = self.jobs.send_all(&jobs).await;
         self.enqueued(&result);
         match result {
-            Ok(sent) => Ok(sent.iter().filter(|s| !s.duplicate).count()),
+            Ok(sent) => {
+                let fresh = sent.iter().filter(|s| !s.duplicate).count();
+                tracing::debug!(message_id = m.id, jobs = jobs.len(), fresh, "message routed");
+                Ok(fresh)
+            }
             Err(e) => {
-                tracing::warn!(error = %e, message = m.id, "could not enqueue the jobs of a message; will retry");
+                tracing::warn!(error = %e, message_id = m.id, "could not enqueue the jobs of a message; will retry");
                 Err(e)
             }
         }

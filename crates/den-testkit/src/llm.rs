@@ -47,7 +47,7 @@ pub enum Fault {
 }
 
 /// One scripted answer.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Script {
     /// The reply text.
     pub reply: String,
@@ -57,19 +57,40 @@ pub struct Script {
     pub tokens_per_sec: f64,
     /// A failure instead of (or in the middle of) the reply.
     pub fault: Option<Fault>,
+    /// Makes the reply from the request's JSON body instead of `reply`.
+    pub reply_from: Option<fn(&Value) -> String>,
 }
 
 impl Script {
     /// A reply sent as fast as possible.
     #[must_use]
     pub fn reply(text: &str) -> Self {
-        Self { reply: text.into(), time_to_first_token: Duration::ZERO, tokens_per_sec: 0.0, fault: None }
+        Self {
+            reply: text.into(),
+            time_to_first_token: Duration::ZERO,
+            tokens_per_sec: 0.0,
+            fault: None,
+            reply_from: None,
+        }
+    }
+
+    /// A reply made from each request's JSON body (so that answers can be told apart).
+    #[must_use]
+    pub fn from_request(make: fn(&Value) -> String) -> Self {
+        Self { reply_from: Some(make), ..Self::reply("") }
     }
 
     /// A failure.
     #[must_use]
     pub fn fault(fault: Fault) -> Self {
         Self { fault: Some(fault), ..Self::reply("partial answer that will be cut off here") }
+    }
+
+    /// The same reply, failing with `fault` (a stream cut after some tokens, say).
+    #[must_use]
+    pub fn with_fault(mut self, fault: Fault) -> Self {
+        self.fault = Some(fault);
+        self
     }
 
     /// Sets the time to first token.
@@ -215,7 +236,10 @@ async fn handle(State(state): State<Arc<LlmState>>, uri: Uri, headers: HeaderMap
     if !authorized {
         return error(state.wire, 401, "authentication_error", "invalid x-api-key");
     }
-    let script = lock(&state.scripts).pop_front().unwrap_or_else(|| lock(&state.default).clone());
+    let mut script = lock(&state.scripts).pop_front().unwrap_or_else(|| lock(&state.default).clone());
+    if let Some(make) = script.reply_from {
+        script.reply = make(&json);
+    }
     match &script.fault {
         Some(Fault::RateLimited(secs)) => {
             let mut r = error(state.wire, 429, "rate_limit_error", "rate limited");

@@ -7,7 +7,6 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use den_core::{Clock, SystemClock};
 use den_discord::gateway::{Gateway, GatewayConfig, ShardStatus, StoreIdentifyQueue};
-use den_discord::module::fetch_application;
 use den_discord::{Egress, EgressConfig, Module, Router};
 use den_ops::{Metrics, OpsState, QueueDepthCollector, ReadinessCheck};
 use den_storage::sqlite::{SqliteOptions, SqliteStore};
@@ -139,7 +138,8 @@ pub async fn egress(
         egress.learn_bot_user().await.context("cannot ask Discord who den's bot user is (GET /users/@me)")?;
     }
     if has_token && (egress.app_id() == 0 || public_key.is_none()) {
-        let (app, key) = fetch_application(egress.client())
+        let (app, key) = egress
+            .application()
             .await
             .context("cannot ask Discord for the application id (set discord.application_id to skip this)")?;
         if egress.app_id() == 0 {

@@ -301,10 +301,7 @@ impl Gateway {
 
 /// Asks Discord how many shards to run and how many may identify at once.
 pub async fn recommended_shards(egress: &Egress) -> Result<(u32, u32), crate::DiscordError> {
-    let response =
-        egress.client().gateway().authed().await.map_err(|e| crate::egress::from_twilight("get gateway", e))?;
-    let bytes = response.bytes().await.map_err(|e| crate::egress::local("get gateway", e.to_string()))?;
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| crate::egress::local("get gateway", e.to_string()))?;
+    let v = egress.gateway_bot().await?;
     let shards = v["shards"].as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(1).max(1);
     let max_concurrency =
         v["session_start_limit"]["max_concurrency"].as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(1).max(1);

@@ -370,6 +370,7 @@ impl ShardLoop {
         match envelope.op {
             0 => {
                 let seq = envelope.s.unwrap_or(0);
+                tracing::debug!(shard = self.number, seq, event = envelope.t, "dispatch");
                 match envelope.t {
                     Some("READY") => {
                         let ready: ReadyData =

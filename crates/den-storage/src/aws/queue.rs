@@ -359,7 +359,7 @@ impl SqsQueue {
             }
         }
         for failed in out.failed() {
-            tracing::warn!(code = failed.code(), message = failed.message(), "SQS refused a message");
+            tracing::warn!(code = failed.code(), reason = failed.message(), "SQS refused a message");
         }
         Ok(ok)
     }

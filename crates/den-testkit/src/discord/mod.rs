@@ -118,6 +118,10 @@ pub(crate) struct Shared {
     changed: Notify,
     gateway_url: String,
     public_key_hex: String,
+    /// Where interactions go when the application has an Interactions Endpoint URL.
+    endpoint: Mutex<Option<String>>,
+    runtime: tokio::runtime::Handle,
+    http: reqwest::Client,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -232,6 +236,9 @@ impl FakeDiscord {
             injected: Mutex::default(),
             changed: Notify::new(),
             gateway_url,
+            endpoint: Mutex::new(None),
+            runtime: tokio::runtime::Handle::current(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default(),
         });
         let rest_app = axum::Router::new()
             .route("/attachments/{id}/{file}", axum::routing::get(rest::attachment))
@@ -254,7 +261,7 @@ impl FakeDiscord {
         Ok(Self { shared, rest_addr, signing_key, tasks })
     }
 
-    /// `127.0.0.1:PORT` of the REST API, for twilight-http's `proxy`.
+    /// `127.0.0.1:PORT` of the REST API (den's `discord.api_proxy`).
     #[must_use]
     pub fn rest_addr(&self) -> String {
         self.rest_addr.to_string()
@@ -485,6 +492,7 @@ impl FakeDiscord {
             Interaction {
                 id,
                 token: token.clone(),
+                user_id: user,
                 channel_id: channel,
                 guild_id: guild,
                 created,
@@ -543,23 +551,68 @@ impl FakeDiscord {
         id
     }
 
-    /// Invokes slash command `name` as `user` over the gateway (INTERACTION_CREATE);
-    /// returns the interaction token.
+    /// Invokes slash command `name` as `user`, delivered as Discord would: to
+    /// the Interactions Endpoint URL when one is set, else over the gateway
+    /// (INTERACTION_CREATE); returns the interaction token.
     pub fn invoke_command(&self, user: u64, channel: u64, name: &str, options: &[CommandOption]) -> String {
         let data = self.command_data(name, options);
         let (token, payload) = self.new_interaction(user, channel, 2, data, None);
-        let guild = self.shared.model().interactions[&token].guild_id;
-        self.shared.hub().dispatch("INTERACTION_CREATE", &payload, Some(guild), 0);
+        self.deliver(&token, payload);
         token
     }
 
-    /// Presses the button `custom_id` on `message` as `user` over the gateway; returns the token.
+    /// Presses the button `custom_id` on `message` as `user`; returns the token.
     pub fn press_button(&self, user: u64, channel: u64, message: u64, custom_id: &str) -> String {
         let data = json!({"custom_id": custom_id, "component_type": 2});
         let (token, payload) = self.new_interaction(user, channel, 3, data, Some(message));
-        let guild = self.shared.model().interactions[&token].guild_id;
-        self.shared.hub().dispatch("INTERACTION_CREATE", &payload, Some(guild), 0);
+        self.deliver(&token, payload);
         token
+    }
+
+    /// Sends interactions to `url` (signed, as Discord POSTs them) instead of
+    /// over the gateway; `None` goes back to the gateway.
+    pub fn set_interactions_endpoint(&self, url: Option<String>) {
+        *lock(&self.shared.endpoint) = url;
+    }
+
+    fn deliver(&self, token: &str, payload: Value) {
+        let Some(url) = lock(&self.shared.endpoint).clone() else {
+            let guild = self.shared.model().interactions[token].guild_id;
+            self.shared.hub().dispatch("INTERACTION_CREATE", &payload, Some(guild), 0);
+            return;
+        };
+        let signed = self.sign(token.to_owned(), payload.to_string());
+        let shared = self.shared.clone();
+        self.shared.runtime.spawn(async move {
+            let sent = shared
+                .http
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("x-signature-ed25519", &signed.signature)
+                .header("x-signature-timestamp", &signed.timestamp)
+                .body(signed.body)
+                .send()
+                .await;
+            let answer = match sent {
+                Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
+                Ok(r) => {
+                    tracing::warn!(target: "den_testkit", status = %r.status(), "the interactions endpoint refused");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(target: "den_testkit", error = %e, "the interactions endpoint did not answer");
+                    None
+                }
+            };
+            // What den answered is the first response, as if posted to the callback route.
+            if let Some(answer) = answer {
+                let result = rest::respond(&shared, &mut shared.model(), &signed.token, None, &answer);
+                if let Err(e) = result {
+                    shared.violation(format!("interaction answer refused over HTTP: {}", e.message()));
+                }
+                shared.changed.notify_waiters();
+            }
+        });
     }
 
     /// Builds a slash-command interaction for the HTTP endpoint, signed with the
@@ -610,6 +663,21 @@ impl FakeDiscord {
     #[must_use]
     pub fn interaction(&self, token: &str) -> Option<Interaction> {
         self.shared.model().interactions.get(token).cloned()
+    }
+
+    /// Every user the fake knows.
+    #[must_use]
+    pub fn users(&self) -> Vec<User> {
+        self.shared.model().users.values().cloned().collect()
+    }
+
+    /// The interactions `user` invoked, oldest first.
+    #[must_use]
+    pub fn interactions_by(&self, user: u64) -> Vec<Interaction> {
+        let mut list: Vec<Interaction> =
+            self.shared.model().interactions.values().filter(|i| i.user_id == user).cloned().collect();
+        list.sort_by_key(|i| i.id);
+        list
     }
 
     /// Channels of a guild.

@@ -131,6 +131,8 @@ pub struct Interaction {
     pub id: u64,
     /// Token.
     pub token: String,
+    /// Who invoked it.
+    pub user_id: u64,
     /// Channel it was invoked in.
     pub channel_id: u64,
     /// Guild.

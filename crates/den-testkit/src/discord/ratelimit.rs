@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 ///   webhooks of the channel: observed ("about 30 messages a minute"); Discord
 ///   shows it in no header until it answers 429 with scope `shared`.
 ///
-/// Interaction callbacks are not limited (Discord exempts them from the
-/// global limit, and each token answers once).
+/// - `interaction_callback: 5 per 1 s` per interaction: Discord exempts
+///   interaction callbacks from the global limit but answers them with bucket
+///   headers like any route (observed); each interaction is its own bucket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RateLimits {
     /// Requests per second across all bot-authenticated routes.
@@ -35,6 +36,8 @@ pub struct RateLimits {
     pub default: Bucket,
     /// Webhook posts per channel (hidden: only a 429 tells).
     pub webhook_channel: Bucket,
+    /// Interaction callbacks per interaction (outside the global limit).
+    pub interaction_callback: Bucket,
 }
 
 /// A bucket's size and window.
@@ -64,6 +67,7 @@ impl Default for RateLimits {
             guild_writes: Bucket::new(10, Duration::from_secs(10)),
             default: Bucket::new(50, Duration::from_secs(1)),
             webhook_channel: Bucket::new(30, Duration::from_secs(60)),
+            interaction_callback: Bucket::new(5, Duration::from_secs(1)),
         }
     }
 }
@@ -81,6 +85,7 @@ impl RateLimits {
             guild_writes: big,
             default: big,
             webhook_channel: big,
+            interaction_callback: big,
         }
     }
 }
@@ -157,7 +162,7 @@ impl Limiter {
         now: Instant,
     ) -> Verdict {
         let bucket = match route_class {
-            "interaction_callback" => return Verdict::Exempt,
+            "interaction_callback" => limits.interaction_callback,
             "channel_messages" => limits.channel_messages,
             "message_edits" => limits.message_edits,
             "webhook_execute" => limits.webhook_execute,
@@ -227,6 +232,9 @@ mod tests {
             assert!(matches!(l.take(&limits, "default", &i.to_string(), true, t0), Verdict::Allowed(_)));
         }
         assert!(matches!(l.take(&limits, "default", "9", true, t0), Verdict::Limited { global: true, .. }));
-        assert!(matches!(l.take(&limits, "interaction_callback", "9", false, t0), Verdict::Exempt));
+        assert!(
+            matches!(l.take(&limits, "interaction_callback", "9", false, t0), Verdict::Allowed(_)),
+            "callbacks are outside the global limit"
+        );
     }
 }

@@ -23,17 +23,23 @@ const NONCE_WINDOW: Duration = Duration::from_secs(5 * 60);
 const FIRST_RESPONSE: Duration = Duration::from_secs(3);
 
 /// A Discord API error.
-struct ApiError {
+pub(crate) struct ApiError {
     status: u16,
     code: u32,
     message: String,
+}
+
+impl ApiError {
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 fn err(status: u16, code: u32, message: &str) -> ApiError {
     ApiError { status, code, message: message.to_owned() }
 }
 
-type OpResult = Result<(u16, Value), ApiError>;
+pub(crate) type OpResult = Result<(u16, Value), ApiError>;
 
 pub(crate) async fn handle(
     State(shared): State<Arc<Shared>>,
@@ -634,43 +640,8 @@ fn run(
         }
         "create_interaction_response" => {
             let token = params.get("interaction_token").cloned().unwrap_or_default();
-            let now = model.now();
-            let author = bot_author(model);
-            let i = model.interactions.get(&token).cloned().ok_or_else(|| err(404, 10062, "Unknown interaction"))?;
-            if i.id.to_string() != params.get("interaction_id").cloned().unwrap_or_default() {
-                return Err(err(404, 10062, "Unknown interaction"));
-            }
-            if i.callback.is_some() {
-                return Err(err(400, 40060, "Interaction has already been acknowledged."));
-            }
-            if now.duration_since(i.created).unwrap_or_default() > FIRST_RESPONSE {
-                return Err(err(404, 10062, "Unknown interaction"));
-            }
-            let kind = body["type"].as_u64().unwrap_or(0) as u8;
-            let data = body.get("data").cloned().unwrap_or(Value::Null);
-            let original = match kind {
-                4 | 5 => {
-                    check_content(&data)?;
-                    let mut m = new_message(model, i.channel_id, author, &data);
-                    if kind == 5 {
-                        m.flags |= 128; // "den is thinking…"
-                    }
-                    let mid = m.id;
-                    let json = model::message_json(&m);
-                    model.messages.insert(mid, m);
-                    if data["flags"].as_u64().unwrap_or(0) & 64 == 0 {
-                        shared.dispatch_message(&json, i.guild_id);
-                    }
-                    Some(mid)
-                }
-                1 | 6 | 7 | 8 | 9 => None,
-                _ => return Err(err(400, 50035, "Invalid Form Body: type")),
-            };
-            let entry = model.interactions.get_mut(&token).ok_or_else(|| err(404, 10062, "Unknown interaction"))?;
-            entry.callback = Some((kind, data));
-            entry.responded_at = Some(now);
-            entry.original = original;
-            Ok((204, Value::Null))
+            let id = params.get("interaction_id").cloned().unwrap_or_default();
+            respond(shared, model, &token, Some(&id), body)
         }
         "get_original_webhook_message" | "update_original_webhook_message" | "delete_original_webhook_message" => {
             let app = id(params, "webhook_id")?;
@@ -848,6 +819,55 @@ fn run(
         }
         other => Err(err(501, 0, &format!("den-testkit does not implement {other} yet"))),
     }
+}
+
+/// The first response to an interaction, whether den POSTed it to the
+/// callback route (gateway interactions) or answered Discord's HTTP request
+/// with it (`interaction_id` is then `None`: Discord knows which it sent).
+pub(crate) fn respond(
+    shared: &Shared,
+    model: &mut Model,
+    token: &str,
+    interaction_id: Option<&str>,
+    body: &Value,
+) -> OpResult {
+    let now = model.now();
+    let author = bot_author(model);
+    let i = model.interactions.get(token).cloned().ok_or_else(|| err(404, 10062, "Unknown interaction"))?;
+    if interaction_id.is_some_and(|id| id != i.id.to_string()) {
+        return Err(err(404, 10062, "Unknown interaction"));
+    }
+    if i.callback.is_some() {
+        return Err(err(400, 40060, "Interaction has already been acknowledged."));
+    }
+    if now.duration_since(i.created).unwrap_or_default() > FIRST_RESPONSE {
+        return Err(err(404, 10062, "Unknown interaction"));
+    }
+    let kind = body["type"].as_u64().unwrap_or(0) as u8;
+    let data = body.get("data").cloned().unwrap_or(Value::Null);
+    let original = match kind {
+        4 | 5 => {
+            check_content(&data)?;
+            let mut m = new_message(model, i.channel_id, author, &data);
+            if kind == 5 {
+                m.flags |= 128; // "den is thinking…"
+            }
+            let mid = m.id;
+            let json = model::message_json(&m);
+            model.messages.insert(mid, m);
+            if data["flags"].as_u64().unwrap_or(0) & 64 == 0 {
+                shared.dispatch_message(&json, i.guild_id);
+            }
+            Some(mid)
+        }
+        1 | 6 | 7 | 8 | 9 => None,
+        _ => return Err(err(400, 50035, "Invalid Form Body: type")),
+    };
+    let entry = model.interactions.get_mut(token).ok_or_else(|| err(404, 10062, "Unknown interaction"))?;
+    entry.callback = Some((kind, data));
+    entry.responded_at = Some(now);
+    entry.original = original;
+    Ok((204, Value::Null))
 }
 
 /// `GET /attachments/{id}/{file}`: a file a person attached (Discord's CDN, for the fake).
