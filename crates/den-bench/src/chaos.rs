@@ -279,7 +279,7 @@ pub fn run(o: &ChaosOptions) -> anyhow::Result<Value> {
     for i in 0..o.trials {
         let trial = Trial::draw(&mut rng);
         let marker = format!("chaos-{i}");
-        world.act(&fake, trial, i, &marker);
+        world.act(&fake, trial, &marker);
         trials.push((trial, marker));
         if rng.below(o.fault_every.max(1) as u64) == 0 {
             let fault = FaultKind::ALL[rng.below(FaultKind::ALL.len() as u64) as usize];
@@ -380,7 +380,8 @@ async fn settle(db: &Path) -> anyhow::Result<bool> {
 struct World {
     admin: u64,
     guild: u64,
-    channels: Vec<u64>,
+    /// Each trial's own channel, so that what den says there is that trial's.
+    channels: Mutex<Vec<u64>>,
     /// The server's own role and category, named as a campaign's would be.
     decoys: (u64, u64),
 }
@@ -389,13 +390,13 @@ impl World {
     fn new(fake: &FakeDiscord) -> Self {
         let admin = fake.add_user("ada");
         let guild = fake.add_guild("chaos", admin);
-        let channels = (0..4).map(|i| fake.add_text_channel(guild, &format!("room-{i}"))).collect();
         let decoys = (fake.add_role(guild, "Decoy Members"), fake.add_category(guild, "Decoy"));
-        Self { admin, guild, channels, decoys }
+        Self { admin, guild, channels: Mutex::default(), decoys }
     }
 
-    fn act(&self, fake: &FakeDiscord, trial: Trial, i: usize, marker: &str) {
-        let channel = self.channels[i % self.channels.len()];
+    fn act(&self, fake: &FakeDiscord, trial: Trial, marker: &str) {
+        let channel = fake.add_text_channel(self.guild, marker);
+        self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(channel);
         match trial {
             Trial::Mention => {
                 fake.post_as(self.admin, channel, &format!("Gran, what do you make of {marker}?"));
@@ -445,7 +446,8 @@ impl World {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )?;
         let mut messages = Vec::new();
-        for c in &self.channels {
+        let trial_channels = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        for c in &trial_channels {
             messages.extend(fake.messages(*c));
         }
         let channels = fake.channels(self.guild);
@@ -517,7 +519,35 @@ impl World {
                 .collect();
             json!({"trial": marker, "messages": seen})
         };
-        let details: Vec<Value> = lost_trials.iter().chain(&duplicated_trials).map(shown).collect();
+        let campaign_state = |marker: &String| -> Value {
+            let name = campaign(marker);
+            let cats: Vec<u64> = channels.iter().filter(|c| c.kind == 4 && c.name == name).map(|c| c.id).collect();
+            let under: Vec<usize> =
+                cats.iter().map(|id| channels.iter().filter(|c| c.parent_id == Some(*id)).count()).collect();
+            let roles: Vec<String> =
+                roles.iter().filter(|r| r.name.starts_with(&name)).map(|r| r.name.clone()).collect();
+            json!({"categories": cats, "channels_under": under, "roles": roles})
+        };
+        let kind_of = |marker: &String| trials.iter().find(|(_, m)| m == marker).map(|(t, _)| t.name()).unwrap_or("?");
+        let details: Vec<Value> = lost_trials
+            .iter()
+            .chain(&duplicated_trials)
+            .map(|m| {
+                let mut d = shown(m);
+                d["kind"] = kind_of(m).into();
+                let channel = fake.channels(self.guild).into_iter().find(|c| c.name == *m).map_or(0, |c| c.id);
+                d["interactions"] = fake
+                    .interactions_in(channel)
+                    .iter()
+                    .map(|i| {
+                        json!({"id": i.id, "callback": i.callback.as_ref().map(|c| c.0),
+                               "original": i.original.and_then(|o| fake.message(o)).map(|o| o.content)})
+                    })
+                    .collect();
+                d["campaign"] = campaign_state(m);
+                d
+            })
+            .collect();
         let duplicated: usize = by_kind.values().map(|c| c.duplicated).sum();
         Ok(json!({
             "by_kind": by_kind.iter().map(|(k, c)| (k.to_string(), c.json())).collect::<serde_json::Map<_, _>>(),

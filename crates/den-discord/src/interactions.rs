@@ -96,7 +96,10 @@ async fn handle(State(state): State<EndpointState>, headers: HeaderMap, body: By
         Ok(i) => i,
         Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
     };
-    let ack = state.router.route_interaction(&interaction).await;
+    let ack = match state.router.route_interaction(&interaction).await {
+        Ok(ack) => ack,
+        Err(_) => state.router.cannot_take_it_on(),
+    };
     axum::Json(ack.to_json()).into_response()
 }
 

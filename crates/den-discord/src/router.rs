@@ -65,7 +65,8 @@ pub enum Routed {
     Ignored,
     /// A message, with this many jobs enqueued.
     Message(usize),
-    /// A message whose jobs could not be enqueued (the store failed): route it again later.
+    /// A message or interaction whose jobs could not be enqueued (the store
+    /// failed): route it again later.
     NotEnqueued,
     /// An interaction, answered.
     Interaction,
@@ -129,7 +130,7 @@ impl Router {
             },
             Some("INTERACTION_CREATE") => match InboundInteraction::parse(d.get()) {
                 Ok(i) => {
-                    let ack = self.route_interaction(&i).await;
+                    let Ok(ack) = self.route_interaction(&i).await else { return Routed::NotEnqueued };
                     // Discord takes the first response within 3 s of the interaction; retrying past that is pointless.
                     let deadline = tokio::time::Instant::now() + self.time_left_to_ack(i.id);
                     if let Err(e) = egress.respond_by(i.id, &i.token, &ack, deadline).await {
@@ -201,10 +202,15 @@ impl Router {
         ACK_WINDOW.saturating_sub(self.clock.now().since(created)).max(Duration::from_millis(500))
     }
 
-    /// Decides the first response to an interaction, enqueueing its jobs first.
-    pub async fn route_interaction(&self, i: &InboundInteraction) -> Ack {
+    /// Decides the first response to an interaction, enqueueing its jobs
+    /// first. An error means its jobs are not durably queued: a gateway
+    /// interaction is then routed again later (its stored sequence stays
+    /// below it, so a restart replays it too) and its jobs finish it through
+    /// the channel or not at all ([`Fallback`]); an HTTP one can only be
+    /// answered that den cannot take it on now.
+    pub async fn route_interaction(&self, i: &InboundInteraction) -> StoreResult<Ack> {
         if i.kind == InteractionKind::Ping {
-            return Ack::Pong;
+            return Ok(Ack::Pong);
         }
         let cx = self.cx();
         let mut reaction: Option<Reaction> = None;
@@ -215,10 +221,10 @@ impl Router {
             }
         }
         let Some(mut reaction) = reaction else {
-            return Ack::Message { content: "den does not know that command (yet).".into(), ephemeral: true };
+            return Ok(Ack::Message { content: "den does not know that command (yet).".into(), ephemeral: true });
         };
         if reaction.jobs.is_empty() {
-            return reaction.ack;
+            return Ok(reaction.ack);
         }
         let iref = InteractionRef::of(i, cx.now);
         for job in &mut reaction.jobs {
@@ -246,15 +252,22 @@ impl Router {
             tokio::time::sleep(wait).await;
         };
         match result {
-            Ok(_) => reaction.ack,
+            Ok(_) => Ok(reaction.ack),
             Err(e) => {
-                tracing::error!(error = %e, interaction = i.id, "could not enqueue an interaction's jobs");
-                self.metrics.job_dead_lettered(self.jobs.name(), "ingress.enqueue_failed");
-                Ack::Message {
-                    content: "den could not take that on right now; please try again in a minute.".into(),
-                    ephemeral: true,
-                }
+                tracing::warn!(error = %e, interaction = i.id, "could not enqueue an interaction's jobs");
+                Err(e)
             }
+        }
+    }
+
+    /// What the HTTP endpoint answers when an interaction's jobs could not be
+    /// queued in time (there is no replay to fall back on), counting it.
+    #[must_use]
+    pub fn cannot_take_it_on(&self) -> Ack {
+        self.metrics.job_dead_lettered(self.jobs.name(), "ingress.enqueue_failed");
+        Ack::Message {
+            content: "den could not take that on right now; please try again in a minute.".into(),
+            ephemeral: true,
         }
     }
 }
@@ -331,7 +344,8 @@ pub async fn finish_interaction_or(
         Some(user) => format!("<@{user}> {text}"),
         None => text.to_owned(),
     };
-    egress.send_text(channel, &text, None).await.map(|_| ())
+    // Keyed by the interaction: a job run again posts the same message, once.
+    egress.send_text_keyed(channel, &text, None, &format!("interaction:{}", iref.id)).await.map(|_| ())
 }
 
 /// Builds a job of `kind` for a module, with `payload`.

@@ -160,7 +160,8 @@ impl Egress {
     /// Runs `attempt` until it succeeds, Discord refuses it, `deadline` passes or
     /// the attempts run out. 429s are waited out (the request did not land);
     /// after a 5xx or a lost answer the request may have landed, so `landed`
-    /// is asked before trying again, and what it finds is the answer.
+    /// is asked before trying again: what it finds is the answer, and when it
+    /// cannot tell, the error is.
     async fn retry<T, F, Fut, L, LFut>(
         &self,
         what: &str,
@@ -172,7 +173,7 @@ impl Egress {
         F: FnMut() -> Fut,
         Fut: Future<Output = DiscordResult<T>>,
         L: FnMut() -> LFut,
-        LFut: Future<Output = Option<T>>,
+        LFut: Future<Output = Landed<T>>,
     {
         let mut tries = 0;
         loop {
@@ -191,15 +192,19 @@ impl Egress {
             if tries >= MAX_ATTEMPTS || deadline.is_some_and(|d| tokio::time::Instant::now() + wait >= d) {
                 return Err(error);
             }
-            let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-            tracing::warn!(%what, attempt = tries, wait_ms, error = %error, "Discord call failed; retrying");
             tokio::time::sleep(wait).await;
-            if error.kind != DiscordErrorKind::RateLimited
-                && let Some(v) = landed().await
-            {
-                tracing::info!(%what, "the failed request had landed; not sending it again");
-                return Ok(v);
+            if error.kind != DiscordErrorKind::RateLimited {
+                match landed().await {
+                    Landed::Yes(v) => {
+                        tracing::info!(%what, "the failed request had landed; not sending it again");
+                        return Ok(v);
+                    }
+                    Landed::No => {}
+                    Landed::Unknown => return Err(error),
+                }
             }
+            let waited_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+            tracing::warn!(%what, attempt = tries, waited_ms, error = %error, "Discord call failed; retrying");
         }
     }
 
@@ -220,9 +225,23 @@ impl Egress {
         })
     }
 
-    /// Sends `call`, retrying 429s, 5xx and lost answers.
+    /// Sends `call`, retrying 429s, 5xx and lost answers: for requests that
+    /// do the same thing however often they land (reads, edits, deletes, PUTs).
     pub(crate) async fn call(&self, what: &str, call: Call<'_>) -> DiscordResult<Value> {
-        self.retry(what, None, || self.once(what, &call), || async { None }).await
+        self.retry(what, None, || self.once(what, &call), || async { Landed::No }).await
+    }
+
+    /// Sends a POST that makes something (a role, a channel, a webhook),
+    /// retried after a 429, which made nothing. After a 5xx or a lost answer
+    /// the thing may exist: `landed` looks for it, and the POST is sent again
+    /// only when it finds nothing. A caller that cannot look (roles and
+    /// channels, whose names are not unique) gets the error and decides.
+    pub(crate) async fn create<L, LFut>(&self, what: &str, call: Call<'_>, mut landed: L) -> DiscordResult<Value>
+    where
+        L: FnMut() -> LFut,
+        LFut: Future<Output = Landed<Value>>,
+    {
+        self.retry(what, None, || self.once(what, &call), &mut landed).await
     }
 
     /// Posts `text` in `channel` as den, split into as many messages as it
@@ -323,7 +342,7 @@ impl Egress {
             .unauthenticated()
             .json(&body);
         let what = "interaction response";
-        match self.retry(what, Some(deadline), || self.once(what, &call), || async { None }).await {
+        match self.retry(what, Some(deadline), || self.once(what, &call), || async { Landed::No }).await {
             Ok(_) => Ok(()),
             // A retry after a lost answer finds the interaction already acknowledged: it landed.
             Err(e) if e.code == Some(40060) => Ok(()),
@@ -349,9 +368,20 @@ impl Egress {
             body["flags"] = 64.into();
         }
         let call = Call::new(Method::POST, format!("/webhooks/{app}/{token}?wait=true")).unauthenticated().json(&body);
-        let v = self.call("follow-up", call).await?;
+        // A follow-up takes no nonce and den cannot look for it: sent again only after a 429.
+        let v = self.create("follow-up", call, || async { Landed::Unknown }).await?;
         snowflake(&v["id"]).ok_or_else(|| local("follow-up", "no message id"))
     }
+}
+
+/// Whether a request whose answer was lost (or was a 5xx) did its work.
+pub(crate) enum Landed<T> {
+    /// It did: here is what it made.
+    Yes(T),
+    /// It did not: sending it again is safe.
+    No,
+    /// There is no telling: do not send it again.
+    Unknown,
 }
 
 /// A snowflake, as Discord writes it (a string) or as a number.

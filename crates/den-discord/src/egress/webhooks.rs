@@ -5,7 +5,9 @@ use den_storage::Put;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::{DiscordErrorKind, DiscordResult, Egress, Identity, Poster, clip, local, no_pings, no_zero, snowflake};
+use super::{
+    DiscordErrorKind, DiscordResult, Egress, Identity, Landed, Poster, clip, local, no_pings, no_zero, snowflake,
+};
 use crate::rest::Call;
 use crate::split::{MAX_MESSAGE_CHARS, split_message};
 
@@ -65,19 +67,19 @@ impl Egress {
             return Ok(w);
         }
         no_zero(channel, "find webhook")?;
-        let list = self.call("list webhooks", Call::new(Method::GET, format!("/channels/{channel}/webhooks"))).await?;
-        let app = self.app_id();
-        let existing = list.as_array().into_iter().flatten().find_map(|w| {
-            let owned = snowflake(&w["application_id"]) == Some(app);
-            let token = w["token"].as_str()?;
-            owned.then(|| Some(WebhookRef { id: snowflake(&w["id"])?, token: token.to_owned() })).flatten()
-        });
-        let w = match existing {
+        let w = match self.owned_webhook(channel).await? {
             Some(w) => w,
             None => {
                 let body = json!({"name": "den"});
                 let call = Call::new(Method::POST, format!("/channels/{channel}/webhooks")).json(&body);
-                let v = self.call("create webhook", call).await?;
+                let found = || async move {
+                    match self.owned_webhook(channel).await {
+                        Ok(Some(w)) => Landed::Yes(json!({"id": w.id.to_string(), "token": w.token})),
+                        Ok(None) => Landed::No,
+                        Err(_) => Landed::Unknown,
+                    }
+                };
+                let v = self.create("create webhook", call, found).await?;
                 WebhookRef {
                     id: snowflake(&v["id"]).ok_or_else(|| local("create webhook", "no id in answer"))?,
                     token: v["token"].as_str().ok_or_else(|| local("create webhook", "no token in answer"))?.to_owned(),
@@ -94,6 +96,17 @@ impl Egress {
         }
         self.remember_webhook(channel, &w);
         Ok(w)
+    }
+
+    /// A webhook of `channel` that den's application owns, if there is one.
+    async fn owned_webhook(&self, channel: u64) -> DiscordResult<Option<WebhookRef>> {
+        let list = self.call("list webhooks", Call::new(Method::GET, format!("/channels/{channel}/webhooks"))).await?;
+        let app = self.app_id();
+        Ok(list.as_array().into_iter().flatten().find_map(|w| {
+            let owned = snowflake(&w["application_id"]) == Some(app);
+            let token = w["token"].as_str()?;
+            owned.then(|| Some(WebhookRef { id: snowflake(&w["id"])?, token: token.to_owned() })).flatten()
+        }))
     }
 
     fn cached_webhook(&self, channel: u64) -> Option<WebhookRef> {
@@ -179,7 +192,13 @@ impl Egress {
             None,
             || async { posted(self.once(what, &call).await?) },
             // Webhooks take no nonce: a lost answer is checked against the channel instead.
-            || async { self.find_posted(channel, &poster, Some(text), since).await.ok().flatten() },
+            || async {
+                match self.find_posted(channel, &poster, Some(text), since).await {
+                    Ok(Some(id)) => Landed::Yes(id),
+                    Ok(None) => Landed::No,
+                    Err(_) => Landed::Unknown,
+                }
+            },
         )
         .await
     }

@@ -389,7 +389,13 @@ impl ShardLoop {
                 if let Some(s) = &mut self.session {
                     s.seq = s.seq.max(seq);
                 }
-                self.route(ws, text.to_owned(), seq).await
+                let started = matches!(envelope.t, Some("READY" | "RESUMED"));
+                let routed = self.route(ws, text.to_owned(), seq).await;
+                if started {
+                    // Stored at once: a process killed a moment after connecting must still resume.
+                    self.save_session(true).await;
+                }
+                routed
             }
             1 => Frame::BeatNow,
             7 => {

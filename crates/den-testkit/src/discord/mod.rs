@@ -671,6 +671,15 @@ impl FakeDiscord {
         self.shared.model().users.values().cloned().collect()
     }
 
+    /// The interactions invoked in `channel`, oldest first.
+    #[must_use]
+    pub fn interactions_in(&self, channel: u64) -> Vec<Interaction> {
+        let mut list: Vec<Interaction> =
+            self.shared.model().interactions.values().filter(|i| i.channel_id == channel).cloned().collect();
+        list.sort_by_key(|i| i.id);
+        list
+    }
+
     /// The interactions `user` invoked, oldest first.
     #[must_use]
     pub fn interactions_by(&self, user: u64) -> Vec<Interaction> {
