@@ -156,7 +156,27 @@ struct Proc {
 }
 
 impl Proc {
+    /// Starts `den ROLE`, as a supervisor would: a process that exits before
+    /// it is up (its store locked at that moment, say) is started again.
     fn start(
+        den: &Path,
+        dir: &Path,
+        role: &'static str,
+        env: &[(String, String)],
+        log: Arc<Mutex<Vec<Value>>>,
+    ) -> anyhow::Result<Self> {
+        let mut last = anyhow::anyhow!("not started");
+        for _ in 0..10 {
+            match Self::start_once(den, dir, role, env, log.clone()) {
+                Ok(p) => return Ok(p),
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        Err(last)
+    }
+
+    fn start_once(
         den: &Path,
         dir: &Path,
         role: &'static str,
@@ -184,8 +204,19 @@ impl Proc {
                 lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(v);
             }
         });
-        started_rx.recv_timeout(Duration::from_secs(30)).map_err(|_| anyhow::anyhow!("den {role} did not start"))?;
-        Ok(Self { role, child })
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if started_rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+                return Ok(Self { role, child });
+            }
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!("den {role} exited before it started ({status})");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                anyhow::bail!("den {role} did not start in 30 s");
+            }
+        }
     }
 
     fn kill(&mut self) {

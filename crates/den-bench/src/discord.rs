@@ -258,8 +258,16 @@ async fn through_gateway(
         fake.post_as(user, channel, "!ping");
     }
     let dispatched = start.elapsed().as_secs_f64();
-    while rig.queue.depth(&rig.spec.name).await?.total() < JOBS_PER_EVENT * events as u64 {
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(300), "events did not all arrive");
+    loop {
+        let queued = rig.queue.depth(&rig.spec.name).await?.total();
+        if queued >= JOBS_PER_EVENT * events as u64 {
+            break;
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(300),
+            "{queued} jobs of {} events arrived in 300 s",
+            events
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let secs = start.elapsed().as_secs_f64();

@@ -39,6 +39,10 @@ enum Scenario {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Logs of den's parts on standard error, only when asked for (RUST_LOG=den_discord=debug, say).
+    if std::env::var_os("RUST_LOG").is_some() {
+        den_ops::init_logging(den_ops::LogFormat::Text, "warn");
+    }
     let report = match cli.scenario {
         Scenario::Queue(o) => queue::run(&o)?,
         Scenario::Memory(o) => memory::run(&o)?,

@@ -86,6 +86,8 @@ enum End {
     Fatal(FatalClose),
     /// Connect again; `fresh` drops the session (identify instead of resume).
     Reconnect { fresh: bool, reason: &'static str, code: Option<u16> },
+    /// The queue took events again after backpressure: resume at once.
+    Backpressure,
 }
 
 /// Sequences of events still being routed, so the stored session never
@@ -203,6 +205,11 @@ impl ShardLoop {
             let mut live_since = None;
             let end = self.connection(&mut ws, &mut live_since).await;
             let stable = live_since.is_some_and(|t: Instant| t.elapsed() >= STABLE_AFTER);
+            if matches!(end, End::Backpressure) {
+                // Not the gateway's fault: den waited for its queue, and resumes now.
+                tracing::info!(shard = self.number, "the queue takes events again; resuming");
+                continue;
+            }
             failures = if stable { 0 } else { failures + 1 };
             match end {
                 End::Shutdown => {
@@ -210,6 +217,7 @@ impl ShardLoop {
                     return Ok(());
                 }
                 End::Fatal(f) => return Err(f),
+                End::Backpressure => {}
                 End::Reconnect { fresh, reason, code } => {
                     if fresh {
                         self.session = None;
@@ -418,15 +426,22 @@ impl ShardLoop {
         }
     }
 
-    /// Hands a dispatch to the router in the pipeline. When the pipeline is
-    /// full (enqueueing fails), waits for room, then ends the connection
-    /// resumably so the shard reads nothing more until den can take it.
+    /// Hands a dispatch to the router in the pipeline. A full pipeline while
+    /// the queue works is flow control: wait for a slot. A full pipeline while
+    /// enqueueing fails is backpressure: end the connection resumably and read
+    /// nothing until den can take events again (Discord replays the rest).
     async fn route(&mut self, ws: &mut Ws, text: String, seq: u64) -> Frame {
-        let permit = self.permits.clone().try_acquire_owned().ok();
-        let backpressured = permit.is_none();
-        let permit = match permit {
-            Some(p) => p,
-            None => {
+        let mut backpressure = false;
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) if self.gw.router.enqueue_failing_for().is_none() => {
+                match self.permits.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => return Frame::End(End::Shutdown),
+                }
+            }
+            Err(_) => {
+                backpressure = true;
                 close(ws, RESUMABLE).await;
                 if !self.wait_for_room().await {
                     return Frame::End(End::Shutdown);
@@ -439,11 +454,7 @@ impl ShardLoop {
         };
         self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).start(seq);
         self.spawn_route(text, seq, permit);
-        if backpressured {
-            Frame::End(End::Reconnect { fresh: false, reason: "backpressure", code: None })
-        } else {
-            Frame::Continue
-        }
+        if backpressure { Frame::End(End::Backpressure) } else { Frame::Continue }
     }
 
     fn spawn_route(&mut self, text: String, seq: u64, permit: OwnedSemaphorePermit) {
