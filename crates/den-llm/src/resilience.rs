@@ -302,7 +302,8 @@ impl ChatModel for Resilient {
                         p.breaker.failure();
                         self.note_breaker(p, before);
                         let wait = if attempt < self.policy.max_attempts { self.delay(attempt, &e) } else { None };
-                        tracing::warn!(provider = p.model.name(), attempt, error = %e, retry_in = ?wait, "model call failed");
+                        let retry_in_ms = wait.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                        tracing::warn!(provider = p.model.name(), attempt, error = %e, retry_in_ms, "model call failed");
                         last = Some(e);
                         match wait {
                             Some(d) => tokio::time::sleep(d).await,

@@ -219,7 +219,7 @@ async fn run_delivery(shared: &Shared, delivery: Delivery) {
         let error = match result {
             Ok(Ok(())) => {
                 match shared.queue.ack(queue, &delivery.receipt).await {
-                    Ok(()) => tracing::debug!(?elapsed, "job done"),
+                    Ok(()) => tracing::debug!(elapsed_ms = elapsed.as_secs_f64() * 1000.0, "job done"),
                     Err(e) => tracing::warn!(error = %e, "job done but its ack failed; it may run again"),
                 }
                 shared.metrics.job_finished(queue, &job.kind, JobOutcome::Succeeded, elapsed);
@@ -239,7 +239,7 @@ async fn run_delivery(shared: &Shared, delivery: Delivery) {
             return;
         }
         let delay = shared.config.backoff.delay(delivery.receive_count);
-        tracing::warn!(error = %error, retry_in = ?delay, "job failed; will retry");
+        tracing::warn!(error = %error, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "job failed; will retry");
         shared.metrics.job_finished(queue, &job.kind, JobOutcome::Failed, elapsed);
         if let Err(e) = shared.queue.change_visibility(queue, &delivery.receipt, delay).await {
             tracing::warn!(error = %e, "could not schedule the retry; it returns when its lease ends");

@@ -615,6 +615,17 @@ fn a_persona_with_its_own_token_posts_as_its_own_bot_account() {
     assert!(discord.fake.webhooks(discord.channel).is_empty(), "no webhook needed");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(llm.requests().len(), 1, "its own bot message is not answered");
+
+    // The token goes from its file: after the reload it speaks through den's webhook again.
+    std::fs::write(dir.join("sir-quill.toml"), QUILL).unwrap();
+    std::thread::sleep(Duration::from_millis(2_500));
+    llm.push(Script::reply("Back among the webhooks."));
+    discord.fake.post_as(discord.user, discord.channel, "Quill, still there?");
+    discord.wait_until("Quill answers through the webhook", WAIT, |f| {
+        f.messages(discord.channel).iter().any(|m| m.webhook_id.is_some() && m.content == "Back among the webhooks.")
+    });
+    let bot_posts = discord.fake.messages(discord.channel).into_iter().filter(|m| m.author_id == quill_bot).count();
+    assert_eq!(bot_posts, 1, "nothing more as the bot account");
 }
 
 /// Every job may run twice: a reply job redelivered after Discord failed in
