@@ -4,6 +4,7 @@
 
 mod campaign;
 mod discord;
+mod local;
 mod memory;
 mod persona;
 mod queue;
@@ -35,6 +36,8 @@ enum Scenario {
     Campaign(campaign::CampaignOptions),
     /// A gateway and two workers under faults: lost and duplicated side effects.
     Chaos(den_bench::chaos::ChaosOptions),
+    /// The local model: time to first token, tokens/s at 1 and 2 threads, resident memory.
+    LocalModel(local::LocalModelOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Recall(o) => persona::recall(&o)?,
         Scenario::Campaign(o) => campaign::run(&o)?,
         Scenario::Chaos(o) => den_bench::chaos::run(&o)?,
+        Scenario::LocalModel(o) => local::run(&o)?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

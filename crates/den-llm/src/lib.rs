@@ -287,10 +287,12 @@ pub(crate) fn spoken(m: &ChatMessage) -> String {
 }
 
 /// The conversation as alternating turns that start with the user, which
-/// Anthropic and Bedrock require: consecutive messages of one role are
-/// joined, and a conversation that starts with the model gets a short user
-/// turn first.
-pub(crate) fn alternating_turns(messages: &[ChatMessage]) -> Vec<(Role, String)> {
+/// Anthropic, Bedrock and chat templates of small local models require:
+/// consecutive messages of one role are joined, a named speaker's name leads
+/// their text, and a conversation that starts with the model gets a short
+/// user turn first.
+#[must_use]
+pub fn alternating_turns(messages: &[ChatMessage]) -> Vec<(Role, String)> {
     let mut turns: Vec<(Role, String)> = Vec::new();
     for m in messages {
         let text = spoken(m);

@@ -51,6 +51,8 @@ pub struct PersonasConfig {
     pub prompt_budget_tokens: usize,
     /// Most tokens of reply.
     pub max_reply_tokens: u32,
+    /// How much prompts tell the model.
+    pub prompt_style: prompt::PromptStyle,
     /// Extra deny patterns for the output filter (regular expressions).
     pub deny_patterns: Vec<String>,
     /// Replies a Higher Self `/influence` directive lasts.
@@ -74,6 +76,7 @@ impl Default for PersonasConfig {
             transcript_lines: 30,
             prompt_budget_tokens: 3_000,
             max_reply_tokens: 300,
+            prompt_style: prompt::PromptStyle::Full,
             deny_patterns: Vec::new(),
             directive_turns: 3,
             budget: den_llm::ledger::Budget::default(),

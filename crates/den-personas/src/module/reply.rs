@@ -356,6 +356,7 @@ pub async fn compose(
         cue,
         budget_tokens: config.prompt_budget_tokens,
         max_tokens: config.max_reply_tokens,
+        style: config.prompt_style,
     }))
 }
 
