@@ -24,7 +24,11 @@ impl Sampler {
 
     /// The next token after `said`, from `logits` (which it changes).
     pub fn sample(&mut self, logits: &mut [f32], said: &[u32], temperature: f32) -> u32 {
-        for &t in &said[said.len().saturating_sub(REPEAT_WINDOW)..] {
+        let mut recent = said[said.len().saturating_sub(REPEAT_WINDOW)..].to_vec();
+        recent.sort_unstable();
+        recent.dedup();
+        // Once per token, however often it was said.
+        for t in recent {
             if let Some(l) = logits.get_mut(t as usize) {
                 *l = if *l > 0.0 { *l / REPEAT_PENALTY } else { *l * REPEAT_PENALTY };
             }
@@ -77,6 +81,12 @@ mod tests {
     fn a_token_just_said_loses_a_close_race() {
         let mut s = Sampler::new(Some(1));
         assert_eq!(s.sample(&mut [2.0, 1.9], &[0], 0.0), 1);
+    }
+
+    #[test]
+    fn a_token_said_many_times_is_discouraged_once() {
+        let mut s = Sampler::new(Some(1));
+        assert_eq!(s.sample(&mut [2.0, 1.5], &[0; 40], 0.0), 0, "2.0 / 1.15 still beats 1.5");
     }
 
     #[test]

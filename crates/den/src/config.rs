@@ -147,6 +147,8 @@ pub struct PersonasSection {
     pub directive_turns: u32,
     /// Messages of people per channel between memory consolidations (0: never).
     pub consolidate_every: u64,
+    /// `full`, `brief` (for small models) or `auto`: brief when llm.primary runs in den's process.
+    pub prompt_style: String,
 }
 
 impl Default for PersonasSection {
@@ -169,6 +171,7 @@ impl Default for PersonasSection {
             deny_patterns: d.deny_patterns,
             directive_turns: d.directive_turns,
             consolidate_every: d.consolidate_every,
+            prompt_style: "auto".into(),
         }
     }
 }
@@ -193,6 +196,11 @@ impl Config {
             deny_patterns: p.deny_patterns.clone(),
             directive_turns: p.directive_turns,
             consolidate_every: p.consolidate_every,
+            prompt_style: match p.prompt_style.as_str() {
+                "brief" => den_personas::prompt::PromptStyle::Brief,
+                "auto" if self.llm.primary_is_in_process() => den_personas::prompt::PromptStyle::Brief,
+                _ => den_personas::prompt::PromptStyle::Full,
+            },
             budget: den_llm::ledger::Budget {
                 per_guild: limit(self.llm.daily_tokens_per_guild),
                 per_persona: limit(self.llm.daily_tokens_per_persona),
@@ -200,12 +208,22 @@ impl Config {
         }
     }
 
+    /// Where fetched models live.
+    #[must_use]
+    pub fn models_dir(&self) -> PathBuf {
+        self.llm.models_dir.clone().unwrap_or_else(|| self.beside_store("models"))
+    }
+
+    /// `name` in the folder of the store (the working directory when the store has none).
+    #[must_use]
+    pub fn beside_store(&self, name: &str) -> PathBuf {
+        self.store.path.parent().map_or_else(|| PathBuf::from(name), |d| d.join(name))
+    }
+
     /// Where persona memory lives.
     #[must_use]
     pub fn memory_path(&self) -> PathBuf {
-        self.personas.memory_path.clone().unwrap_or_else(|| {
-            self.store.path.parent().map_or_else(|| PathBuf::from("memory.db"), |d| d.join("memory.db"))
-        })
+        self.personas.memory_path.clone().unwrap_or_else(|| self.beside_store("memory.db"))
     }
 }
 
@@ -481,6 +499,8 @@ pub struct LlmConfig {
     pub daily_tokens_per_guild: u64,
     /// Tokens per persona per guild per UTC day (0: unlimited).
     pub daily_tokens_per_persona: u64,
+    /// Where `den model fetch` stores models (default: `models` beside the store).
+    pub models_dir: Option<PathBuf>,
     /// The providers, by name.
     pub provider: Vec<ProviderSection>,
 }
@@ -501,7 +521,8 @@ pub struct ProviderSection {
     /// AWS region, for `bedrock` (required there; never assumed).
     #[serde(default)]
     pub region: Option<String>,
-    /// Default model.
+    /// Default model (not used by `local` and `canned`).
+    #[serde(default)]
     pub model: String,
     /// Environment variable holding the API key.
     #[serde(default)]
@@ -512,6 +533,23 @@ pub struct ProviderSection {
     /// Extra headers sent with every request.
     #[serde(default)]
     pub headers: std::collections::BTreeMap<String, String>,
+    /// For `local`: the GGUF model (default: the one `den model fetch` stores in `llm.models_dir`).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// For `local`: CPU threads (default 1; the largest of all local providers applies to the process).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// For `local`: positions (prompt and reply) kept in memory.
+    #[serde(default)]
+    pub context: Option<usize>,
+}
+
+impl ProviderSection {
+    /// A provider that runs in den's process: no key, no server.
+    #[must_use]
+    pub fn is_in_process(&self) -> bool {
+        matches!(self.kind.as_str(), "local" | "canned")
+    }
 }
 
 impl Default for LlmConfig {
@@ -526,6 +564,7 @@ impl Default for LlmConfig {
             breaker_cooldown_secs: 30,
             daily_tokens_per_guild: 0,
             daily_tokens_per_persona: 0,
+            models_dir: None,
             provider: vec![
                 ProviderSection {
                     name: "anthropic".into(),
@@ -536,6 +575,9 @@ impl Default for LlmConfig {
                     key_file: None,
                     region: None,
                     headers: Default::default(),
+                    path: None,
+                    threads: None,
+                    context: None,
                 },
                 ProviderSection {
                     name: "litellm".into(),
@@ -546,6 +588,9 @@ impl Default for LlmConfig {
                     key_file: None,
                     region: None,
                     headers: Default::default(),
+                    path: None,
+                    threads: None,
+                    context: None,
                 },
             ],
         }
@@ -553,6 +598,18 @@ impl Default for LlmConfig {
 }
 
 impl LlmConfig {
+    /// CPU threads for in-process models: the most any local provider asks for, at least 1.
+    #[must_use]
+    pub fn local_threads(&self) -> usize {
+        self.provider.iter().filter(|p| p.kind == "local").filter_map(|p| p.threads).max().unwrap_or(1).max(1)
+    }
+
+    /// Whether the primary provider is a small in-process model.
+    #[must_use]
+    pub fn primary_is_in_process(&self) -> bool {
+        self.provider(&self.primary).is_ok_and(ProviderSection::is_in_process)
+    }
+
     /// The provider named `name`.
     pub fn provider(&self, name: &str) -> Result<&ProviderSection, String> {
         self.provider.iter().find(|p| p.name == name).ok_or_else(|| {
@@ -744,6 +801,9 @@ fn validate(c: &Config) -> Result<(), String> {
     })?;
     den_personas::safety::OutputFilter::new(&c.personas.deny_patterns, vec![])
         .map_err(|e| format!("personas.deny_patterns: {e}"))?;
+    if !matches!(c.personas.prompt_style.as_str(), "auto" | "full" | "brief") {
+        return Err(format!("personas.prompt_style must be auto, full or brief, not {:?}", c.personas.prompt_style));
+    }
     if !c.interactions.path.starts_with('/') {
         return Err(format!("interactions.path {:?} must start with /", c.interactions.path));
     }
@@ -752,6 +812,9 @@ fn validate(c: &Config) -> Result<(), String> {
         match p.kind.as_str() {
             "anthropic" | "openai" if p.base_url.trim().is_empty() => {
                 return Err(format!("llm.provider {name:?}: base_url is required for {}", p.kind));
+            }
+            "anthropic" | "openai" | "bedrock" if p.model.trim().is_empty() => {
+                return Err(format!("llm.provider {name:?}: model is required for {}", p.kind));
             }
             "anthropic" | "openai" => {}
             "bedrock" => {
@@ -765,8 +828,14 @@ fn validate(c: &Config) -> Result<(), String> {
                     ));
                 }
             }
+            "local" if p.threads == Some(0) || p.context.is_some_and(|c| c < 64) => {
+                return Err(format!("llm.provider {name:?}: threads must be at least 1 and context at least 64"));
+            }
+            "local" | "canned" => {}
             other => {
-                return Err(format!("llm.provider {name:?}: kind must be anthropic, openai or bedrock, not {other:?}"));
+                return Err(format!(
+                    "llm.provider {name:?}: kind must be anthropic, openai, bedrock, local or canned, not {other:?}"
+                ));
             }
         }
     }

@@ -11,8 +11,17 @@ use futures_util::StreamExt as _;
 use crate::cli::LlmCommand;
 use crate::config::{self, Config, ProviderSection};
 
-/// The provider a section describes.
-pub async fn provider(p: &ProviderSection, env: &[(String, String)]) -> anyhow::Result<Arc<dyn ChatModel>> {
+/// The provider a section describes; `models_dir` holds fetched models.
+pub async fn provider(
+    p: &ProviderSection,
+    env: &[(String, String)],
+    models_dir: &std::path::Path,
+) -> anyhow::Result<Arc<dyn ChatModel>> {
+    match p.kind.as_str() {
+        "local" => return local(p, models_dir).await,
+        "canned" => return Ok(Arc::new(den_local::Canned::default())),
+        _ => {}
+    }
     let config = ProviderConfig {
         name: p.name.clone(),
         base_url: p.base_url.clone(),
@@ -26,6 +35,29 @@ pub async fn provider(p: &ProviderSection, env: &[(String, String)]) -> anyhow::
         "bedrock" => bedrock(config, p).await?,
         _ => Arc::new(OpenAiCompatible::new(config)?),
     })
+}
+
+/// The model file a `local` provider runs.
+#[must_use]
+pub fn local_path(p: &ProviderSection, models_dir: &std::path::Path) -> std::path::PathBuf {
+    p.path.clone().unwrap_or_else(|| den_local::fetch::SMOLLM2_135M.path_in(models_dir))
+}
+
+async fn local(p: &ProviderSection, models_dir: &std::path::Path) -> anyhow::Result<Arc<dyn ChatModel>> {
+    let path = local_path(p, models_dir);
+    let defaults = den_local::LocalOptions::default();
+    let options =
+        den_local::LocalOptions { name: p.name.clone(), context: p.context.unwrap_or(defaults.context), ..defaults };
+    let model = den_local::LocalModel::open(&path, options).await?;
+    let info = model.info();
+    tracing::info!(
+        provider = %p.name,
+        model = %info.model,
+        path = %path.display(),
+        load_ms = info.load_time.as_millis() as u64,
+        "local model loaded"
+    );
+    Ok(Arc::new(model))
 }
 
 #[cfg(feature = "aws")]
@@ -89,7 +121,7 @@ pub async fn command(command: LlmCommand, c: &Config, env: &[(String, String)]) 
         LlmCommand::Ping { provider: name } => {
             let name = name.unwrap_or_else(|| c.llm.primary.clone());
             let section = c.llm.provider(&name).map_err(anyhow::Error::msg)?;
-            let model = provider(section, env).await?;
+            let model = provider(section, env, &c.models_dir()).await?;
             let request = ChatRequest::simple(
                 "You are a health check. Answer in one short sentence.",
                 "Say that you are working, in one short sentence.",
@@ -117,7 +149,8 @@ pub async fn command(command: LlmCommand, c: &Config, env: &[(String, String)]) 
                 }
             };
             let ms = |d: Duration| d.as_millis();
-            println!("{name} ({}): {}", section.model, text.trim());
+            let model = if section.model.is_empty() { section.kind.as_str() } else { section.model.as_str() };
+            println!("{name} ({model}): {}", text.trim());
             println!(
                 "first token {} ms, total {} ms, tokens in {} out {} (cached {}), finish {finish:?}",
                 first_token.map_or(0, ms),
@@ -155,10 +188,14 @@ mod tests {
             key_file: None,
             region: None,
             headers: Default::default(),
+            path: None,
+            threads: None,
+            context: None,
         };
         let metrics = den_ops::Metrics::new();
         let policy = Policy { backoff_base: Duration::from_millis(10), ..Policy::default() };
-        let model = Resilient::new(provider(&section, &[]).await.unwrap(), None, policy, Arc::new(SystemClock))
+        let dir = std::path::Path::new("models");
+        let model = Resilient::new(provider(&section, &[], dir).await.unwrap(), None, policy, Arc::new(SystemClock))
             .with_observer(Arc::new(LlmMetrics(metrics.clone())));
         den_llm::collect(model.stream(&ChatRequest::simple("s", "hi")).await.unwrap()).await.unwrap();
         let text = metrics.encode();

@@ -5,6 +5,7 @@ mod aws;
 mod cli;
 mod config;
 mod llm;
+mod model;
 mod personas;
 mod roles;
 
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    set_model_threads(loaded.config.llm.local_threads(), &env);
     let format = cli.log_format.as_deref().unwrap_or(&loaded.config.log.format);
     let format = match format.parse::<den_ops::LogFormat>() {
         Ok(f) => f,
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
             Command::Persona { command } => personas::command(command, &loaded.config),
             Command::Campaign { command } => admin::campaign(command, &loaded.config),
             Command::Chat { persona } => personas::chat(persona, &loaded.config, &env).await,
+            Command::Model { command } => model::command(command, &loaded.config).await,
         }
     });
     match result {
@@ -81,6 +84,20 @@ fn main() -> ExitCode {
             // One line: the chain of causes, joined.
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Local models run on candle, which sizes its thread pool from these
+/// variables the first time it computes: they are set here, before any
+/// thread exists, unless the environment already sets them.
+#[allow(unsafe_code)]
+fn set_model_threads(threads: usize, env: &[(String, String)]) {
+    for var in ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
+        if !env.iter().any(|(k, _)| k == var) {
+            // SAFETY: main has started no thread yet (no runtime, no logger
+            // worker), so nothing reads the environment while it changes.
+            unsafe { std::env::set_var(var, threads.to_string()) };
         }
     }
 }

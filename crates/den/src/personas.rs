@@ -44,7 +44,7 @@ pub async fn models(
 ) -> Option<Models> {
     let mut built: HashMap<String, Arc<dyn ChatModel>> = HashMap::new();
     for section in &c.llm.provider {
-        match provider(section, env).await {
+        match provider(section, env, &c.models_dir()).await {
             Ok(m) => {
                 built.insert(section.name.clone(), m);
             }

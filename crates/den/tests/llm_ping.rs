@@ -102,3 +102,32 @@ fn a_bedrock_provider_without_a_region_is_a_config_error() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("bedrock needs region"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_local_model_answers_without_a_key_or_a_server() {
+    let scratch = Scratch::new();
+    let model = scratch.path().join("tiny.gguf");
+    den_local::testing::write_tiny_model(&model, den_local::testing::Says::Laughter).unwrap();
+    let text = format!(
+        "[llm]\nprimary = \"here\"\n\n[[llm.provider]]\nname = \"here\"\nkind = \"local\"\npath = \"{}\"\nthreads = 1\n",
+        model.display()
+    );
+    std::fs::write(scratch.path().join("den.toml"), text).unwrap();
+    let out = scratch.output(&["llm", "ping"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("here (local): hahaha"), "{text}");
+    // The tiny model keeps 256 positions: half of them may be reply.
+    assert!(text.contains("here (local): hahahahahaha") && text.contains("finish Length"), "{text}");
+}
+
+#[test]
+fn a_local_provider_without_its_model_says_how_to_fetch_it() {
+    let scratch = Scratch::new();
+    let text = "[llm]\nprimary = \"here\"\n\n[[llm.provider]]\nname = \"here\"\nkind = \"local\"\n";
+    std::fs::write(scratch.path().join("den.toml"), text).unwrap();
+    let out = scratch.output(&["llm", "ping"], &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("den model fetch") && err.contains("SmolLM2-135M-Instruct.Q4_1.gguf"), "{err}");
+}
