@@ -130,10 +130,11 @@ fn delete_campaign_asks_first_then_removes_everything_it_made() {
         f.channels(discord.guild).len() == before - 12
             && f.roles(discord.guild).iter().all(|r| !r.name.starts_with("Doomed"))
     });
+    answer(&discord, &press, "Campaign **Doomed** deleted");
     let listed = invoke(&discord, "list-campaigns", &[]);
     let (_, data) = ack(&discord, &listed);
     assert!(data["content"].as_str().unwrap().contains("No campaigns yet"), "{data}");
-    assert!(discord.fake.violations().is_empty());
+    assert_eq!(discord.fake.violations(), Vec::<String>::new());
 }
 
 #[test]

@@ -554,7 +554,7 @@ fn chime_ins_happen_only_where_an_admin_turned_them_on() {
     std::thread::sleep(Duration::from_millis(1000));
     assert!(den.persona_messages("Sir Quill").is_empty(), "off by default");
     let ack =
-        den.command(den.discord.user, "chime-in", &[CommandOption { name: "on".into(), value: true.into(), kind: 5 }]);
+        den.command(den.discord.user, "chime-in", &[CommandOption::of(5, "on", true.into())]);
     assert!(ack.contains("chime-ins are on"), "{ack}");
     den.say("lovely weather today");
     den.wait_for_persona("Sir Quill", 1);
@@ -650,7 +650,7 @@ fn admins_set_their_servers_own_limits() {
     let den = Den::start(&[]);
     let shown = den.command(den.discord.user, "persona-settings", &[]);
     assert!(shown.contains("5 requests per person per minute") && shown.contains("unlimited"), "{shown}");
-    let one = CommandOption { name: "user-per-minute".into(), value: 1.into(), kind: 4 };
+    let one = CommandOption::of(4, "user-per-minute", 1.into());
     let set = den.command(den.discord.user, "persona-settings", std::slice::from_ref(&one));
     assert!(set.contains("1 requests per person per minute"), "{set}");
     let bob = den.discord.fake.add_user("bob");

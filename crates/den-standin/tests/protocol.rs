@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use den_testkit::discord::CommandOption;
-use den_testkit::{FakeConfig, FakeDiscord};
+use den_standin::{CommandOption, Standin, StandinConfig};
 use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
@@ -23,7 +22,7 @@ async fn next_json(
 
 #[tokio::test]
 async fn a_hand_written_client_identifies_receives_events_and_resumes_with_replay() {
-    let fake = FakeDiscord::start(FakeConfig::default()).await.unwrap();
+    let fake = Standin::start(StandinConfig::default()).await.unwrap();
     let user = fake.add_user("ada");
     let guild = fake.add_guild("g", user);
     let channel = fake.add_text_channel(guild, "c");
@@ -65,7 +64,7 @@ async fn a_hand_written_client_identifies_receives_events_and_resumes_with_repla
 
 #[tokio::test]
 async fn a_wrong_token_and_a_disallowed_intent_close_with_discords_codes() {
-    let fake = FakeDiscord::start(FakeConfig { privileged_intents: 0, ..FakeConfig::default() }).await.unwrap();
+    let fake = Standin::start(StandinConfig { privileged_intents: 0, ..StandinConfig::default() }).await.unwrap();
     for (token, intents, code) in [("wrong", 1u64, 4004u16), (fake.bot_token().as_str(), 1 | (1 << 15), 4014)] {
         let (mut ws, _) = tokio_tungstenite::connect_async(fake.gateway_url()).await.unwrap();
         next_json(&mut ws).await;
@@ -84,7 +83,7 @@ async fn a_wrong_token_and_a_disallowed_intent_close_with_discords_codes() {
 
 #[tokio::test]
 async fn signed_interactions_verify_with_the_public_key_the_api_reports() {
-    let fake = FakeDiscord::start(FakeConfig::default()).await.unwrap();
+    let fake = Standin::start(StandinConfig::default()).await.unwrap();
     let user = fake.add_user("ada");
     let guild = fake.add_guild("g", user);
     let channel = fake.add_text_channel(guild, "c");
@@ -109,7 +108,7 @@ async fn signed_interactions_verify_with_the_public_key_the_api_reports() {
 
 #[tokio::test]
 async fn unauthenticated_and_off_spec_requests_are_refused_and_recorded() {
-    let fake = FakeDiscord::start(FakeConfig::default()).await.unwrap();
+    let fake = Standin::start(StandinConfig::default()).await.unwrap();
     let user = fake.add_user("ada");
     let guild = fake.add_guild("g", user);
     let channel = fake.add_text_channel(guild, "c");
