@@ -117,8 +117,27 @@ pub fn channel(c: &Channel) -> Value {
     if let Some(t) = &c.topic {
         v["topic"] = t.clone().into();
     }
-    if c.kind == world::kind::FORUM {
-        v["available_tags"] = c.tags.clone().into();
+    match c.kind {
+        world::kind::TEXT => {
+            v["rate_limit_per_user"] = 0.into();
+            v["last_message_id"] = Value::Null;
+        }
+        world::kind::VOICE => {
+            v["bitrate"] = 64_000.into();
+            v["user_limit"] = 0.into();
+            v["rtc_region"] = Value::Null;
+            v["video_quality_mode"] = 1.into();
+            v["rate_limit_per_user"] = 0.into();
+        }
+        world::kind::FORUM => {
+            v["available_tags"] = c.tags.clone().into();
+            v["default_reaction_emoji"] = Value::Null;
+            v["default_sort_order"] = Value::Null;
+            v["default_forum_layout"] = 0.into();
+            v["default_thread_rate_limit_per_user"] = 0.into();
+            v["rate_limit_per_user"] = 0.into();
+        }
+        _ => {}
     }
     if world::kind::is_thread(c.kind) {
         let object = v.as_object_mut();

@@ -38,8 +38,9 @@ pub struct StandinConfig {
     /// Check requests and responses against the OpenAPI spec. Benchmarks
     /// turn it off so the checker's CPU is not charged to den.
     pub check_schemas: bool,
-    /// A request that breaks the spec fails the test when the stand-in is
-    /// dropped (tests); otherwise it is reported as an [`Event::Violation`].
+    /// A request that breaks the spec is refused with 400 and fails the test
+    /// when the stand-in is dropped (tests); otherwise it is reported as an
+    /// [`Event::Violation`] and carried out, as Discord mostly does.
     pub strict: bool,
     /// Unknown bot tokens become new bot accounts, so any bot can connect.
     pub open_door: bool,
@@ -565,7 +566,10 @@ impl Standin {
             .sessions
             .iter()
             .filter(|s| s.tx.is_some())
-            .filter_map(|s| world.users.get(&s.account).map(|u| u.name.clone()))
+            .filter_map(|s| {
+                let bot = std::iter::once(&world.bot).chain(world.other_bots.values()).find(|b| b.id == s.account);
+                world.users.get(&s.account).or(bot).map(|u| u.name.clone())
+            })
             .collect();
         names.sort();
         names.dedup();

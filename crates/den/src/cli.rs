@@ -76,6 +76,9 @@ pub enum Command {
         #[command(subcommand)]
         command: AwsCommand,
     },
+    /// Try den with no Discord account and no model key: den runs against a
+    /// local stand-in for Discord, shown as a web page on 127.0.0.1.
+    Playground(PlaygroundArgs),
     /// The local model (runs in den's process, no key needed).
     Model {
         #[command(subcommand)]
@@ -268,4 +271,24 @@ pub enum LlmCommand {
         #[arg(long, value_name = "NAME")]
         provider: Option<String>,
     },
+}
+
+/// `den playground` options.
+#[derive(Debug, clap::Args)]
+pub struct PlaygroundArgs {
+    /// Where the page listens; the stand-in's REST API and gateway take the
+    /// next two ports (all three pick free ports when this one is 0).
+    #[arg(long, default_value = "127.0.0.1:8090", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// Start over: a new server, den's memory of the old one wiped.
+    #[arg(long)]
+    pub fresh: bool,
+    /// The model personas speak with: auto (a configured model with its key,
+    /// else the local model, fetched on first start, else canned replies),
+    /// configured, local or canned.
+    #[arg(long, default_value = "auto", value_name = "MODEL")]
+    pub model: crate::playground::ModelChoice,
+    /// The playground's folder (default: `playground` beside den's store).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }

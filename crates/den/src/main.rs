@@ -7,6 +7,7 @@ mod config;
 mod llm;
 mod model;
 mod personas;
+mod playground;
 mod roles;
 
 use std::process::ExitCode;
@@ -54,6 +55,7 @@ fn main() -> ExitCode {
             | Command::Commands { .. }
             | Command::Llm { .. }
             | Command::Chat { .. }
+            | Command::Playground(_)
     );
     if needs_secrets && let Err(e) = runtime.block_on(aws::merge_secret(&loaded.config, &mut env)) {
         eprintln!("error: {e:#}");
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
             Command::Campaign { command } => admin::campaign(command, &loaded.config),
             Command::Chat { persona } => personas::chat(persona, &loaded.config, &env).await,
             Command::Model { command } => model::command(command, &loaded.config).await,
+            Command::Playground(args) => playground::run(args, &loaded, &env).await,
         }
     });
     match result {

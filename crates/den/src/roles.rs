@@ -215,7 +215,7 @@ impl ReadinessCheck for ShardsReady {
 }
 
 /// Cancels the returned token on SIGINT or SIGTERM.
-fn shutdown_on_signal() -> anyhow::Result<CancellationToken> {
+pub fn shutdown_on_signal() -> anyhow::Result<CancellationToken> {
     use tokio::signal::unix::{SignalKind, signal};
     let token = CancellationToken::new();
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
@@ -235,14 +235,25 @@ fn shutdown_on_signal() -> anyhow::Result<CancellationToken> {
 /// down in order: stop taking work, drain the workers, stop the ops server,
 /// close the store.
 pub async fn run(role: Role, loaded: &Loaded, env: &[(String, String)]) -> anyhow::Result<()> {
-    let c = &loaded.config;
     // Before anything is opened or bound, so a missing token fails at once.
+    if role.needs_token() {
+        config::discord_token(&loaded.config.discord, env)?;
+    }
+    run_until(role, &loaded.config, env, shutdown_on_signal()?).await
+}
+
+/// Runs `role` until `shutdown` is cancelled (or a fatal gateway close).
+pub async fn run_until(
+    role: Role,
+    c: &Config,
+    env: &[(String, String)],
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let token = match config::discord_token(&c.discord, env) {
         Ok(t) => Some(t),
         Err(e) if role.needs_token() => return Err(e.into()),
         Err(_) => None,
     };
-    let shutdown = shutdown_on_signal()?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics = Metrics::new();
     let raw_store = open_store(c).await?;

@@ -553,8 +553,7 @@ fn chime_ins_happen_only_where_an_admin_turned_them_on() {
     den.say("lovely weather today");
     std::thread::sleep(Duration::from_millis(1000));
     assert!(den.persona_messages("Sir Quill").is_empty(), "off by default");
-    let ack =
-        den.command(den.discord.user, "chime-in", &[CommandOption::of(5, "on", true.into())]);
+    let ack = den.command(den.discord.user, "chime-in", &[CommandOption::of(5, "on", true.into())]);
     assert!(ack.contains("chime-ins are on"), "{ack}");
     den.say("lovely weather today");
     den.wait_for_persona("Sir Quill", 1);

@@ -37,12 +37,15 @@ pub(super) fn user(cx: &mut Cx<'_>) -> OpResult {
     Ok((200, json::account(u)))
 }
 
+/// `GET /applications/@me` and `/oauth2/applications/@me`: the caller's application
+/// (another bot's application id is its user id, as for applications made since 2019).
 pub(super) fn my_application(cx: &mut Cx<'_>) -> OpResult {
     let w = &cx.world;
+    let id = if w.other_bots.values().any(|b| b.id == w.bot.id) { w.bot.id } else { w.app_id };
     Ok((
         200,
         json!({
-            "id": w.app_id.to_string(), "name": w.bot.name, "icon": null, "description": "", "type": null,
+            "id": id.to_string(), "name": w.bot.name, "icon": null, "description": "", "bot_public": true, "bot_require_code_grant": false, "type": null,
             "verify_key": cx.shared.public_key_hex, "flags": 0, "flags_new": "0", "redirect_uris": [],
             "interactions_endpoint_url": null, "role_connections_verification_url": null,
             "owner": {

@@ -16,6 +16,7 @@ pub(crate) const HANDLERS: &[(&str, Handler)] = &[
     ("get_my_user", app::my_user),
     ("get_user", app::user),
     ("get_my_application", app::my_application),
+    ("get_my_oauth2_application", app::my_application),
     ("bulk_set_application_commands", app::set_commands),
     ("bulk_set_guild_application_commands", app::set_commands),
     ("list_application_commands", app::list_commands),

@@ -233,3 +233,167 @@ pub fn stderr(out: &Output) -> String {
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `den playground` on free ports, in a scratch folder.
+pub struct Playground {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT` of the page.
+    pub page: String,
+    /// The stand-in's REST base (`.../api/v10`).
+    pub rest: String,
+    /// The stand-in's gateway URL.
+    pub gateway: String,
+    /// Where den's log goes.
+    pub log: PathBuf,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Scratch {
+    /// Starts `den playground ARGS` with `env`, waits until it prints its
+    /// addresses and until den is connected to the stand-in's gateway.
+    pub fn playground(&self, args: &[&str], env: &[(&str, &str)]) -> Playground {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let log = self.path().join(format!("playground-{nanos}.log"));
+        let mut all = vec!["playground", "--listen", "127.0.0.1:0", "--dir", "pg"];
+        all.extend_from_slice(args);
+        let mut child = self
+            .command(&all, env)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (mut page, mut rest, mut gateway) = (String::new(), String::new(), String::new());
+        for line in stdout.lines().map_while(Result::ok) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["page:", url, ..] => page = (*url).to_owned(),
+                ["REST", url, ..] => rest = (*url).to_owned(),
+                ["gateway", url, ..] => gateway = (*url).to_owned(),
+                ["kept", ..] => break,
+                _ => {}
+            }
+        }
+        assert!(!page.is_empty(), "den playground printed no address; its log: {}", read(&log));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let pg = Playground { child, page, rest, gateway, log, rt };
+        pg.wait_until_den_is_online();
+        pg
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+impl Playground {
+    /// Waits until den's bot has a live gateway session (a message posted
+    /// before then is missed, as on Discord).
+    pub fn wait_until_den_is_online(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, state) = self.get("/api/state");
+            if state["online"].as_array().is_some_and(|o| o.iter().any(|n| n == "den")) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "den never connected; its log:\n{}", read(&self.log));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// GET on the page's API.
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.rt.block_on(async {
+            let r = reqwest::get(format!("{}{path}", self.page)).await.unwrap();
+            (r.status().as_u16(), r.json().await.unwrap_or(serde_json::Value::Null))
+        })
+    }
+
+    /// POST on the page's API.
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.rt.block_on(async {
+            let r = reqwest::Client::new().post(format!("{}{path}", self.page)).json(body).send().await.unwrap();
+            (r.status().as_u16(), r.json().await.unwrap_or(serde_json::Value::Null))
+        })
+    }
+
+    /// The page's state as `who` (a name of the cast) sees it.
+    pub fn state_as(&self, who: &str) -> serde_json::Value {
+        let id = self.person(who);
+        let (status, state) = self.get(&format!("/api/state?as={id}"));
+        assert_eq!(status, 200, "{state}");
+        state
+    }
+
+    /// The id of a person of the cast.
+    pub fn person(&self, name: &str) -> String {
+        let (_, state) = self.get("/api/state");
+        let cast = state["cast"].as_array().unwrap();
+        cast.iter().find(|p| p["name"] == name).unwrap()["id"].as_str().unwrap().to_owned()
+    }
+
+    /// The id of a channel `who` sees, by name.
+    pub fn channel(&self, who: &str, name: &str) -> Option<String> {
+        let state = self.state_as(who);
+        let channels = state["guild"]["channels"].as_array()?;
+        channels.iter().find(|c| c["name"] == name).map(|c| c["id"].as_str().unwrap().to_owned())
+    }
+
+    /// The messages of `channel` as `who` sees them.
+    pub fn messages(&self, who: &str, channel: &str) -> Vec<serde_json::Value> {
+        let id = self.person(who);
+        let (status, list) = self.get(&format!("/api/channels/{channel}/messages?as={id}"));
+        assert_eq!(status, 200, "{list}");
+        list.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Posts as `who`.
+    pub fn say(&self, who: &str, channel: &str, content: &str) {
+        let body = serde_json::json!({"as": self.person(who), "channel": channel, "content": content});
+        let (status, answer) = self.post("/api/messages", &body);
+        assert_eq!(status, 200, "{answer}");
+    }
+
+    /// Waits until a message of `channel`, as `who` sees it, satisfies `check`; returns it.
+    pub fn wait_for_message(
+        &self,
+        who: &str,
+        channel: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let messages = self.messages(who, channel);
+            if let Some(m) = messages.iter().find(|m| check(m)) {
+                return m.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such message in time; saw {messages:#?}\nden's log:\n{}",
+                read(&self.log)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops it as Ctrl-C does and waits for it to exit.
+    pub fn stop(mut self) -> ExitStatus {
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "den playground did not stop; log:\n{}", read(&self.log));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Playground {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
