@@ -183,7 +183,8 @@ function drawShell() {
       class: `${thread ? "thread" : ""} ${c.id === state.channel ? "selected" : ""}`,
       "data-channel": c.id, title: c.private ? "Private: only some people see it" : c.name,
       onclick: () => selectChannel(c.id),
-    }, el("span", { class: "icon" }, ICONS[c.kind] || "#"), c.name, c.private ? el("span", { class: "lock" }, "🔒") : null));
+    }, el("span", { class: "icon" }, ICONS[c.kind] || "#"), el("span", { class: "name" }, c.name),
+    c.private ? el("span", { class: "lock" }, "🔒") : null));
   }
 
   const who = $("who");
@@ -377,7 +378,7 @@ function drawPicker() {
   const found = commands().filter((c) => c.name.startsWith(q));
   if (!found.length) { picker.hidden = true; return; }
   state.pickerIndex = Math.min(state.pickerIndex, found.length - 1);
-  picker.replaceChildren(el("div", { class: "p-head" }, "den's commands"), found.map((c, i) =>
+  picker.replaceChildren(el("div", { class: "p-head" }, "den's commands"), ...found.map((c, i) =>
     el("div", { class: `cmd ${i === state.pickerIndex ? "sel" : ""}`, "data-command": c.name, onclick: () => chooseCommand(c) },
       el("span", { class: "c-name" }, `/${c.name}`), el("span", { class: "c-desc" }, c.description || ""))));
   picker.hidden = false;
@@ -646,6 +647,9 @@ function wire() {
 }
 
 async function start() {
+  // A bug in the page shows itself rather than leaving a stale view.
+  window.addEventListener("error", (e) => notice(`page error: ${e.message}`, true));
+  window.addEventListener("unhandledrejection", (e) => notice(`page error: ${e.reason}`, true));
   wire();
   await loadState();
   const recent = await act(api("GET", "/api/wire"));

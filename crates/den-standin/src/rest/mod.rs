@@ -242,7 +242,7 @@ pub(crate) async fn handle(
             }
             record(&shared, &method, path, &op.id, &json_body, status);
             if method != Method::GET {
-                let (part, channel) = ops::changed(&op.id, &op.params, &body);
+                let (part, channel) = ops::changed(&op.id, &op.params, &body, &shared.world());
                 shared.touch(part, channel);
             }
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::{Cx, OpResult, app, err, guilds, interactions, messages, snowflake, webhooks};
 use crate::events::Part;
+use crate::world::World;
 
 type Handler = fn(&mut Cx<'_>) -> OpResult;
 
@@ -63,8 +64,22 @@ pub(crate) fn run(op: &str, cx: &mut Cx<'_>) -> OpResult {
 }
 
 /// What part of the world a successful write of `op` changed.
-pub(crate) fn changed(op: &str, params: &HashMap<String, String>, body: &Value) -> (Part, Option<u64>) {
-    let channel = || params.get("channel_id").and_then(|c| c.parse().ok()).or_else(|| snowflake(&body["channel_id"]));
+pub(crate) fn changed(op: &str, params: &HashMap<String, String>, body: &Value, world: &World) -> (Part, Option<u64>) {
+    // Where the message landed: the path, the answer, or what the token or webhook belongs to.
+    let channel = || {
+        params
+            .get("channel_id")
+            .and_then(|c| c.parse().ok())
+            .or_else(|| snowflake(&body["channel_id"]))
+            .or_else(|| {
+                let token = params.get("interaction_token").or_else(|| params.get("webhook_token"))?;
+                world.interactions.get(token).map(|i| i.channel_id)
+            })
+            .or_else(|| {
+                let webhook = params.get("webhook_id")?.parse().ok()?;
+                world.webhooks.get(&webhook).map(|w| w.channel_id)
+            })
+    };
     if op.contains("command") {
         (Part::Commands, None)
     } else if op.contains("role") && op.contains("member") {
