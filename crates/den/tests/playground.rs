@@ -224,3 +224,29 @@ fn the_local_model_answers_a_persona_with_no_key_and_no_network() {
     assert!(!text.starts_with(den_local::CANNED_LABEL), "{text}");
     assert!(!text.contains("<|"), "no chat-template tokens leak: {text}");
 }
+
+#[test]
+fn a_game_master_uploads_a_campaign_template_and_builds_from_it() {
+    use base64::Engine as _;
+    let scratch = Scratch::new();
+    let pg = scratch.playground(&["--model", "canned"], &[]);
+    let general = general(&pg);
+    let cleo = pg.person("Cleo");
+    let template = "# heist\n- planning-room: where it starts\n- inside-man (private)\n- getaway-van (voice)\n";
+    let data = base64::engine::general_purpose::STANDARD.encode(template);
+    let (status, upload) = pg.post("/api/uploads", &json!({"name": "heist.md", "data": data}));
+    assert_eq!(status, 200, "{upload}");
+    let file = json!({"name": "file", "type": 11, "value": upload["id"]});
+    let (status, answer) =
+        pg.post("/api/commands", &json!({"as": cleo, "channel": general, "name": "campaign-template", "options": [file]}));
+    assert_eq!(status, 200, "{answer}");
+    pg.wait_for_message("Cleo", &general, WAIT, |m| {
+        m["content"].as_str().is_some_and(|c| c.contains("Template saved") && c.contains("3 channels"))
+    });
+    let options = json!([{"name": "name", "type": 3, "value": "Big Score"}, {"name": "template", "type": 3, "value": "heist"}]);
+    let (status, answer) =
+        pg.post("/api/commands", &json!({"as": cleo, "channel": general, "name": "add-campaign", "options": options}));
+    assert_eq!(status, 200, "{answer}");
+    pg.wait_for_message("Cleo", &general, WAIT, |m| m["content"].as_str().is_some_and(|c| c.contains("is ready")));
+    assert!(pg.channel("Ada", "planning-room").is_some() && pg.channel("Ada", "getaway-van").is_some());
+}
