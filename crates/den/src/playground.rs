@@ -213,7 +213,10 @@ fn wipe(dir: &Path, world: bool) -> anyhow::Result<()> {
 
 /// The model, as `choice` asks; `Auto` never fails (canned replies are the last resort).
 async fn pick_model(choice: ModelChoice, c: &Config, env: &[(String, String)]) -> anyhow::Result<Model> {
-    let configured = c.llm.provider(&c.llm.primary).ok().filter(|p| usable(p, env));
+    let configured = match c.llm.provider(&c.llm.primary) {
+        Ok(p) if usable(p, env) || answers(p).await => Some(p),
+        _ => None,
+    };
     match (choice, configured) {
         (ModelChoice::Auto | ModelChoice::Configured, Some(p)) => Ok(Model { label: label_of(p), provider: p.clone() }),
         (ModelChoice::Configured, None) => anyhow::bail!(
@@ -229,6 +232,19 @@ async fn pick_model(choice: ModelChoice, c: &Config, env: &[(String, String)]) -
 /// Whether a provider can answer without more setup: it runs in den, or its key is there.
 fn usable(p: &ProviderSection, env: &[(String, String)]) -> bool {
     p.is_in_process() || config::provider_key(p, env).is_ok_and(|k| k.is_some())
+}
+
+/// Whether an OpenAI-compatible server without a key (Ollama, a local LiteLLM) answers at all.
+async fn answers(p: &ProviderSection) -> bool {
+    if p.kind != "openai" || p.base_url.is_empty() {
+        return false;
+    }
+    let url = format!("{}/models", p.base_url.trim_end_matches('/'));
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build();
+    match client {
+        Ok(client) => client.get(url).send().await.is_ok(),
+        Err(_) => false,
+    }
 }
 
 fn label_of(p: &ProviderSection) -> String {

@@ -237,16 +237,40 @@ fn a_game_master_uploads_a_campaign_template_and_builds_from_it() {
     let (status, upload) = pg.post("/api/uploads", &json!({"name": "heist.md", "data": data}));
     assert_eq!(status, 200, "{upload}");
     let file = json!({"name": "file", "type": 11, "value": upload["id"]});
-    let (status, answer) =
-        pg.post("/api/commands", &json!({"as": cleo, "channel": general, "name": "campaign-template", "options": [file]}));
+    let (status, answer) = pg.post(
+        "/api/commands",
+        &json!({"as": cleo, "channel": general, "name": "campaign-template", "options": [file]}),
+    );
     assert_eq!(status, 200, "{answer}");
     pg.wait_for_message("Cleo", &general, WAIT, |m| {
         m["content"].as_str().is_some_and(|c| c.contains("Template saved") && c.contains("3 channels"))
     });
-    let options = json!([{"name": "name", "type": 3, "value": "Big Score"}, {"name": "template", "type": 3, "value": "heist"}]);
+    let options =
+        json!([{"name": "name", "type": 3, "value": "Big Score"}, {"name": "template", "type": 3, "value": "heist"}]);
     let (status, answer) =
         pg.post("/api/commands", &json!({"as": cleo, "channel": general, "name": "add-campaign", "options": options}));
     assert_eq!(status, 200, "{answer}");
     pg.wait_for_message("Cleo", &general, WAIT, |m| m["content"].as_str().is_some_and(|c| c.contains("is ready")));
     assert!(pg.channel("Ada", "planning-room").is_some() && pg.channel("Ada", "getaway-van").is_some());
+}
+
+#[test]
+fn a_keyless_openai_compatible_server_that_answers_is_used_as_configured() {
+    let rt = runtime();
+    // Ollama or a local LiteLLM: no key, only a base URL.
+    let llm = rt.block_on(FakeLlm::start(Wire::OpenAi, None)).unwrap();
+    llm.set_default(Script::reply("Tea first, then opinions."));
+    let scratch = Scratch::new();
+    let config = format!(
+        "[llm]\nprimary = \"ollama\"\n\n[[llm.provider]]\nname = \"ollama\"\nkind = \"openai\"\nbase_url = \"{}\"\n\
+         model = \"llama3.2\"\n",
+        llm.base_url()
+    );
+    std::fs::write(scratch.path().join("den.toml"), config).unwrap();
+    let pg = scratch.playground(&[], &[]);
+    let (_, state) = pg.get("/api/state");
+    assert_eq!(state["about"]["model"], "llama3.2 (openai)");
+    let general = general(&pg);
+    pg.say("Ada", &general, "Gran, thoughts?");
+    pg.wait_for_message("Ada", &general, WAIT, |m| from_gran(m) && m["content"] == "Tea first, then opinions.");
 }

@@ -198,8 +198,11 @@ fn a_newcomer_talks_to_a_persona_builds_a_campaign_and_tries_memory_in_the_brows
         // A game master builds a campaign; its GM-only channels are private.
         be(&c, "Cleo").await;
         run_command(&c, "add-campaign", &[("name", "Dragon Hunt"), ("gm", "Cleo")]).await;
+        // Discord's 10 guild writes per 10 s make the build take seconds: the progress bar shows it.
+        until(&c, "the progress bar", &shows("Creating Campaign: Dragon Hunt")).await;
+        screenshot(&c, "3-campaign-progress").await;
         until(&c, "the campaign summary", &shows("is ready")).await;
-        screenshot(&c, "3-campaign-built").await;
+        screenshot(&c, "4-campaign-built").await;
         let cleo_private = private_channels(&c).await;
         assert!(cleo_private.iter().any(|n| n.contains("gm")), "Cleo sees the GM channels as private: {cleo_private:?}");
         be(&c, "Ben").await;
@@ -215,7 +218,7 @@ fn a_newcomer_talks_to_a_persona_builds_a_campaign_and_tries_memory_in_the_brows
             pg.wait_for_message("Cleo", &general, WAIT, |m| m["den_view"]["interaction"]["name"] == "delete-campaign");
         });
         until(&c, "the question's buttons", "return [...document.querySelectorAll('#messages button.btn')].some(b => b.textContent === 'Keep it')").await;
-        screenshot(&c, "4-buttons").await;
+        screenshot(&c, "5-buttons").await;
         c.execute("[...document.querySelectorAll('#messages button.btn')].find(b => b.textContent === 'Keep it').click()", vec![])
             .await
             .unwrap();
@@ -229,7 +232,7 @@ fn a_newcomer_talks_to_a_persona_builds_a_campaign_and_tries_memory_in_the_brows
         until(&c, "a call's JSON", "return document.querySelector('#wire-list pre') !== null").await;
         let shown: String = c.find(Locator::Id("wire-list")).await.unwrap().text().await.unwrap();
         assert!(!shown.contains(support::TOKEN) && !shown.contains("playground-bot-token"), "no token on the page");
-        screenshot(&c, "5-wire").await;
+        screenshot(&c, "6-wire").await;
         c.close().await.unwrap();
     });
 }
