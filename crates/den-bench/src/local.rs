@@ -129,6 +129,7 @@ async fn time(model: &LocalModel, request: &ChatRequest) -> anyhow::Result<Timin
                 first.get_or_insert_with(Instant::now);
                 text.push_str(&d);
             }
+            StreamEvent::ToolCall(_) => {} // no tools offered
             StreamEvent::Done { usage, .. } => {
                 let first = first.unwrap_or_else(Instant::now);
                 let decoding = first.elapsed().as_secs_f64();

@@ -4,9 +4,10 @@ use async_trait::async_trait;
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
+use crate::tools::PendingCalls;
 use crate::{
-    ChatModel, ChatRequest, ChatStream, FinishReason, LlmError, LlmErrorKind, ProviderConfig, Role, StreamEvent, Usage,
-    alternating_turns, channel_stream, http_client, open_events,
+    ChatMessage, ChatModel, ChatRequest, ChatStream, FinishReason, LlmError, LlmErrorKind, ProviderConfig, Role,
+    StreamEvent, Usage, alternating_turns, channel_stream, http_client, open_events, spoken,
 };
 
 /// The API version den speaks.
@@ -28,11 +29,14 @@ impl Anthropic {
 
     /// The request body; messages alternate and start with the user.
     fn body(&self, r: &ChatRequest) -> Value {
-        let turns = alternating_turns(&r.messages);
-        let messages: Vec<Value> = turns
-            .into_iter()
-            .map(|(role, text)| json!({"role": if role == Role::User { "user" } else { "assistant" }, "content": text}))
-            .collect();
+        let messages = if r.uses_tools() {
+            block_turns(&r.messages)
+        } else {
+            alternating_turns(&r.messages)
+                .into_iter()
+                .map(|(role, text)| json!({"role": role_name(role), "content": text}))
+                .collect()
+        };
         let mut body = json!({
             "model": r.model.clone().unwrap_or_else(|| self.config.model.clone()),
             "max_tokens": r.max_tokens,
@@ -47,8 +51,54 @@ impl Anthropic {
         if !r.stop.is_empty() {
             body["stop_sequences"] = json!(r.stop);
         }
+        if !r.tools.is_empty() {
+            let tools: Vec<Value> = r
+                .tools
+                .iter()
+                .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.input_schema}))
+                .collect();
+            body["tools"] = tools.into();
+        }
         body
     }
+}
+
+fn role_name(role: Role) -> &'static str {
+    if role == Role::User { "user" } else { "assistant" }
+}
+
+/// Messages as content blocks: text, `tool_use` in the model's turns,
+/// `tool_result` (first, as the API requires) in the user's; consecutive
+/// messages of one role are one turn, and the first turn is the user's.
+fn block_turns(messages: &[ChatMessage]) -> Vec<Value> {
+    let mut turns: Vec<(Role, Vec<Value>)> = Vec::new();
+    for m in messages {
+        let mut blocks: Vec<Value> = m
+            .tool_results
+            .iter()
+            .map(|r| json!({"type": "tool_result", "tool_use_id": r.call_id, "content": r.content, "is_error": r.is_error}))
+            .collect();
+        let text = spoken(m);
+        if !text.is_empty() {
+            blocks.push(json!({"type": "text", "text": text}));
+        }
+        blocks.extend(
+            m.tool_calls.iter().map(|c| json!({"type": "tool_use", "id": c.id, "name": c.name, "input": c.input})),
+        );
+        match turns.last_mut() {
+            Some((role, acc)) if *role == m.role => {
+                // Results lead the turn whatever order the messages came in.
+                let (results, rest): (Vec<Value>, Vec<Value>) =
+                    acc.drain(..).chain(blocks).partition(|b| b["type"] == "tool_result");
+                acc.extend(results.into_iter().chain(rest));
+            }
+            _ => turns.push((m.role, blocks)),
+        }
+    }
+    if turns.first().is_none_or(|(role, _)| *role == Role::Assistant) {
+        turns.insert(0, (Role::User, vec![json!({"type": "text", "text": "(the conversation continues)"})]));
+    }
+    turns.into_iter().map(|(role, content)| json!({"role": role_name(role), "content": content})).collect()
 }
 
 fn finish(reason: &str) -> FinishReason {
@@ -57,6 +107,7 @@ fn finish(reason: &str) -> FinishReason {
         "max_tokens" => FinishReason::Length,
         "stop_sequence" => FinishReason::StopSequence,
         "refusal" => FinishReason::Refused,
+        "tool_use" => FinishReason::ToolUse,
         other => FinishReason::Other(other.to_owned()),
     }
 }
@@ -88,6 +139,7 @@ impl ChatModel for Anthropic {
             let mut events = std::pin::pin!(events);
             let mut usage = Usage::default();
             let mut reason: Option<FinishReason> = None;
+            let mut calls = PendingCalls::default();
             let fail = |kind, message: String| Err(LlmError::new(kind, name.clone(), message));
             while let Some(v) = events.next().await {
                 let v = match v {
@@ -104,11 +156,29 @@ impl ChatModel for Anthropic {
                         usage.cache_read_tokens = u["cache_read_input_tokens"].as_u64().unwrap_or(0);
                         usage.output_tokens = u["output_tokens"].as_u64().unwrap_or(0);
                     }
+                    "content_block_start" if v["content_block"]["type"] == "tool_use" => {
+                        let block = &v["content_block"];
+                        let index = v["index"].as_u64().unwrap_or(0);
+                        calls.start(index, block["id"].as_str(), block["name"].as_str());
+                    }
+                    "content_block_delta" if v["delta"]["type"] == "input_json_delta" => {
+                        let piece = v["delta"]["partial_json"].as_str().unwrap_or_default();
+                        calls.append(v["index"].as_u64().unwrap_or(0), piece);
+                    }
                     "content_block_delta" => {
                         if let Some(text) = v["delta"]["text"].as_str().filter(|t| !t.is_empty())
                             && tx.send(Ok(StreamEvent::Delta(text.to_owned()))).await.is_err()
                         {
                             return;
+                        }
+                    }
+                    "content_block_stop" => {
+                        if let Some(call) = calls.take(v["index"].as_u64().unwrap_or(0)) {
+                            let event = call.finish(&name).map(StreamEvent::ToolCall);
+                            let failed = event.is_err();
+                            if tx.send(event).await.is_err() || failed {
+                                return;
+                            }
                         }
                     }
                     "message_delta" => {
@@ -130,7 +200,7 @@ impl ChatModel for Anthropic {
                         let _ = tx.send(fail(kind, message)).await;
                         return;
                     }
-                    _ => {} // ping, content_block_start, content_block_stop
+                    _ => {} // ping, a text block's start
                 }
             }
             let _ = tx.send(fail(LlmErrorKind::BrokenStream, "the stream ended before message_stop".into())).await;

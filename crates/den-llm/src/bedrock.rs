@@ -12,10 +12,14 @@ use aws_sdk_bedrockruntime::config::timeout::TimeoutConfig;
 use aws_sdk_bedrockruntime::config::{BehaviorVersion, Credentials, Region, StalledStreamProtectionConfig};
 use aws_sdk_bedrockruntime::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_bedrockruntime::types::{
-    ContentBlock, ContentBlockDelta, ConversationRole, ConverseStreamOutput, InferenceConfiguration, Message,
-    StopReason, SystemContentBlock,
+    ContentBlock, ContentBlockDelta, ContentBlockStart, ConversationRole, ConverseStreamOutput, InferenceConfiguration,
+    Message, StopReason, SystemContentBlock, Tool, ToolConfiguration, ToolInputSchema, ToolResultBlock,
+    ToolResultContentBlock, ToolResultStatus, ToolSpecification, ToolUseBlock,
 };
+use aws_smithy_types::{Document, Number};
+use serde_json::Value;
 
+use crate::tools::PendingCalls;
 use crate::{
     ChatModel, ChatRequest, ChatStream, FinishReason, LlmError, LlmErrorKind, ProviderConfig, Role, StreamEvent, Usage,
     alternating_turns, channel_stream,
@@ -69,13 +73,112 @@ impl Bedrock {
     }
 
     fn messages(r: &ChatRequest) -> Result<Vec<Message>, String> {
+        if r.uses_tools() {
+            return block_messages(&r.messages);
+        }
         alternating_turns(&r.messages)
             .into_iter()
             .map(|(role, text)| {
-                let role = if role == Role::User { ConversationRole::User } else { ConversationRole::Assistant };
-                Message::builder().role(role).content(ContentBlock::Text(text)).build().map_err(|e| e.to_string())
+                Message::builder()
+                    .role(conversation_role(role))
+                    .content(ContentBlock::Text(text))
+                    .build()
+                    .map_err(|e| e.to_string())
             })
             .collect()
+    }
+
+    fn tool_config(r: &ChatRequest) -> Result<Option<ToolConfiguration>, String> {
+        if r.tools.is_empty() {
+            return Ok(None);
+        }
+        let tools = r
+            .tools
+            .iter()
+            .map(|t| {
+                let spec = ToolSpecification::builder()
+                    .name(&t.name)
+                    .description(&t.description)
+                    .input_schema(ToolInputSchema::Json(document(&t.input_schema)))
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                Ok(Tool::ToolSpec(spec))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        ToolConfiguration::builder().set_tools(Some(tools)).build().map(Some).map_err(|e| e.to_string())
+    }
+}
+
+fn conversation_role(role: Role) -> ConversationRole {
+    if role == Role::User { ConversationRole::User } else { ConversationRole::Assistant }
+}
+
+/// Messages as content blocks (`toolResult` first in a user turn), one turn per run of a role, the user's first.
+fn block_messages(messages: &[crate::ChatMessage]) -> Result<Vec<Message>, String> {
+    let mut turns: Vec<(Role, Vec<ContentBlock>)> = Vec::new();
+    for m in messages {
+        let mut blocks = Vec::new();
+        for r in &m.tool_results {
+            let result = ToolResultBlock::builder()
+                .tool_use_id(&r.call_id)
+                .content(ToolResultContentBlock::Text(r.content.clone()))
+                .set_status(r.is_error.then_some(ToolResultStatus::Error))
+                .build()
+                .map_err(|e| e.to_string())?;
+            blocks.push(ContentBlock::ToolResult(result));
+        }
+        let text = crate::spoken(m);
+        if !text.is_empty() {
+            blocks.push(ContentBlock::Text(text));
+        }
+        for c in &m.tool_calls {
+            let call = ToolUseBlock::builder()
+                .tool_use_id(&c.id)
+                .name(&c.name)
+                .input(document(&c.input))
+                .build()
+                .map_err(|e| e.to_string())?;
+            blocks.push(ContentBlock::ToolUse(call));
+        }
+        match turns.last_mut() {
+            Some((role, acc)) if *role == m.role => {
+                let (results, rest): (Vec<_>, Vec<_>) =
+                    acc.drain(..).chain(blocks).partition(|b| matches!(b, ContentBlock::ToolResult(_)));
+                acc.extend(results.into_iter().chain(rest));
+            }
+            _ => turns.push((m.role, blocks)),
+        }
+    }
+    if turns.first().is_none_or(|(role, _)| *role == Role::Assistant) {
+        turns.insert(0, (Role::User, vec![ContentBlock::Text("(the conversation continues)".into())]));
+    }
+    turns
+        .into_iter()
+        .map(|(role, content)| {
+            Message::builder()
+                .role(conversation_role(role))
+                .set_content(Some(content))
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+/// JSON as the SDK's document type.
+fn document(v: &Value) -> Document {
+    match v {
+        Value::Null => Document::Null,
+        Value::Bool(b) => Document::Bool(*b),
+        Value::Number(n) => Document::Number(if let Some(u) = n.as_u64() {
+            Number::PosInt(u)
+        } else if let Some(i) = n.as_i64() {
+            Number::NegInt(i)
+        } else {
+            Number::Float(n.as_f64().unwrap_or(0.0))
+        }),
+        Value::String(s) => Document::String(s.clone()),
+        Value::Array(a) => Document::Array(a.iter().map(document).collect()),
+        Value::Object(o) => Document::Object(o.iter().map(|(k, v)| (k.clone(), document(v))).collect()),
     }
 }
 
@@ -85,6 +188,7 @@ fn finish(reason: &StopReason) -> FinishReason {
         StopReason::MaxTokens | StopReason::ModelContextWindowExceeded => FinishReason::Length,
         StopReason::StopSequence => FinishReason::StopSequence,
         StopReason::ContentFiltered | StopReason::GuardrailIntervened => FinishReason::Refused,
+        StopReason::ToolUse => FinishReason::ToolUse,
         other => FinishReason::Other(other.as_str().to_owned()),
     }
 }
@@ -152,6 +256,7 @@ impl ChatModel for Bedrock {
             .converse_stream()
             .model_id(request.model.clone().unwrap_or_else(|| self.model.clone()))
             .set_messages(Some(Self::messages(request).map_err(bad)?))
+            .set_tool_config(Self::tool_config(request).map_err(bad)?)
             .inference_config(inference.build());
         if !request.system.is_empty() {
             call = call.system(SystemContentBlock::Text(request.system.clone()));
@@ -161,6 +266,7 @@ impl ChatModel for Bedrock {
         Ok(channel_stream(move |tx| async move {
             let mut usage = Usage::default();
             let mut reason: Option<FinishReason> = None;
+            let mut calls = PendingCalls::default();
             loop {
                 let event = match events.recv().await {
                     Ok(Some(event)) => event,
@@ -171,12 +277,35 @@ impl ChatModel for Bedrock {
                     }
                 };
                 match event {
+                    ConverseStreamOutput::ContentBlockStart(start) => {
+                        if let Some(ContentBlockStart::ToolUse(t)) = start.start {
+                            let index = u64::try_from(start.content_block_index).unwrap_or(0);
+                            calls.start(index, Some(&t.tool_use_id), Some(&t.name));
+                        }
+                    }
                     ConverseStreamOutput::ContentBlockDelta(d) => {
-                        if let Some(ContentBlockDelta::Text(text)) = d.delta
-                            && !text.is_empty()
+                        let index = u64::try_from(d.content_block_index).unwrap_or(0);
+                        let text = match d.delta {
+                            Some(ContentBlockDelta::Text(text)) if !text.is_empty() => Some(text),
+                            Some(ContentBlockDelta::ToolUse(t)) => {
+                                calls.append(index, &t.input);
+                                None
+                            }
+                            _ => None,
+                        };
+                        if let Some(text) = text
                             && tx.send(Ok(StreamEvent::Delta(text))).await.is_err()
                         {
                             return;
+                        }
+                    }
+                    ConverseStreamOutput::ContentBlockStop(stop) => {
+                        if let Some(call) = calls.take(u64::try_from(stop.content_block_index).unwrap_or(0)) {
+                            let event = call.finish(&name).map(StreamEvent::ToolCall);
+                            let failed = event.is_err();
+                            if tx.send(event).await.is_err() || failed {
+                                return;
+                            }
                         }
                     }
                     ConverseStreamOutput::MessageStop(stop) => reason = Some(finish(&stop.stop_reason)),
@@ -192,7 +321,7 @@ impl ChatModel for Bedrock {
                             return;
                         }
                     }
-                    _ => {} // messageStart, contentBlockStart, contentBlockStop
+                    _ => {} // messageStart
                 }
             }
             let end = match reason {

@@ -6,6 +6,10 @@
 //! [`openai::OpenAiCompatible`] (LiteLLM, Ollama, vLLM, llama.cpp server,
 //! OpenRouter, OpenAI), and with the `aws` feature `bedrock::Bedrock`
 //! (AWS Bedrock's ConverseStream).
+//!
+//! A request may offer tools ([`ToolSpec`]); a model that calls one streams
+//! a whole [`ToolCall`] and finishes with [`FinishReason::ToolUse`]; the
+//! caller runs it and sends a [`ToolResult`] back in the next user message.
 
 pub mod anthropic;
 #[cfg(feature = "aws")]
@@ -14,6 +18,7 @@ pub mod ledger;
 pub mod openai;
 pub mod resilience;
 mod sse;
+pub mod tools;
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -21,6 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
+pub use tools::{ToolCall, ToolResult, ToolSpec};
 
 /// Who said a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,19 +47,47 @@ pub struct ChatMessage {
     pub name: Option<String>,
     /// The text.
     pub content: String,
+    /// The model's calls (assistant messages).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// Results of the previous message's calls (user messages), one per call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_results: Vec<ToolResult>,
 }
 
 impl ChatMessage {
     /// A user message.
     #[must_use]
     pub fn user(name: Option<&str>, content: impl Into<String>) -> Self {
-        Self { role: Role::User, name: name.map(str::to_owned), content: content.into() }
+        Self { role: Role::User, name: name.map(str::to_owned), content: content.into(), ..Self::empty() }
     }
 
     /// A model message.
     #[must_use]
     pub fn assistant(content: impl Into<String>) -> Self {
-        Self { role: Role::Assistant, name: None, content: content.into() }
+        Self { role: Role::Assistant, content: content.into(), ..Self::empty() }
+    }
+
+    /// A model message that called tools (with what it said first, maybe nothing).
+    #[must_use]
+    pub fn assistant_calls(content: impl Into<String>, calls: Vec<ToolCall>) -> Self {
+        Self { role: Role::Assistant, content: content.into(), tool_calls: calls, ..Self::empty() }
+    }
+
+    /// The results of the model's calls, as the next user message.
+    #[must_use]
+    pub fn results(results: Vec<ToolResult>) -> Self {
+        Self { role: Role::User, tool_results: results, ..Self::empty() }
+    }
+
+    fn empty() -> Self {
+        Self { role: Role::User, name: None, content: String::new(), tool_calls: Vec::new(), tool_results: Vec::new() }
+    }
+
+    /// Whether it carries tool calls or results.
+    #[must_use]
+    pub fn has_tools(&self) -> bool {
+        !self.tool_calls.is_empty() || !self.tool_results.is_empty()
     }
 }
 
@@ -72,6 +106,9 @@ pub struct ChatRequest {
     pub stop: Vec<String>,
     /// A model other than the provider's default.
     pub model: Option<String>,
+    /// Tools the model may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolSpec>,
 }
 
 impl ChatRequest {
@@ -85,7 +122,15 @@ impl ChatRequest {
             temperature: None,
             stop: vec![],
             model: None,
+            tools: vec![],
         }
+    }
+
+    /// Whether tools are offered or were used in the conversation: the
+    /// providers then send structured turns instead of plain text.
+    #[must_use]
+    pub fn uses_tools(&self) -> bool {
+        !self.tools.is_empty() || self.messages.iter().any(ChatMessage::has_tools)
     }
 }
 
@@ -111,6 +156,8 @@ pub enum FinishReason {
     StopSequence,
     /// The provider refused (content filter).
     Refused,
+    /// The model called tools and waits for their results.
+    ToolUse,
     /// Something else the provider said.
     Other(String),
 }
@@ -120,6 +167,8 @@ pub enum FinishReason {
 pub enum StreamEvent {
     /// More text.
     Delta(String),
+    /// A whole tool call (its input assembled from the pieces streamed).
+    ToolCall(ToolCall),
     /// The end: usage and why it stopped. Always the last item of a successful stream.
     Done {
         /// Tokens used.
@@ -206,14 +255,35 @@ pub trait ChatModel: Send + Sync {
     async fn stream(&self, request: &ChatRequest) -> Result<ChatStream, LlmError>;
 }
 
-/// Reads a whole stream into its text, usage and finish reason.
-pub async fn collect(mut stream: ChatStream) -> Result<(String, Usage, FinishReason), LlmError> {
+/// Reads a whole stream into its text, usage and finish reason (tool calls are left out: see [`collect_turn`]).
+pub async fn collect(stream: ChatStream) -> Result<(String, Usage, FinishReason), LlmError> {
+    let turn = collect_turn(stream).await?;
+    Ok((turn.text, turn.usage, turn.finish))
+}
+
+/// A whole answer: what the model said, the tools it called, and how it ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Turn {
+    /// The text.
+    pub text: String,
+    /// Tool calls, in the order they came.
+    pub calls: Vec<ToolCall>,
+    /// Tokens used.
+    pub usage: Usage,
+    /// Why it stopped.
+    pub finish: FinishReason,
+}
+
+/// Reads a whole stream into a [`Turn`].
+pub async fn collect_turn(mut stream: ChatStream) -> Result<Turn, LlmError> {
     use futures_util::StreamExt as _;
     let mut text = String::new();
+    let mut calls = Vec::new();
     while let Some(event) = stream.next().await {
         match event? {
             StreamEvent::Delta(d) => text.push_str(&d),
-            StreamEvent::Done { usage, finish } => return Ok((text, usage, finish)),
+            StreamEvent::ToolCall(c) => calls.push(c),
+            StreamEvent::Done { usage, finish } => return Ok(Turn { text, calls, usage, finish }),
         }
     }
     Err(LlmError::new(LlmErrorKind::BrokenStream, "stream", "ended without a final event"))

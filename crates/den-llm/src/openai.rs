@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
+use crate::tools::PendingCalls;
 use crate::{
     ChatModel, ChatRequest, ChatStream, FinishReason, LlmError, LlmErrorKind, ProviderConfig, Role, StreamEvent, Usage,
     channel_stream, http_client, open_events, spoken,
@@ -27,11 +28,32 @@ impl OpenAiCompatible {
     fn body(&self, r: &ChatRequest) -> Value {
         let mut messages = vec![json!({"role": "system", "content": r.system})];
         for m in &r.messages {
-            let role = match m.role {
-                Role::User => "user",
-                Role::Assistant => "assistant",
-            };
-            messages.push(json!({"role": role, "content": spoken(m)}));
+            // Results are `tool` messages of their own, before any text of the same turn.
+            for result in &m.tool_results {
+                let content =
+                    if result.is_error { format!("error: {}", result.content) } else { result.content.clone() };
+                messages.push(json!({"role": "tool", "tool_call_id": result.call_id, "content": content}));
+            }
+            let text = spoken(m);
+            match m.role {
+                Role::User if text.is_empty() && !m.tool_results.is_empty() => {}
+                Role::User => messages.push(json!({"role": "user", "content": text})),
+                Role::Assistant if m.tool_calls.is_empty() => {
+                    messages.push(json!({"role": "assistant", "content": text}));
+                }
+                Role::Assistant => {
+                    let calls: Vec<Value> = m
+                        .tool_calls
+                        .iter()
+                        .map(|c| {
+                            json!({"id": c.id, "type": "function",
+                                "function": {"name": c.name, "arguments": c.input.to_string()}})
+                        })
+                        .collect();
+                    let content = if text.is_empty() { Value::Null } else { text.into() };
+                    messages.push(json!({"role": "assistant", "content": content, "tool_calls": calls}));
+                }
+            }
         }
         let mut body = json!({
             "model": r.model.clone().unwrap_or_else(|| self.config.model.clone()),
@@ -46,6 +68,17 @@ impl OpenAiCompatible {
         if !r.stop.is_empty() {
             body["stop"] = json!(r.stop);
         }
+        if !r.tools.is_empty() {
+            let tools: Vec<Value> = r
+                .tools
+                .iter()
+                .map(|t| {
+                    json!({"type": "function",
+                        "function": {"name": t.name, "description": t.description, "parameters": t.input_schema}})
+                })
+                .collect();
+            body["tools"] = tools.into();
+        }
         body
     }
 }
@@ -55,6 +88,7 @@ fn finish(reason: &str) -> FinishReason {
         "stop" => FinishReason::Stop,
         "length" => FinishReason::Length,
         "content_filter" => FinishReason::Refused,
+        "tool_calls" | "function_call" => FinishReason::ToolUse,
         other => FinishReason::Other(other.to_owned()),
     }
 }
@@ -77,6 +111,7 @@ impl ChatModel for OpenAiCompatible {
             let mut events = std::pin::pin!(events);
             let mut usage = Usage::default();
             let mut reason: Option<FinishReason> = None;
+            let mut calls = PendingCalls::default();
             let fail = |kind, message: String| Err(LlmError::new(kind, name.clone(), message));
             while let Some(v) = events.next().await {
                 let v = match v {
@@ -103,8 +138,21 @@ impl ChatModel for OpenAiCompatible {
                     {
                         return;
                     }
+                    for piece in choice["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                        let index = piece["index"].as_u64().unwrap_or(0);
+                        calls.start(index, piece["id"].as_str(), piece["function"]["name"].as_str());
+                        calls.append(index, piece["function"]["arguments"].as_str().unwrap_or_default());
+                    }
                     if let Some(r) = choice["finish_reason"].as_str() {
                         reason = Some(finish(r));
+                        // Calls end together, with the choice.
+                        for call in calls.drain() {
+                            let event = call.finish(&name).map(StreamEvent::ToolCall);
+                            let failed = event.is_err();
+                            if tx.send(event).await.is_err() || failed {
+                                return;
+                            }
+                        }
                     }
                 }
             }

@@ -45,6 +45,7 @@ fn conversation() -> ChatRequest {
         temperature: Some(0.5),
         stop: vec!["\nada:".into()],
         model: None,
+        tools: vec![],
     }
 }
 
@@ -60,6 +61,7 @@ async fn a_bedrock_reply_streams_in_pieces_and_ends_with_usage() {
         match e.unwrap() {
             StreamEvent::Delta(d) => deltas.push(d),
             StreamEvent::Done { usage, finish } => done = Some((usage, finish)),
+            StreamEvent::ToolCall(c) => panic!("no tools were offered: {c:?}"),
         }
     }
     assert!(deltas.len() > 3, "streamed in pieces");

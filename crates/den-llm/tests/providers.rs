@@ -43,6 +43,7 @@ fn conversation() -> ChatRequest {
         temperature: Some(0.7),
         stop: vec![],
         model: None,
+        tools: vec![],
     }
 }
 
@@ -61,6 +62,7 @@ async fn a_reply_streams_in_pieces_and_ends_with_usage() {
             match e.unwrap() {
                 StreamEvent::Delta(d) => deltas.push(d),
                 StreamEvent::Done { usage, finish } => done = Some((usage, finish)),
+                StreamEvent::ToolCall(c) => panic!("no tools were offered: {c:?}"),
             }
         }
         assert!(deltas.len() > 3, "{wire:?}: streamed in pieces");

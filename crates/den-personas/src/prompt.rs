@@ -264,6 +264,7 @@ pub fn build(parts: &PromptParts<'_>) -> ChatRequest {
         temperature: Some(0.9),
         stop: vec![],
         model: p.model.clone(),
+        tools: vec![],
     }
 }
 

@@ -59,6 +59,10 @@ pub struct Script {
     pub fault: Option<Fault>,
     /// Makes the reply from the request's JSON body instead of `reply`.
     pub reply_from: Option<fn(&Value) -> String>,
+    /// Tools called after the reply, by name and input; the answer then
+    /// finishes as the wire format says a tool call does. Each input is sent
+    /// in two pieces cut mid-JSON, as providers stream it.
+    pub tool_calls: Vec<(String, Value)>,
 }
 
 impl Script {
@@ -71,7 +75,21 @@ impl Script {
             tokens_per_sec: 0.0,
             fault: None,
             reply_from: None,
+            tool_calls: Vec::new(),
         }
+    }
+
+    /// An answer that says `text` (maybe nothing), then calls `tool` with `input`.
+    #[must_use]
+    pub fn call(text: &str, tool: &str, input: Value) -> Self {
+        Self { tool_calls: vec![(tool.to_owned(), input)], ..Self::reply(text) }
+    }
+
+    /// Adds another tool call.
+    #[must_use]
+    pub fn and_call(mut self, tool: &str, input: Value) -> Self {
+        self.tool_calls.push((tool.to_owned(), input));
+        self
     }
 
     /// A reply made from each request's JSON body (so that answers can be told apart).
@@ -324,6 +342,92 @@ struct Plan {
 }
 
 impl Plan {
+    /// The scripted tool calls and the end of the answer, in `wire`'s format.
+    fn tool_call_frames(&self, wire: Wire, out: u64) -> Vec<u8> {
+        let calls: Vec<(String, &String, String)> = self
+            .script
+            .tool_calls
+            .iter()
+            .enumerate()
+            .map(|(i, (name, input))| (format!("call_{}_{i}", self.input_tokens), name, input.to_string()))
+            .collect();
+        let halves = |json: &str| {
+            let cut = json.char_indices().map(|(i, _)| i).nth(json.chars().count() / 2).unwrap_or(0);
+            [json[..cut].to_owned(), json[cut..].to_owned()]
+        };
+        match wire {
+            Wire::Anthropic => {
+                let mut text =
+                    Self::sse(Some("content_block_stop"), &json!({"type": "content_block_stop", "index": 0}));
+                for (i, (id, name, input)) in calls.iter().enumerate() {
+                    let index = i + 1;
+                    let block = json!({"type": "tool_use", "id": id, "name": name, "input": {}});
+                    text += &Self::sse(
+                        Some("content_block_start"),
+                        &json!({"type": "content_block_start", "index": index, "content_block": block}),
+                    );
+                    for piece in halves(input) {
+                        let delta = json!({"type": "input_json_delta", "partial_json": piece});
+                        text += &Self::sse(
+                            Some("content_block_delta"),
+                            &json!({"type": "content_block_delta", "index": index, "delta": delta}),
+                        );
+                    }
+                    text +=
+                        &Self::sse(Some("content_block_stop"), &json!({"type": "content_block_stop", "index": index}));
+                }
+                text += &Self::sse(
+                    Some("message_delta"),
+                    &json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": out}}),
+                );
+                (text + &Self::sse(Some("message_stop"), &json!({"type": "message_stop"}))).into_bytes()
+            }
+            Wire::OpenAi => {
+                let mut text = String::new();
+                for (i, (id, name, input)) in calls.iter().enumerate() {
+                    let start =
+                        json!({"index": i, "id": id, "type": "function", "function": {"name": name, "arguments": ""}});
+                    text += &Self::sse(None, &json!({"choices": [{"index": 0, "delta": {"tool_calls": [start]}}]}));
+                    for piece in halves(input) {
+                        let more = json!({"index": i, "function": {"arguments": piece}});
+                        text += &Self::sse(None, &json!({"choices": [{"index": 0, "delta": {"tool_calls": [more]}}]}));
+                    }
+                }
+                text +=
+                    &Self::sse(None, &json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}));
+                text += &Self::sse(
+                    None,
+                    &json!({"choices": [], "usage": {"prompt_tokens": self.input_tokens, "completion_tokens": out}}),
+                );
+                (text + "data: [DONE]\n\n").into_bytes()
+            }
+            Wire::Bedrock => {
+                let mut frames = bedrock_event("contentBlockStop", &json!({"contentBlockIndex": 0}));
+                for (i, (id, name, input)) in calls.iter().enumerate() {
+                    let index = i + 1;
+                    frames.extend(bedrock_event(
+                        "contentBlockStart",
+                        &json!({"contentBlockIndex": index, "start": {"toolUse": {"toolUseId": id, "name": name}}}),
+                    ));
+                    for piece in halves(input) {
+                        frames.extend(bedrock_event(
+                            "contentBlockDelta",
+                            &json!({"contentBlockIndex": index, "delta": {"toolUse": {"input": piece}}}),
+                        ));
+                    }
+                    frames.extend(bedrock_event("contentBlockStop", &json!({"contentBlockIndex": index})));
+                }
+                frames.extend(bedrock_event("messageStop", &json!({"stopReason": "tool_use"})));
+                frames.extend(bedrock_event(
+                    "metadata",
+                    &json!({"usage": {"inputTokens": self.input_tokens, "outputTokens": out,
+                        "totalTokens": self.input_tokens + out}, "metrics": {"latencyMs": 1}}),
+                ));
+                frames
+            }
+        }
+    }
+
     fn new(script: Script, input_tokens: u64) -> Self {
         let tokens = tokens(&script.reply);
         Self { script, tokens, sent: 0, stage: 0, input_tokens }
@@ -400,6 +504,9 @@ impl Plan {
             }
             self.stage = 2;
             let out = self.sent as u64;
+            if !self.script.tool_calls.is_empty() {
+                return Some(self.tool_call_frames(wire, out));
+            }
             return Some(match wire {
                 Wire::Anthropic => {
                     Self::sse(Some("content_block_stop"), &json!({"type": "content_block_stop", "index": 0}))

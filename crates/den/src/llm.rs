@@ -144,6 +144,8 @@ pub async fn command(command: LlmCommand, c: &Config, env: &[(String, String)]) 
                         text.push_str(&d);
                     }
                     Some(Ok(StreamEvent::Done { usage, finish })) => break (usage, finish),
+                    // `den llm ping` offers no tools.
+                    Some(Ok(StreamEvent::ToolCall(_))) => {}
                     Some(Err(e)) => return Err(e.into()),
                     None => anyhow::bail!("{name}: the stream ended early"),
                 }

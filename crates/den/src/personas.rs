@@ -357,6 +357,7 @@ pub async fn chat(persona: Option<String>, c: &Config, env: &[(String, String)])
                                 out.flush().await?;
                             }
                             Ok(StreamEvent::Done { .. }) => break,
+                            Ok(StreamEvent::ToolCall(_)) => {} // personas offer no tools
                             Err(e) => {
                                 out.write_all(format!("\n(the model failed: {e})").as_bytes()).await?;
                                 break;

@@ -207,6 +207,8 @@ impl PersonasModule {
                     usage = Some(u);
                     break;
                 }
+                // Personas offer no tools; a call made anyway is not speech.
+                Ok(StreamEvent::ToolCall(_)) => {}
                 Err(e) => return Err(ReplyFailure::Model(e)),
             }
         }
