@@ -84,12 +84,38 @@ pub enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// The coding agent, in the terminal.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
     /// Chat with the personas in the terminal (same model and memory as in Discord).
     Chat {
         /// The persona to talk to (default: the first; name another in a message to switch).
         #[arg(long, value_name = "NAME")]
         persona: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Work on TASK in a git workspace: the model reads, edits and runs commands in the sandbox until it
+    /// finishes, then den commits on a branch of its own.
+    Run {
+        /// The workspace (a git repository, made when missing).
+        #[arg(long, value_name = "DIR")]
+        workspace: PathBuf,
+        /// The branch den works on (default: den/cli-<time>), made from the current one.
+        #[arg(long)]
+        branch: Option<String>,
+        /// Model calls at most.
+        #[arg(long, default_value_t = 20)]
+        max_turns: u32,
+        /// What to do.
+        task: String,
+    },
+    /// Whether commands can run here: the sandbox den found and its self-test.
+    Doctor,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,6 +1,7 @@
 //! The `den` binary: command line, configuration and the wiring of roles.
 
 mod admin;
+mod agent;
 mod aws;
 mod cli;
 mod config;
@@ -56,6 +57,7 @@ fn main() -> ExitCode {
             | Command::Llm { .. }
             | Command::Chat { .. }
             | Command::Playground(_)
+            | Command::Agent { .. }
     );
     if needs_secrets && let Err(e) = runtime.block_on(aws::merge_secret(&loaded.config, &mut env)) {
         eprintln!("error: {e:#}");
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
             Command::Llm { command } => llm::command(command, &loaded.config, &env).await,
             Command::Persona { command } => personas::command(command, &loaded.config),
             Command::Campaign { command } => admin::campaign(command, &loaded.config),
+            Command::Agent { command } => agent::command(command, &loaded.config, &env).await,
             Command::Chat { persona } => personas::chat(persona, &loaded.config, &env).await,
             Command::Model { command } => model::command(command, &loaded.config).await,
             Command::Playground(args) => playground::run(args, &loaded, &env).await,

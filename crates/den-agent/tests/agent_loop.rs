@@ -1,0 +1,122 @@
+//! The loop end to end with a scripted model in each wire format: a tiny
+//! repository with a failing test; the model reads, runs the test, edits,
+//! runs it again and finishes; den commits once on the session's branch.
+
+use std::time::Duration;
+
+use den_agent::git::Git;
+use den_agent::run::{End, Quiet, RunConfig, run};
+use den_agent::sandbox::{Limits, Sandbox};
+use den_agent::tools::Tools;
+use den_agent::workspace::Workspace;
+use den_core::Secret;
+use den_llm::anthropic::Anthropic;
+use den_llm::openai::OpenAiCompatible;
+use den_llm::{ChatModel, ProviderConfig};
+use den_testkit::llm::{FakeLlm, Script, Wire};
+use serde_json::json;
+
+async fn repository() -> (tempfile::TempDir, Git) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("add.sh"), "echo $(($1 - $2))\n").unwrap();
+    std::fs::write(dir.path().join("test.sh"), "[ \"$(sh add.sh 2 3)\" = 5 ] && echo PASS || { echo FAIL; exit 1; }\n")
+        .unwrap();
+    let git = Git::open(dir.path()).await.unwrap();
+    git.commit_all("the base").await.unwrap();
+    (dir, git)
+}
+
+fn provider(wire: Wire, fake: &FakeLlm) -> Box<dyn ChatModel> {
+    let config = ProviderConfig {
+        name: "scripted".into(),
+        base_url: fake.base_url(),
+        api_key: Some(Secret::new("k")),
+        model: "m".into(),
+        extra_headers: vec![],
+        connect_timeout: Duration::from_secs(2),
+    };
+    match wire {
+        Wire::Anthropic => Box::new(Anthropic::new(config).unwrap()),
+        _ => Box::new(OpenAiCompatible::new(config).unwrap()),
+    }
+}
+
+#[tokio::test]
+async fn a_scripted_model_fixes_a_failing_test_and_den_commits_it_once() {
+    for (n, wire) in [Wire::OpenAi, Wire::Anthropic].into_iter().enumerate() {
+        let (dir, git) = repository().await;
+        let fake = FakeLlm::start(wire, None).await.unwrap();
+        fake.push(Script::call("Looking first.", "read_file", json!({"path": "add.sh"})));
+        fake.push(Script::call("", "run", json!({"command": "sh test.sh"})));
+        fake.push(Script::call("", "edit_file", json!({"path": "add.sh", "old": "$1 - $2", "new": "$1 + $2"})));
+        fake.push(Script::call("", "run", json!({"command": "sh test.sh"})));
+        fake.push(Script::call("Done.", "finish", json!({"summary": "Fix add.sh: it subtracted", "confidence": 92})));
+        let tools = Tools {
+            workspace: Workspace::open(dir.path()).unwrap(),
+            git: git.clone(),
+            sandbox: Sandbox::probe(Limits::default()).await,
+            session_uid: 62_000 + n as u32,
+        };
+        let config = RunConfig { max_turns: 10, max_tokens: 1000, branch: "den/42".into(), base: "main".into() };
+        let model = provider(wire, &fake);
+        let report = run(model.as_ref(), &tools, &config, vec![], "Make test.sh pass.", &Quiet).await.unwrap();
+
+        let End::Finished { summary, confidence, commit } = &report.end else { panic!("{wire:?}: {:?}", report.end) };
+        assert_eq!((summary.as_str(), *confidence), ("Fix add.sh: it subtracted", 92));
+        assert_eq!(report.turns, 5);
+        let outcomes: Vec<(&str, bool)> = report.calls.iter().map(|c| (c.tool.as_str(), c.outcome.ok)).collect();
+        assert_eq!(outcomes, [("read_file", true), ("run", false), ("edit_file", true), ("run", true)], "{wire:?}");
+        assert!(report.calls[1].outcome.full.contains("FAIL") && report.calls[3].outcome.full.contains("PASS"));
+        assert!(report.diffstat.contains("add.sh"), "{}", report.diffstat);
+
+        // One commit on the branch, the base untouched, and the fix in it.
+        assert_eq!(git.branch().await.unwrap(), "den/42");
+        assert_eq!(git.run(&["rev-list", "--count", "main..den/42"]).await.unwrap().trim(), "1");
+        assert_eq!(git.run(&["rev-parse", "HEAD"]).await.unwrap().trim(), commit.as_deref().unwrap());
+        assert!(git.run(&["show", "main:add.sh"]).await.unwrap().contains("$1 - $2"));
+        assert!(std::fs::read_to_string(dir.path().join("add.sh")).unwrap().contains("$1 + $2"));
+
+        // The model read each result: the failing run came back as an error it could act on.
+        let third = fake.requests()[2].body.to_string();
+        assert!(third.contains("exit code 1") && third.contains("FAIL"), "{wire:?}: {third}");
+    }
+}
+
+#[tokio::test]
+async fn a_model_that_never_finishes_stops_at_the_turn_limit_and_commits_nothing() {
+    let (dir, git) = repository().await;
+    let fake = FakeLlm::start(Wire::OpenAi, None).await.unwrap();
+    fake.set_default(Script::call("", "git_status", json!({})));
+    let tools = Tools {
+        workspace: Workspace::open(dir.path()).unwrap(),
+        git: git.clone(),
+        sandbox: Sandbox::disabled("not needed here"),
+        session_uid: 62_100,
+    };
+    let config = RunConfig { max_turns: 3, max_tokens: 100, branch: "den/7".into(), base: "main".into() };
+    let model = provider(Wire::OpenAi, &fake);
+    let report = run(model.as_ref(), &tools, &config, vec![], "Loop forever.", &Quiet).await.unwrap();
+    assert_eq!((report.end, report.turns), (End::OutOfTurns, 3));
+    assert_eq!(git.run(&["rev-list", "--count", "main..den/7"]).await.unwrap().trim(), "0");
+}
+
+#[tokio::test]
+async fn with_commands_disabled_run_says_why_and_the_model_can_go_on() {
+    let (dir, git) = repository().await;
+    let tools = Tools {
+        workspace: Workspace::open(dir.path()).unwrap(),
+        git,
+        sandbox: Sandbox::disabled("bubblewrap is not installed"),
+        session_uid: 62_200,
+    };
+    let outcome = tools.call("run", &json!({"command": "echo hi"})).await;
+    assert!(!outcome.ok && outcome.shown.contains("bubblewrap is not installed"), "{}", outcome.shown);
+    let edit = tools.call("edit_file", &json!({"path": "test.sh", "old": "echo", "new": "printf"})).await;
+    assert!(!edit.ok && edit.shown.contains("occurs 2 times"), "{}", edit.shown);
+    let outside = tools.call("read_file", &json!({"path": "../../etc/passwd"})).await;
+    assert!(!outside.ok && outside.shown.contains("outside the workspace"));
+    let listed = tools.call("list_files", &json!({"glob": "*.sh"})).await;
+    assert_eq!(listed.shown, "add.sh\ntest.sh");
+    let found = tools.call("search", &json!({"regex": "\\$1 - "})).await;
+    assert_eq!(found.shown, "add.sh:1: echo $(($1 - $2))");
+}

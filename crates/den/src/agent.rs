@@ -1,0 +1,100 @@
+//! `den agent`: the coding agent's loop in the terminal, and its doctor.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use den_agent::run::{End, Progress, RunConfig};
+use den_agent::sandbox::{Backend, Limits, Sandbox};
+use den_agent::tools::Tools;
+use serde_json::Value;
+
+use crate::cli::AgentCommand;
+use crate::config::Config;
+
+/// The sandbox user of terminal runs (Discord sessions get one each).
+const CLI_SESSION_UID: u32 = 63_000;
+
+/// `den agent ...`
+pub async fn command(command: AgentCommand, c: &Config, env: &[(String, String)]) -> anyhow::Result<()> {
+    match command {
+        AgentCommand::Doctor => doctor().await,
+        AgentCommand::Run { workspace, branch, max_turns, task } => {
+            run(c, env, &workspace, branch, max_turns, &task).await
+        }
+    }
+}
+
+async fn doctor() -> anyhow::Result<()> {
+    let sandbox = Sandbox::probe(Limits::default()).await;
+    println!("sandbox: {}", sandbox.describe());
+    let git = tokio::process::Command::new("git").arg("--version").output().await;
+    match git {
+        Ok(out) if out.status.success() => print!("git: {}", String::from_utf8_lossy(&out.stdout)),
+        _ => println!("git: not found (den needs git for workspaces)"),
+    }
+    match sandbox.backend() {
+        Backend::Bubblewrap { .. } => Ok(()),
+        Backend::Disabled(why) => anyhow::bail!("the agent cannot run commands here: {why}"),
+    }
+}
+
+/// Prints each tool call on one line.
+struct Lines;
+
+impl Progress for Lines {
+    fn calling(&self, turn: u32, max: u32, tool: &str, input: &Value) {
+        let arg = ["path", "command", "regex", "glob", "summary", "question"]
+            .iter()
+            .find_map(|k| input[*k].as_str())
+            .unwrap_or_default();
+        let arg: String = arg.chars().take(80).collect();
+        eprintln!("turn {turn}/{max}: {tool} {arg}");
+    }
+}
+
+async fn run(
+    c: &Config,
+    env: &[(String, String)],
+    workspace: &std::path::Path,
+    branch: Option<String>,
+    max_turns: u32,
+    task: &str,
+) -> anyhow::Result<()> {
+    let section = c.llm.provider(&c.llm.primary).map_err(anyhow::Error::msg)?;
+    let model = crate::llm::provider(section, env, &c.models_dir()).await?;
+    std::fs::create_dir_all(workspace).with_context(|| format!("cannot create {}", workspace.display()))?;
+    let git = den_agent::git::Git::open(workspace).await?;
+    let base = git.branch().await.unwrap_or_else(|_| "main".into());
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let branch = branch.unwrap_or_else(|| format!("den/cli-{stamp}"));
+    let sandbox = Sandbox::probe(Limits::default()).await;
+    eprintln!("workspace {} on {branch} (from {base}); {}", workspace.display(), sandbox.describe());
+    let tools = Tools {
+        workspace: den_agent::workspace::Workspace::open(workspace)?,
+        git,
+        sandbox,
+        session_uid: CLI_SESSION_UID,
+    };
+    let config = RunConfig { max_turns, max_tokens: 4096, branch: branch.clone(), base };
+    let report = den_agent::run::run(model.as_ref(), &tools, &config, vec![], task, &Lines).await?;
+    let tokens = report.usage.input_tokens + report.usage.output_tokens;
+    match report.end {
+        End::Finished { summary, confidence, commit } => {
+            println!("{summary}\n(confidence {confidence}%, {} turns, {tokens} tokens)", report.turns);
+            match commit {
+                Some(commit) => {
+                    println!("committed {} on {branch}\n{}", &commit[..12.min(commit.len())], report.diffstat)
+                }
+                None => println!("nothing changed: no commit"),
+            }
+            Ok(())
+        }
+        End::AskedUser { question } => {
+            println!("The agent asks: {question}\n(run again with the answer in the task)");
+            Ok(())
+        }
+        End::OutOfTurns => {
+            anyhow::bail!("the agent used its {max_turns} turns without finishing; nothing was committed")
+        }
+    }
+}
