@@ -82,15 +82,11 @@ pub struct Sandbox {
     limits: Limits,
 }
 
+/// Whether den runs as root (effective uid 0), from `/proc/self/status`.
 fn is_root() -> bool {
-    // The owner of a file den just made is den's effective user.
-    let probe = std::env::temp_dir().join(format!("den-uid-probe-{}", std::process::id()));
-    let uid = std::fs::write(&probe, b"").and_then(|()| std::fs::metadata(&probe)).map(|m| {
-        use std::os::unix::fs::MetadataExt as _;
-        m.uid()
-    });
-    let _ = std::fs::remove_file(&probe);
-    uid.is_ok_and(|u| u == 0)
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|ids| ids.split_whitespace().nth(1));
+    effective == Some("0")
 }
 
 impl Sandbox {

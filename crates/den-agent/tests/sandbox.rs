@@ -44,6 +44,8 @@ async fn the_workspace_is_writable_and_nothing_else_is() {
     let ws = workspace();
     let ran = sh(&s, &ws, 1, "echo hi > made.txt && cat made.txt").await;
     assert_eq!((ran.code, ran.stdout.trim()), (Some(0), "hi"), "{}", ran.stderr);
+    let ran = sh(&s, &ws, 1, "id -u").await;
+    assert_ne!(ran.stdout.trim(), "0", "commands never run as root");
     for target in ["/usr/den-was-here", "/etc/den-was-here"] {
         let ran = sh(&s, &ws, 1, &format!("echo x > {target}")).await;
         assert_ne!(ran.code, Some(0), "{target} must not be writable");
