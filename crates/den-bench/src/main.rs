@@ -2,6 +2,7 @@
 //!
 //! Run them in release mode: `cargo run --release -p den-bench -- queue`.
 
+mod agent;
 mod campaign;
 mod discord;
 mod local;
@@ -38,6 +39,8 @@ enum Scenario {
     Chaos(den_bench::chaos::ChaosOptions),
     /// The local model: time to first token, tokens/s at 1 and 2 threads, resident memory.
     LocalModel(local::LocalModelOptions),
+    /// The coding agent: den's time per turn (the model answering at once) and the sandbox's start.
+    Agent(agent::AgentOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Campaign(o) => campaign::run(&o)?,
         Scenario::Chaos(o) => den_bench::chaos::run(&o)?,
         Scenario::LocalModel(o) => local::run(&o)?,
+        Scenario::Agent(o) => agent::run(&o)?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
