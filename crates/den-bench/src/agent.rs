@@ -38,7 +38,7 @@ impl ChatModel for Instant0 {
 
     async fn stream(&self, _: &ChatRequest) -> Result<ChatStream, LlmError> {
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
-        let (name, input) = if n % 2 == 0 {
+        let (name, input) = if n.is_multiple_of(2) {
             ("read_file", json!({"path": "src/lib.rs", "limit": 50}))
         } else {
             ("run", json!({"command": "true"}))
@@ -105,15 +105,17 @@ pub fn run(o: &AgentOptions) -> anyhow::Result<Value> {
         let total = began.elapsed();
         let stamps = stamps.0.into_inner().unwrap_or_default();
         let turns: Vec<f64> = stamps.windows(2).map(|w| ms(w[1] - w[0])).collect();
-        let (reads, runs): (Vec<(usize, f64)>, Vec<(usize, f64)>) =
-            turns.iter().copied().enumerate().partition(|(i, _)| i % 2 == 0);
+        // Turn i runs call i: even ones read a file, odd ones run `true` in the sandbox.
+        let of_kind = |even: bool| -> Vec<f64> {
+            turns.iter().enumerate().filter(|(i, _)| i.is_multiple_of(2) == even).map(|(_, t)| *t).collect()
+        };
         Ok(json!({
             "scenario": "agent",
             "sandbox": sandbox.describe(),
             "sandbox_start": summary(starts),
             "turn": summary(turns.clone()),
-            "turn_reading_a_file": summary(reads.into_iter().map(|(_, t)| t).collect()),
-            "turn_running_true_in_the_sandbox": summary(runs.into_iter().map(|(_, t)| t).collect()),
+            "turn_reading_a_file": summary(of_kind(true)),
+            "turn_running_true_in_the_sandbox": summary(of_kind(false)),
             "turns": o.turns,
             "total_ms": ms(total),
         }))

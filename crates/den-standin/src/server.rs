@@ -144,6 +144,23 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// The bot account a token names; with an open door, an unknown token
+    /// becomes a new bot account ("guest-bot-N") in every guild.
+    pub(crate) fn account(&self, token: &str) -> Option<User> {
+        let mut world = self.world();
+        if let Some(user) = world.account(token, &self.config.bot_token) {
+            return Some(user);
+        }
+        if !self.config.open_door || token.is_empty() {
+            return None;
+        }
+        let n = world.other_bots.len() + 1;
+        let user = world.add_bot(&format!("guest-bot-{n}"), token);
+        drop(world);
+        self.touch(Part::Members, None);
+        Some(user)
+    }
+
     pub fn world(&self) -> MutexGuard<'_, World> {
         lock(&self.world)
     }

@@ -342,6 +342,17 @@ struct Plan {
 }
 
 impl Plan {
+    /// Bedrock's last two events: messageStop with `stop_reason`, then metadata with usage.
+    fn bedrock_end(&self, stop_reason: &str, out: u64) -> Vec<u8> {
+        let mut frames = bedrock_event("messageStop", &json!({"stopReason": stop_reason}));
+        frames.extend(bedrock_event(
+            "metadata",
+            &json!({"usage": {"inputTokens": self.input_tokens, "outputTokens": out,
+                "totalTokens": self.input_tokens + out}, "metrics": {"latencyMs": 1}}),
+        ));
+        frames
+    }
+
     /// The scripted tool calls and the end of the answer, in `wire`'s format.
     fn tool_call_frames(&self, wire: Wire, out: u64) -> Vec<u8> {
         let calls: Vec<(String, &String, String)> = self
@@ -417,12 +428,7 @@ impl Plan {
                     }
                     frames.extend(bedrock_event("contentBlockStop", &json!({"contentBlockIndex": index})));
                 }
-                frames.extend(bedrock_event("messageStop", &json!({"stopReason": "tool_use"})));
-                frames.extend(bedrock_event(
-                    "metadata",
-                    &json!({"usage": {"inputTokens": self.input_tokens, "outputTokens": out,
-                        "totalTokens": self.input_tokens + out}, "metrics": {"latencyMs": 1}}),
-                ));
+                frames.extend(self.bedrock_end("tool_use", out));
                 frames
             }
         }
@@ -528,12 +534,7 @@ impl Plan {
                 .into_bytes(),
                 Wire::Bedrock => {
                     let mut frames = bedrock_event("contentBlockStop", &json!({"contentBlockIndex": 0}));
-                    frames.extend(bedrock_event("messageStop", &json!({"stopReason": "end_turn"})));
-                    frames.extend(bedrock_event(
-                        "metadata",
-                        &json!({"usage": {"inputTokens": self.input_tokens, "outputTokens": out,
-                            "totalTokens": self.input_tokens + out}, "metrics": {"latencyMs": 1}}),
-                    ));
+                    frames.extend(self.bedrock_end("end_turn", out));
                     frames
                 }
             });

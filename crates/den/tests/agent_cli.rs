@@ -14,12 +14,7 @@ fn den_agent_run_works_a_task_in_the_terminal_and_commits_on_its_branch() {
     llm.push(Script::call("", "run", json!({"command": "cat hello.txt"})));
     llm.push(Script::call("", "finish", json!({"summary": "Add hello.txt", "confidence": 88})));
     let scratch = Scratch::new();
-    let config = format!(
-        "[llm]\nprimary = \"fake\"\n\n[[llm.provider]]\nname = \"fake\"\nkind = \"openai\"\nbase_url = \"{}\"\n\
-         model = \"m\"\nkey_env = \"FAKE_LLM_KEY\"\n",
-        llm.base_url()
-    );
-    std::fs::write(scratch.path().join("den.toml"), config).unwrap();
+    scratch.use_model(&llm.base_url(), "m", "");
     let out = scratch.output(
         &["agent", "run", "--workspace", "ws", "--branch", "den/cli-test", "Say hello in a file."],
         &[("FAKE_LLM_KEY", "k")],

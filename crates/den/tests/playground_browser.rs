@@ -161,12 +161,7 @@ fn a_newcomer_talks_to_a_persona_builds_a_campaign_and_tries_memory_in_the_brows
         ..Script::reply("My day? I outlived three kettles and your taste in hats. Sit up straight, dear.")
     });
     let scratch = Scratch::new();
-    let config = format!(
-        "[llm]\nprimary = \"fake\"\n\n[[llm.provider]]\nname = \"fake\"\nkind = \"openai\"\nbase_url = \"{}\"\n\
-         model = \"claude-sonnet-4-5\"\nkey_env = \"FAKE_LLM_KEY\"\n\n[personas]\nstream_edit_ms = 250\n",
-        llm.base_url()
-    );
-    std::fs::write(scratch.path().join("den.toml"), config).unwrap();
+    scratch.use_model(&llm.base_url(), "claude-sonnet-4-5", "[personas]\nstream_edit_ms = 250\n");
     let pg = scratch.playground(&[], &[("FAKE_LLM_KEY", KEY)]);
     let driver = Driver::start();
 

@@ -204,21 +204,9 @@ fn log_frame(shared: &Shared, account: &str, direction: Direction, payload: Valu
     });
 }
 
-/// The account a gateway token names; with an open door, a new bot for an unknown token.
+/// The account a gateway token names.
 fn account_of(shared: &Shared, token: Option<&str>) -> Option<User> {
-    let token = token?.trim_start_matches("Bot ");
-    let mut world = shared.world();
-    if let Some(user) = world.account(token, &shared.config.bot_token) {
-        return Some(user);
-    }
-    if !shared.config.open_door || token.is_empty() {
-        return None;
-    }
-    let n = world.other_bots.len() + 1;
-    let user = world.add_bot(&format!("guest-bot-{n}"), token);
-    drop(world);
-    shared.touch(crate::events::Part::Members, None);
-    Some(user)
+    shared.account(token?.trim_start_matches("Bot "))
 }
 
 fn identify(shared: &Shared, d: &Value, tx: &mpsc::UnboundedSender<Ctl>) -> Result<(String, String), u16> {

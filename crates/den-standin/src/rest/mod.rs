@@ -95,19 +95,9 @@ fn read_body(headers: &HeaderMap, body: &Bytes) -> Result<(Value, Vec<Upload>), 
     serde_json::from_slice(body).map(|v| (v, Vec::new())).map_err(|e| format!("body is not JSON: {e}"))
 }
 
-/// The account a request acts as, from its `Authorization` header; with an
-/// open door, a new bot account for an unknown bot token.
+/// The account a request acts as, from its `Authorization` header.
 fn caller(shared: &Shared, auth: Option<&str>) -> Option<User> {
-    let token = auth?.strip_prefix("Bot ")?;
-    let mut world = shared.world();
-    if let Some(user) = world.account(token, &shared.config.bot_token) {
-        return Some(user);
-    }
-    if !shared.config.open_door || token.is_empty() {
-        return None;
-    }
-    let n = world.other_bots.len() + 1;
-    Some(world.add_bot(&format!("guest-bot-{n}"), token))
+    shared.account(auth?.strip_prefix("Bot ")?)
 }
 
 pub(crate) async fn handle(

@@ -63,6 +63,16 @@ impl Scratch {
         self.dir.path()
     }
 
+    /// Writes a den.toml whose primary model is an OpenAI-compatible server at
+    /// `base_url` named `model`, its key in `FAKE_LLM_KEY`, then `more` (TOML).
+    pub fn use_model(&self, base_url: &str, model: &str, more: &str) {
+        let config = format!(
+            "[llm]\nprimary = \"fake\"\n\n[[llm.provider]]\nname = \"fake\"\nkind = \"openai\"\n\
+             base_url = \"{base_url}\"\nmodel = \"{model}\"\nkey_env = \"FAKE_LLM_KEY\"\n\n{more}"
+        );
+        std::fs::write(self.path().join("den.toml"), config).unwrap();
+    }
+
     pub fn db(&self) -> PathBuf {
         self.path().join("den-data/den.db")
     }
