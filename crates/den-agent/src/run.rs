@@ -6,6 +6,7 @@ use den_llm::{ChatMessage, ChatModel, ChatRequest, FinishReason, ToolResult, Too
 use serde_json::{Value, json};
 
 use crate::ToolError;
+use crate::escalation::{Reason, Watch};
 use crate::tools::{Outcome, Tools};
 
 /// What the model is told about its job.
@@ -59,6 +60,19 @@ pub struct CallRecord {
     pub outcome: Outcome,
 }
 
+/// A move to the next model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Escalation {
+    /// The turn after which it happened.
+    pub turn: u32,
+    /// The model left and the one taken, by name.
+    pub from: String,
+    /// The model taken.
+    pub to: String,
+    /// Why.
+    pub reason: Reason,
+}
+
 /// A whole run.
 #[derive(Clone, Debug)]
 pub struct Report {
@@ -74,6 +88,10 @@ pub struct Report {
     pub messages: Vec<ChatMessage>,
     /// `git diff --stat` of the commit, when there is one.
     pub diffstat: String,
+    /// den's confidence after each turn.
+    pub confidence: Vec<u8>,
+    /// Moves to stronger models.
+    pub escalations: Vec<Escalation>,
 }
 
 /// Told about each step, to show progress (a Discord message, a terminal line).
@@ -106,9 +124,11 @@ fn loop_tools() -> Vec<ToolSpec> {
     specs
 }
 
-/// Runs `task` (after `history`, the session so far) until it ends.
+/// Runs `task` (after `history`, the session so far) until it ends, with
+/// `ladder[0]` first and each next model when [`Watch`] says so; past the
+/// last one, den asks the user.
 pub async fn run(
-    model: &dyn ChatModel,
+    ladder: &[&dyn ChatModel],
     tools: &Tools,
     config: &RunConfig,
     history: Vec<ChatMessage>,
@@ -125,8 +145,12 @@ pub async fn run(
         calls: vec![],
         messages: vec![],
         diffstat: String::new(),
+        confidence: vec![],
+        escalations: vec![],
     };
     let specs = loop_tools();
+    let mut watch = Watch::default();
+    let mut rung = 0;
     while report.turns < config.max_turns {
         report.turns += 1;
         let request = ChatRequest {
@@ -135,6 +159,7 @@ pub async fn run(
             max_tokens: config.max_tokens,
             ..ChatRequest::simple(SYSTEM, "")
         };
+        let model = *ladder.get(rung).ok_or(RunError::NoModel)?;
         let stream = model.stream(&request).await.map_err(RunError::Model)?;
         let turn = collect_turn(stream).await.map_err(RunError::Model)?;
         add_usage(&mut report.usage, turn.usage);
@@ -167,6 +192,7 @@ pub async fn run(
                 }
                 name => {
                     let outcome = tools.call(name, &call.input).await;
+                    watch.call(name, &call.input, outcome.ok, &outcome.full);
                     results.push(if outcome.ok {
                         ToolResult::ok(&call.id, &outcome.shown)
                     } else {
@@ -177,6 +203,21 @@ pub async fn run(
             }
         }
         messages.push(ChatMessage::results(results));
+        let (confidence, reason) = watch.end_turn(&turn.text, None);
+        report.confidence.push(confidence);
+        if let Some(reason) = reason {
+            if let Some(next) = ladder.get(rung + 1) {
+                let from = model.name().to_owned();
+                report.escalations.push(Escalation { turn: report.turns, from, to: next.name().to_owned(), reason });
+                rung += 1;
+            } else {
+                // The top of the ladder: the user decides.
+                report.end =
+                    End::AskedUser { question: format!("I am not getting anywhere ({reason}). What should I try?") };
+                report.messages = messages;
+                return Ok(report);
+            }
+        }
     }
     report.messages = messages;
     Ok(report)
@@ -210,4 +251,7 @@ pub enum RunError {
     /// den's git failed.
     #[error("git: {0}")]
     Git(ToolError),
+    /// No model to ask.
+    #[error("no model is configured for the agent")]
+    NoModel,
 }

@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
+use den_agent::escalation::Reason;
 use den_agent::git::Git;
-use den_agent::run::{End, Quiet, RunConfig, run};
+use den_agent::run::{End, Escalation, Quiet, RunConfig, run};
 use den_agent::sandbox::{Limits, Sandbox};
 use den_agent::tools::Tools;
 use den_agent::workspace::Workspace;
@@ -27,8 +28,12 @@ async fn repository() -> (tempfile::TempDir, Git) {
 }
 
 fn provider(wire: Wire, fake: &FakeLlm) -> Box<dyn ChatModel> {
+    named(wire, fake, "scripted")
+}
+
+fn named(wire: Wire, fake: &FakeLlm, name: &str) -> Box<dyn ChatModel> {
     let config = ProviderConfig {
-        name: "scripted".into(),
+        name: name.into(),
         base_url: fake.base_url(),
         api_key: Some(Secret::new("k")),
         model: "m".into(),
@@ -59,7 +64,7 @@ async fn a_scripted_model_fixes_a_failing_test_and_den_commits_it_once() {
         };
         let config = RunConfig { max_turns: 10, max_tokens: 1000, branch: "den/42".into(), base: "main".into() };
         let model = provider(wire, &fake);
-        let report = run(model.as_ref(), &tools, &config, vec![], "Make test.sh pass.", &Quiet).await.unwrap();
+        let report = run(&[model.as_ref()], &tools, &config, vec![], "Make test.sh pass.", &Quiet).await.unwrap();
 
         let End::Finished { summary, confidence, commit } = &report.end else { panic!("{wire:?}: {:?}", report.end) };
         assert_eq!((summary.as_str(), *confidence), ("Fix add.sh: it subtracted", 92));
@@ -95,7 +100,7 @@ async fn a_model_that_never_finishes_stops_at_the_turn_limit_and_commits_nothing
     };
     let config = RunConfig { max_turns: 3, max_tokens: 100, branch: "den/7".into(), base: "main".into() };
     let model = provider(Wire::OpenAi, &fake);
-    let report = run(model.as_ref(), &tools, &config, vec![], "Loop forever.", &Quiet).await.unwrap();
+    let report = run(&[model.as_ref()], &tools, &config, vec![], "Loop forever.", &Quiet).await.unwrap();
     assert_eq!((report.end, report.turns), (End::OutOfTurns, 3));
     assert_eq!(git.run(&["rev-list", "--count", "main..den/7"]).await.unwrap().trim(), "0");
 }
@@ -119,4 +124,31 @@ async fn with_commands_disabled_run_says_why_and_the_model_can_go_on() {
     assert_eq!(listed.shown, "add.sh\ntest.sh");
     let found = tools.call("search", &json!({"regex": "\\$1 - "})).await;
     assert_eq!(found.shown, "add.sh:1: echo $(($1 - $2))");
+}
+
+#[tokio::test]
+async fn a_runaway_loop_moves_to_the_next_model_and_at_the_top_den_asks_the_user() {
+    let (dir, git) = repository().await;
+    let weak = FakeLlm::start(Wire::OpenAi, None).await.unwrap();
+    weak.set_default(Script::call("", "run", json!({"command": "make it work"})));
+    let strong = FakeLlm::start(Wire::OpenAi, None).await.unwrap();
+    strong.set_default(Script::call("", "git_status", json!({})));
+    let tools = Tools {
+        workspace: Workspace::open(dir.path()).unwrap(),
+        git,
+        sandbox: Sandbox::disabled("not here"),
+        session_uid: 62_300,
+    };
+    let config = RunConfig { max_turns: 20, max_tokens: 100, branch: "den/9".into(), base: "main".into() };
+    let (a, b) = (named(Wire::OpenAi, &weak, "weak"), named(Wire::OpenAi, &strong, "strong"));
+    let report = run(&[a.as_ref(), b.as_ref()], &tools, &config, vec![], "Do it.", &Quiet).await.unwrap();
+    let moved =
+        Escalation { turn: 3, from: "weak".into(), to: "strong".into(), reason: Reason::RepeatedFailure("run".into()) };
+    assert_eq!(report.escalations, [moved]);
+    assert_eq!((weak.requests().len(), strong.requests().len(), report.turns), (3, 4, 7));
+    let End::AskedUser { question } = &report.end else { panic!("{:?}", report.end) };
+    assert!(question.contains("git_status gave the same result four times"), "{question}");
+    assert_eq!(report.confidence.len(), 7);
+    // The stronger model saw the whole history, failures included.
+    assert!(strong.requests()[0].body.to_string().contains("commands cannot run here"));
 }

@@ -60,8 +60,13 @@ async fn run(
     max_turns: u32,
     task: &str,
 ) -> anyhow::Result<()> {
-    let section = c.llm.provider(&c.llm.primary).map_err(anyhow::Error::msg)?;
-    let model = crate::llm::provider(section, env, &c.models_dir()).await?;
+    // The primary first; the fallback, when configured, is the next rung of the ladder.
+    let mut ladder = Vec::new();
+    for name in std::iter::once(&c.llm.primary).chain(c.llm.fallback.as_ref()) {
+        let section = c.llm.provider(name).map_err(anyhow::Error::msg)?;
+        ladder.push(crate::llm::provider(section, env, &c.models_dir()).await?);
+    }
+    let ladder: Vec<&dyn den_llm::ChatModel> = ladder.iter().map(AsRef::as_ref).collect();
     std::fs::create_dir_all(workspace).with_context(|| format!("cannot create {}", workspace.display()))?;
     let git = den_agent::git::Git::open(workspace).await?;
     let base = git.branch().await.unwrap_or_else(|_| "main".into());
@@ -76,7 +81,10 @@ async fn run(
         session_uid: CLI_SESSION_UID,
     };
     let config = RunConfig { max_turns, max_tokens: 4096, branch: branch.clone(), base };
-    let report = den_agent::run::run(model.as_ref(), &tools, &config, vec![], task, &Lines).await?;
+    let report = den_agent::run::run(&ladder, &tools, &config, vec![], task, &Lines).await?;
+    for e in &report.escalations {
+        eprintln!("after turn {}: {} → {} ({})", e.turn, e.from, e.to, e.reason);
+    }
     let tokens = report.usage.input_tokens + report.usage.output_tokens;
     match report.end {
         End::Finished { summary, confidence, commit } => {
