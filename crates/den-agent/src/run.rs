@@ -4,6 +4,7 @@
 
 use den_llm::{ChatMessage, ChatModel, ChatRequest, FinishReason, ToolResult, ToolSpec, Usage, collect_turn};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 use crate::ToolError;
 use crate::escalation::{Reason, Watch};
@@ -47,6 +48,8 @@ pub enum End {
     },
     /// The turn limit came first; nothing was committed.
     OutOfTurns,
+    /// The user stopped it: the model call or command running was cancelled.
+    Stopped,
 }
 
 /// One tool call of a turn, for the turn log.
@@ -126,7 +129,9 @@ fn loop_tools() -> Vec<ToolSpec> {
 
 /// Runs `task` (after `history`, the session so far) until it ends, with
 /// `ladder[0]` first and each next model when [`Watch`] says so; past the
-/// last one, den asks the user.
+/// last one, den asks the user. Cancelling `stop` cancels the model call or
+/// command under way at once; a call cut short is answered "cancelled by the
+/// user" in the transcript, so the session's history stays valid.
 pub async fn run(
     ladder: &[&dyn ChatModel],
     tools: &Tools,
@@ -134,6 +139,7 @@ pub async fn run(
     history: Vec<ChatMessage>,
     task: &str,
     progress: &dyn Progress,
+    stop: &CancellationToken,
 ) -> Result<Report, RunError> {
     tools.git.checkout(&config.branch, &config.base).await.map_err(RunError::Git)?;
     let mut messages = history;
@@ -160,8 +166,16 @@ pub async fn run(
             ..ChatRequest::simple(SYSTEM, "")
         };
         let model = *ladder.get(rung).ok_or(RunError::NoModel)?;
-        let stream = model.stream(&request).await.map_err(RunError::Model)?;
-        let turn = collect_turn(stream).await.map_err(RunError::Model)?;
+        let asked = async { collect_turn(model.stream(&request).await?).await };
+        let turn = tokio::select! {
+            biased;
+            () = stop.cancelled() => {
+                report.end = End::Stopped;
+                report.messages = messages;
+                return Ok(report);
+            }
+            turn = asked => turn.map_err(RunError::Model)?,
+        };
         add_usage(&mut report.usage, turn.usage);
         messages.push(ChatMessage::assistant_calls(turn.text.clone(), turn.calls.clone()));
         if turn.calls.is_empty() {
@@ -191,7 +205,27 @@ pub async fn run(
                     return Ok(report);
                 }
                 name => {
-                    let outcome = tools.call(name, &call.input).await;
+                    let called = tools.call(name, &call.input);
+                    let outcome = tokio::select! {
+                        biased;
+                        () = stop.cancelled() => None,
+                        outcome = called => Some(outcome),
+                    };
+                    let Some(outcome) = outcome else {
+                        // This call and any after it: cancelled, each answered.
+                        let answered: Vec<&str> = results.iter().map(|r: &ToolResult| r.call_id.as_str()).collect();
+                        let cancelled: Vec<ToolResult> = turn
+                            .calls
+                            .iter()
+                            .filter(|c| !answered.contains(&c.id.as_str()))
+                            .map(|c| ToolResult::error(&c.id, "cancelled by the user"))
+                            .collect();
+                        results.extend(cancelled);
+                        messages.push(ChatMessage::results(results));
+                        report.end = End::Stopped;
+                        report.messages = messages;
+                        return Ok(report);
+                    };
                     watch.call(name, &call.input, outcome.ok, &outcome.full);
                     results.push(if outcome.ok {
                         ToolResult::ok(&call.id, &outcome.shown)

@@ -159,49 +159,43 @@ impl Sandbox {
         command: &str,
         timeout: Duration,
     ) -> Result<Ran, ToolError> {
-        let drop = match &self.backend {
+        let as_session_user = match &self.backend {
             Backend::Bubblewrap { drop_to_session_user } => *drop_to_session_user,
             Backend::Disabled(why) => return Err(ToolError::Refused(format!("commands cannot run here: {why}"))),
         };
-        if drop {
+        if as_session_user {
             own_tree(workspace, session_uid)?;
         }
-        let mut cmd = self.command(workspace, drop.then_some(session_uid), command);
+        let mut cmd = self.command(workspace, as_session_user.then_some(session_uid), command);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
         let started = Instant::now();
         let mut child = cmd.spawn().map_err(|e| ToolError::Failed(format!("cannot start the sandbox: {e}")))?;
+        let pid = child.id();
         let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
         let read = async {
             let (o, e) = tokio::join!(capped(out.as_mut()), capped(err.as_mut()));
             let status = child.wait().await;
             (o, e, status)
         };
-        match tokio::time::timeout(timeout, read).await {
+        // Unfinished (a timeout, or the run stopped and this future dropped): the tree dies.
+        let mut guard = KillTree(pid);
+        let finished = tokio::time::timeout(timeout, read).await;
+        if finished.is_ok() {
+            guard.0 = None; // reaped: its PID may already be another process's
+        }
+        drop(guard);
+        match finished {
             Ok((stdout, stderr, status)) => {
                 let status = status.map_err(|e| ToolError::Failed(format!("the sandbox failed: {e}")))?;
                 Ok(Ran { code: status.code(), stdout, stderr, timed_out: false, took: started.elapsed() })
             }
-            Err(_) => {
-                // The sandbox's first process first: the PID namespace dies with it, and
-                // bubblewrap, its parent, reaps it before den reaps bubblewrap. No orphan, no zombie.
-                if let Some(pid) = child.id() {
-                    let children =
-                        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-                    for inner in children.split_whitespace() {
-                        let _ = Command::new("kill").args(["-KILL", inner]).status().await;
-                    }
-                }
-                let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                Ok(Ran {
-                    code: None,
-                    stdout: String::new(),
-                    stderr: String::new(),
-                    timed_out: true,
-                    took: started.elapsed(),
-                })
-            }
+            Err(_) => Ok(Ran {
+                code: None,
+                stdout: String::new(),
+                stderr: String::new(),
+                timed_out: true,
+                took: started.elapsed(),
+            }),
         }
     }
 
@@ -269,6 +263,26 @@ impl Sandbox {
         let mut cmd = Command::new(&args[0]);
         cmd.args(&args[1..]).env_clear().env("PATH", "/usr/local/bin:/usr/bin:/bin");
         cmd
+    }
+}
+
+/// Kills a sandbox that is still running when dropped: its first process
+/// (the PID namespace dies with it, and bubblewrap reaps it), then
+/// bubblewrap. A finished sandbox has no such processes left; the kills miss.
+struct KillTree(Option<u32>);
+
+impl Drop for KillTree {
+    fn drop(&mut self) {
+        let Some(pid) = self.0 else { return };
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let mut targets: Vec<&str> = children.split_whitespace().collect();
+        let own = pid.to_string();
+        if std::fs::metadata(format!("/proc/{pid}")).is_ok() {
+            targets.push(&own);
+        }
+        if !targets.is_empty() {
+            let _ = std::process::Command::new("kill").arg("-KILL").args(&targets).status();
+        }
     }
 }
 

@@ -14,8 +14,9 @@ use den_core::Secret;
 use den_llm::anthropic::Anthropic;
 use den_llm::openai::OpenAiCompatible;
 use den_llm::{ChatModel, ProviderConfig};
-use den_testkit::llm::{FakeLlm, Script, Wire};
+use den_testkit::llm::{FakeLlm, Fault, Script, Wire};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 async fn repository() -> (tempfile::TempDir, Git) {
     let dir = tempfile::tempdir().unwrap();
@@ -64,7 +65,10 @@ async fn a_scripted_model_fixes_a_failing_test_and_den_commits_it_once() {
         };
         let config = RunConfig { max_turns: 10, max_tokens: 1000, branch: "den/42".into(), base: "main".into() };
         let model = provider(wire, &fake);
-        let report = run(&[model.as_ref()], &tools, &config, vec![], "Make test.sh pass.", &Quiet).await.unwrap();
+        let report =
+            run(&[model.as_ref()], &tools, &config, vec![], "Make test.sh pass.", &Quiet, &CancellationToken::new())
+                .await
+                .unwrap();
 
         let End::Finished { summary, confidence, commit } = &report.end else { panic!("{wire:?}: {:?}", report.end) };
         assert_eq!((summary.as_str(), *confidence), ("Fix add.sh: it subtracted", 92));
@@ -100,7 +104,9 @@ async fn a_model_that_never_finishes_stops_at_the_turn_limit_and_commits_nothing
     };
     let config = RunConfig { max_turns: 3, max_tokens: 100, branch: "den/7".into(), base: "main".into() };
     let model = provider(Wire::OpenAi, &fake);
-    let report = run(&[model.as_ref()], &tools, &config, vec![], "Loop forever.", &Quiet).await.unwrap();
+    let report = run(&[model.as_ref()], &tools, &config, vec![], "Loop forever.", &Quiet, &CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!((report.end, report.turns), (End::OutOfTurns, 3));
     assert_eq!(git.run(&["rev-list", "--count", "main..den/7"]).await.unwrap().trim(), "0");
 }
@@ -141,7 +147,9 @@ async fn a_runaway_loop_moves_to_the_next_model_and_at_the_top_den_asks_the_user
     };
     let config = RunConfig { max_turns: 20, max_tokens: 100, branch: "den/9".into(), base: "main".into() };
     let (a, b) = (named(Wire::OpenAi, &weak, "weak"), named(Wire::OpenAi, &strong, "strong"));
-    let report = run(&[a.as_ref(), b.as_ref()], &tools, &config, vec![], "Do it.", &Quiet).await.unwrap();
+    let report = run(&[a.as_ref(), b.as_ref()], &tools, &config, vec![], "Do it.", &Quiet, &CancellationToken::new())
+        .await
+        .unwrap();
     let moved =
         Escalation { turn: 3, from: "weak".into(), to: "strong".into(), reason: Reason::RepeatedFailure("run".into()) };
     assert_eq!(report.escalations, [moved]);
@@ -151,4 +159,65 @@ async fn a_runaway_loop_moves_to_the_next_model_and_at_the_top_den_asks_the_user
     assert_eq!(report.confidence.len(), 7);
     // The stronger model saw the whole history, failures included.
     assert!(strong.requests()[0].body.to_string().contains("commands cannot run here"));
+}
+
+#[tokio::test]
+async fn stop_cancels_a_running_command_within_seconds_and_answers_the_call() {
+    let (dir, git) = repository().await;
+    let fake = FakeLlm::start(Wire::OpenAi, None).await.unwrap();
+    fake.push(Script::call("", "run", json!({"command": "sleep 120", "timeout": 300})));
+    let tools = Tools {
+        workspace: Workspace::open(dir.path()).unwrap(),
+        git,
+        sandbox: Sandbox::probe(Limits::default()).await,
+        session_uid: 62_400,
+    };
+    let config = RunConfig { max_turns: 5, max_tokens: 100, branch: "den/stop".into(), base: "main".into() };
+    let model = provider(Wire::OpenAi, &fake);
+    let stop = CancellationToken::new();
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        stopper.cancel();
+    });
+    let began = std::time::Instant::now();
+    let report = run(&[model.as_ref()], &tools, &config, vec![], "Wait.", &Quiet, &stop).await.unwrap();
+    assert_eq!(report.end, End::Stopped);
+    assert!(began.elapsed() < Duration::from_secs(5), "stopped in {:?}", began.elapsed());
+    let last = report.messages.last().unwrap();
+    assert_eq!(last.tool_results[0].content, "cancelled by the user");
+    assert!(last.tool_results[0].is_error);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ps = std::process::Command::new("ps").args(["-o", "stat=,args=", "-u", "62400"]).output().unwrap();
+    let alive: Vec<String> = String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('Z'))
+        .map(str::to_owned)
+        .collect();
+    assert!(alive.is_empty(), "the command survived the stop: {alive:?}");
+}
+
+#[tokio::test]
+async fn stop_cancels_a_model_call_that_hangs() {
+    let (dir, git) = repository().await;
+    let fake = FakeLlm::start(Wire::Anthropic, None).await.unwrap();
+    fake.push(Script::fault(Fault::Hang));
+    let tools = Tools {
+        workspace: Workspace::open(dir.path()).unwrap(),
+        git,
+        sandbox: Sandbox::disabled("not here"),
+        session_uid: 62_500,
+    };
+    let config = RunConfig { max_turns: 5, max_tokens: 100, branch: "den/hang".into(), base: "main".into() };
+    let model = provider(Wire::Anthropic, &fake);
+    let stop = CancellationToken::new();
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stopper.cancel();
+    });
+    let began = std::time::Instant::now();
+    let report = run(&[model.as_ref()], &tools, &config, vec![], "Think.", &Quiet, &stop).await.unwrap();
+    assert_eq!((report.end, report.turns), (End::Stopped, 1));
+    assert!(began.elapsed() < Duration::from_secs(2));
 }

@@ -101,7 +101,8 @@ pub fn run(o: &AgentOptions) -> anyhow::Result<Value> {
         let stamps = Stamps(Mutex::new(Vec::new()));
         let model = Instant0 { calls: AtomicU64::new(0) };
         let began = Instant::now();
-        den_agent::run::run(&[&model], &tools, &config, vec![], "bench", &stamps).await?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        den_agent::run::run(&[&model], &tools, &config, vec![], "bench", &stamps, &stop).await?;
         let total = began.elapsed();
         let stamps = stamps.0.into_inner().unwrap_or_default();
         let turns: Vec<f64> = stamps.windows(2).map(|w| ms(w[1] - w[0])).collect();

@@ -81,7 +81,15 @@ async fn run(
         session_uid: CLI_SESSION_UID,
     };
     let config = RunConfig { max_turns, max_tokens: 4096, branch: branch.clone(), base };
-    let report = den_agent::run::run(&ladder, &tools, &config, vec![], task, &Lines).await?;
+    // Ctrl-C stops the model call or the command under way, and the run with it.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_ctrl_c = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_ctrl_c.cancel();
+        }
+    });
+    let report = den_agent::run::run(&ladder, &tools, &config, vec![], task, &Lines, &stop).await?;
     for e in &report.escalations {
         eprintln!("after turn {}: {} → {} ({})", e.turn, e.from, e.to, e.reason);
     }
@@ -104,5 +112,6 @@ async fn run(
         End::OutOfTurns => {
             anyhow::bail!("the agent used its {max_turns} turns without finishing; nothing was committed")
         }
+        End::Stopped => anyhow::bail!("stopped; the changes so far are in the workspace, uncommitted"),
     }
 }
