@@ -27,6 +27,43 @@ pub struct RunConfig {
     pub branch: String,
     /// What the branch starts from.
     pub base: String,
+    /// Longest the run may take.
+    pub wall_time: std::time::Duration,
+    /// Tokens the run may use, all turns (0: no limit; a server's daily budget is the ledger's).
+    pub token_budget: u64,
+}
+
+impl RunConfig {
+    /// A run on `branch` from `base`: 20 turns, 4,096 tokens per answer, 30 minutes, no token budget.
+    #[must_use]
+    pub fn new(branch: &str, base: &str) -> Self {
+        Self {
+            max_turns: 20,
+            max_tokens: 4096,
+            branch: branch.into(),
+            base: base.into(),
+            wall_time: std::time::Duration::from_secs(30 * 60),
+            token_budget: 0,
+        }
+    }
+}
+
+/// Why a run was cut short.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// `wall_time` passed.
+    WallTime,
+    /// `token_budget` was spent.
+    Tokens,
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::WallTime => "the run's time limit",
+            Self::Tokens => "the run's token budget",
+        })
+    }
 }
 
 /// How a run ended.
@@ -50,6 +87,8 @@ pub enum End {
     OutOfTurns,
     /// The user stopped it: the model call or command running was cancelled.
     Stopped,
+    /// A limit cut it short; nothing was committed.
+    Aborted(Limit),
 }
 
 /// One tool call of a turn, for the turn log.
@@ -157,7 +196,20 @@ pub async fn run(
     let specs = loop_tools();
     let mut watch = Watch::default();
     let mut rung = 0;
+    let began = std::time::Instant::now();
     while report.turns < config.max_turns {
+        let spent = report.usage.input_tokens + report.usage.output_tokens;
+        let limit = if began.elapsed() >= config.wall_time {
+            Some(Limit::WallTime)
+        } else if config.token_budget > 0 && spent >= config.token_budget {
+            Some(Limit::Tokens)
+        } else {
+            None
+        };
+        if let Some(limit) = limit {
+            report.end = End::Aborted(limit);
+            break;
+        }
         report.turns += 1;
         let request = ChatRequest {
             tools: specs.clone(),
@@ -171,6 +223,11 @@ pub async fn run(
             biased;
             () = stop.cancelled() => {
                 report.end = End::Stopped;
+                report.messages = messages;
+                return Ok(report);
+            }
+            () = tokio::time::sleep(config.wall_time.saturating_sub(began.elapsed())) => {
+                report.end = End::Aborted(Limit::WallTime);
                 report.messages = messages;
                 return Ok(report);
             }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use den_agent::escalation::Reason;
 use den_agent::git::Git;
-use den_agent::run::{End, Escalation, Quiet, RunConfig, run};
+use den_agent::run::{End, Escalation, Limit, Quiet, RunConfig, run};
 use den_agent::sandbox::{Limits, Sandbox};
 use den_agent::tools::Tools;
 use den_agent::workspace::Workspace;
@@ -63,7 +63,7 @@ async fn a_scripted_model_fixes_a_failing_test_and_den_commits_it_once() {
             sandbox: Sandbox::probe(Limits::default()).await,
             session_uid: 62_000 + n as u32,
         };
-        let config = RunConfig { max_turns: 10, max_tokens: 1000, branch: "den/42".into(), base: "main".into() };
+        let config = RunConfig { max_turns: 10, max_tokens: 1000, ..RunConfig::new("den/42", "main") };
         let model = provider(wire, &fake);
         let report =
             run(&[model.as_ref()], &tools, &config, vec![], "Make test.sh pass.", &Quiet, &CancellationToken::new())
@@ -102,7 +102,7 @@ async fn a_model_that_never_finishes_stops_at_the_turn_limit_and_commits_nothing
         sandbox: Sandbox::disabled("not needed here"),
         session_uid: 62_100,
     };
-    let config = RunConfig { max_turns: 3, max_tokens: 100, branch: "den/7".into(), base: "main".into() };
+    let config = RunConfig { max_turns: 3, max_tokens: 100, ..RunConfig::new("den/7", "main") };
     let model = provider(Wire::OpenAi, &fake);
     let report = run(&[model.as_ref()], &tools, &config, vec![], "Loop forever.", &Quiet, &CancellationToken::new())
         .await
@@ -145,7 +145,7 @@ async fn a_runaway_loop_moves_to_the_next_model_and_at_the_top_den_asks_the_user
         sandbox: Sandbox::disabled("not here"),
         session_uid: 62_300,
     };
-    let config = RunConfig { max_turns: 20, max_tokens: 100, branch: "den/9".into(), base: "main".into() };
+    let config = RunConfig { max_turns: 20, max_tokens: 100, ..RunConfig::new("den/9", "main") };
     let (a, b) = (named(Wire::OpenAi, &weak, "weak"), named(Wire::OpenAi, &strong, "strong"));
     let report = run(&[a.as_ref(), b.as_ref()], &tools, &config, vec![], "Do it.", &Quiet, &CancellationToken::new())
         .await
@@ -172,7 +172,7 @@ async fn stop_cancels_a_running_command_within_seconds_and_answers_the_call() {
         sandbox: Sandbox::probe(Limits::default()).await,
         session_uid: 62_400,
     };
-    let config = RunConfig { max_turns: 5, max_tokens: 100, branch: "den/stop".into(), base: "main".into() };
+    let config = RunConfig { max_turns: 5, max_tokens: 100, ..RunConfig::new("den/stop", "main") };
     let model = provider(Wire::OpenAi, &fake);
     let stop = CancellationToken::new();
     let stopper = stop.clone();
@@ -208,7 +208,7 @@ async fn stop_cancels_a_model_call_that_hangs() {
         sandbox: Sandbox::disabled("not here"),
         session_uid: 62_500,
     };
-    let config = RunConfig { max_turns: 5, max_tokens: 100, branch: "den/hang".into(), base: "main".into() };
+    let config = RunConfig { max_turns: 5, max_tokens: 100, ..RunConfig::new("den/hang", "main") };
     let model = provider(Wire::Anthropic, &fake);
     let stop = CancellationToken::new();
     let stopper = stop.clone();
@@ -220,4 +220,31 @@ async fn stop_cancels_a_model_call_that_hangs() {
     let report = run(&[model.as_ref()], &tools, &config, vec![], "Think.", &Quiet, &stop).await.unwrap();
     assert_eq!((report.end, report.turns), (End::Stopped, 1));
     assert!(began.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn a_run_over_its_token_budget_or_time_is_aborted_and_says_which() {
+    let (dir, git) = repository().await;
+    let fake = FakeLlm::start(Wire::OpenAi, None).await.unwrap();
+    fake.set_default(Script::call("thinking out loud at length", "git_log", json!({"count": 3})));
+    let tools = Tools {
+        workspace: Workspace::open(dir.path()).unwrap(),
+        git,
+        sandbox: Sandbox::disabled("not here"),
+        session_uid: 62_600,
+    };
+    let model = provider(Wire::OpenAi, &fake);
+    let stop = CancellationToken::new();
+    // The fake counts a request's words as its input tokens: a few turns spend 50.
+    let budget = RunConfig { token_budget: 50, ..RunConfig::new("den/budget", "main") };
+    let report = run(&[model.as_ref()], &tools, &budget, vec![], "Spend.", &Quiet, &stop).await.unwrap();
+    assert_eq!(report.end, End::Aborted(Limit::Tokens));
+    assert!(report.turns < 20 && report.usage.input_tokens + report.usage.output_tokens >= 50);
+
+    fake.set_default(Script::call("", "git_log", json!({})).ttft(Duration::from_secs(5)));
+    let short = RunConfig { wall_time: Duration::from_millis(400), ..RunConfig::new("den/time", "main") };
+    let began = std::time::Instant::now();
+    let report = run(&[model.as_ref()], &tools, &short, vec![], "Slow.", &Quiet, &stop).await.unwrap();
+    assert_eq!(report.end, End::Aborted(Limit::WallTime));
+    assert!(began.elapsed() < Duration::from_secs(2), "the slow model call was cut at the limit");
 }

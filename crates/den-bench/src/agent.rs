@@ -97,7 +97,7 @@ pub fn run(o: &AgentOptions) -> anyhow::Result<Value> {
             sandbox: sandbox.clone(),
             session_uid: 64_501,
         };
-        let config = RunConfig { max_turns: o.turns, max_tokens: 100, branch: "den/bench".into(), base: "main".into() };
+        let config = RunConfig { max_turns: o.turns, max_tokens: 100, ..RunConfig::new("den/bench", "main") };
         let stamps = Stamps(Mutex::new(Vec::new()));
         let model = Instant0 { calls: AtomicU64::new(0) };
         let began = Instant::now();

@@ -80,7 +80,7 @@ async fn run(
         sandbox,
         session_uid: CLI_SESSION_UID,
     };
-    let config = RunConfig { max_turns, max_tokens: 4096, branch: branch.clone(), base };
+    let config = RunConfig { max_turns, ..RunConfig::new(&branch, &base) };
     // Ctrl-C stops the model call or the command under way, and the run with it.
     let stop = tokio_util::sync::CancellationToken::new();
     let on_ctrl_c = stop.clone();
@@ -113,5 +113,8 @@ async fn run(
             anyhow::bail!("the agent used its {max_turns} turns without finishing; nothing was committed")
         }
         End::Stopped => anyhow::bail!("stopped; the changes so far are in the workspace, uncommitted"),
+        End::Aborted(limit) => {
+            anyhow::bail!("aborted at {limit}; the changes so far are in the workspace, uncommitted")
+        }
     }
 }
