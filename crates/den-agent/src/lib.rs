@@ -8,6 +8,7 @@
 //! calls tools until it calls `finish`, and den commits its work on the
 //! session's branch.
 
+pub mod controls;
 pub mod escalation;
 pub mod git;
 pub mod output;

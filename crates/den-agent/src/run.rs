@@ -2,9 +2,9 @@
 //! until it calls `finish` (den then commits on the session's branch), asks
 //! the user something, or the run reaches its turn limit.
 
+use crate::controls::{Controls, Interrupt};
 use den_llm::{ChatMessage, ChatModel, ChatRequest, FinishReason, ToolResult, ToolSpec, Usage, collect_turn};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 use crate::ToolError;
 use crate::escalation::{Reason, Watch};
@@ -168,9 +168,10 @@ fn loop_tools() -> Vec<ToolSpec> {
 
 /// Runs `task` (after `history`, the session so far) until it ends, with
 /// `ladder[0]` first and each next model when [`Watch`] says so; past the
-/// last one, den asks the user. Cancelling `stop` cancels the model call or
-/// command under way at once; a call cut short is answered "cancelled by the
-/// user" in the transcript, so the session's history stays valid.
+/// last one, den asks the user. [`Controls`] steer it: stopping cancels the
+/// model call or command under way at once (a call cut short is answered
+/// "cancelled by the user", so the session's history stays valid), and
+/// interrupts act before the next model call.
 pub async fn run(
     ladder: &[&dyn ChatModel],
     tools: &Tools,
@@ -178,8 +179,9 @@ pub async fn run(
     history: Vec<ChatMessage>,
     task: &str,
     progress: &dyn Progress,
-    stop: &CancellationToken,
+    controls: &Controls,
 ) -> Result<Report, RunError> {
+    let stop = controls.stopped();
     tools.git.checkout(&config.branch, &config.base).await.map_err(RunError::Git)?;
     let mut messages = history;
     messages.push(ChatMessage::user(None, task));
@@ -209,6 +211,21 @@ pub async fn run(
         if let Some(limit) = limit {
             report.end = End::Aborted(limit);
             break;
+        }
+        for interrupt in controls.take() {
+            match interrupt {
+                Interrupt::Clarify(text) => messages.push(ChatMessage::user(None, format!("Clarification: {text}"))),
+                Interrupt::Retry => drop_last_turn(&mut messages),
+                Interrupt::Wrong => watch.correction(),
+                Interrupt::Escalate => {
+                    if let (Some(from), Some(to)) = (ladder.get(rung), ladder.get(rung + 1)) {
+                        let (from, to) = (from.name().to_owned(), to.name().to_owned());
+                        report.escalations.push(Escalation { turn: report.turns, from, to, reason: Reason::Asked });
+                        rung += 1;
+                        watch = Watch::default();
+                    }
+                }
+            }
         }
         report.turns += 1;
         let request = ChatRequest {
@@ -312,6 +329,13 @@ pub async fn run(
     }
     report.messages = messages;
     Ok(report)
+}
+
+/// Removes the model's last turn and the results of its calls (`retry`).
+fn drop_last_turn(messages: &mut Vec<ChatMessage>) {
+    if let Some(last) = messages.iter().rposition(|m| m.role == den_llm::Role::Assistant) {
+        messages.truncate(last);
+    }
 }
 
 async fn finish(tools: &Tools, config: &RunConfig, input: &Value, report: &mut Report) -> Result<End, RunError> {

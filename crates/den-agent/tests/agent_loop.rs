@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use den_agent::controls::{Controls, Interrupt};
 use den_agent::escalation::Reason;
 use den_agent::git::Git;
 use den_agent::run::{End, Escalation, Limit, Quiet, RunConfig, run};
@@ -16,7 +17,6 @@ use den_llm::openai::OpenAiCompatible;
 use den_llm::{ChatModel, ProviderConfig};
 use den_testkit::llm::{FakeLlm, Fault, Script, Wire};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 async fn repository() -> (tempfile::TempDir, Git) {
     let dir = tempfile::tempdir().unwrap();
@@ -66,7 +66,7 @@ async fn a_scripted_model_fixes_a_failing_test_and_den_commits_it_once() {
         let config = RunConfig { max_turns: 10, max_tokens: 1000, ..RunConfig::new("den/42", "main") };
         let model = provider(wire, &fake);
         let report =
-            run(&[model.as_ref()], &tools, &config, vec![], "Make test.sh pass.", &Quiet, &CancellationToken::new())
+            run(&[model.as_ref()], &tools, &config, vec![], "Make test.sh pass.", &Quiet, &Controls::default())
                 .await
                 .unwrap();
 
@@ -104,9 +104,8 @@ async fn a_model_that_never_finishes_stops_at_the_turn_limit_and_commits_nothing
     };
     let config = RunConfig { max_turns: 3, max_tokens: 100, ..RunConfig::new("den/7", "main") };
     let model = provider(Wire::OpenAi, &fake);
-    let report = run(&[model.as_ref()], &tools, &config, vec![], "Loop forever.", &Quiet, &CancellationToken::new())
-        .await
-        .unwrap();
+    let report =
+        run(&[model.as_ref()], &tools, &config, vec![], "Loop forever.", &Quiet, &Controls::default()).await.unwrap();
     assert_eq!((report.end, report.turns), (End::OutOfTurns, 3));
     assert_eq!(git.run(&["rev-list", "--count", "main..den/7"]).await.unwrap().trim(), "0");
 }
@@ -147,9 +146,8 @@ async fn a_runaway_loop_moves_to_the_next_model_and_at_the_top_den_asks_the_user
     };
     let config = RunConfig { max_turns: 20, max_tokens: 100, ..RunConfig::new("den/9", "main") };
     let (a, b) = (named(Wire::OpenAi, &weak, "weak"), named(Wire::OpenAi, &strong, "strong"));
-    let report = run(&[a.as_ref(), b.as_ref()], &tools, &config, vec![], "Do it.", &Quiet, &CancellationToken::new())
-        .await
-        .unwrap();
+    let report =
+        run(&[a.as_ref(), b.as_ref()], &tools, &config, vec![], "Do it.", &Quiet, &Controls::default()).await.unwrap();
     let moved =
         Escalation { turn: 3, from: "weak".into(), to: "strong".into(), reason: Reason::RepeatedFailure("run".into()) };
     assert_eq!(report.escalations, [moved]);
@@ -174,11 +172,11 @@ async fn stop_cancels_a_running_command_within_seconds_and_answers_the_call() {
     };
     let config = RunConfig { max_turns: 5, max_tokens: 100, ..RunConfig::new("den/stop", "main") };
     let model = provider(Wire::OpenAi, &fake);
-    let stop = CancellationToken::new();
+    let stop = Controls::default();
     let stopper = stop.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        stopper.cancel();
+        stopper.stop();
     });
     let began = std::time::Instant::now();
     let report = run(&[model.as_ref()], &tools, &config, vec![], "Wait.", &Quiet, &stop).await.unwrap();
@@ -210,11 +208,11 @@ async fn stop_cancels_a_model_call_that_hangs() {
     };
     let config = RunConfig { max_turns: 5, max_tokens: 100, ..RunConfig::new("den/hang", "main") };
     let model = provider(Wire::Anthropic, &fake);
-    let stop = CancellationToken::new();
+    let stop = Controls::default();
     let stopper = stop.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        stopper.cancel();
+        stopper.stop();
     });
     let began = std::time::Instant::now();
     let report = run(&[model.as_ref()], &tools, &config, vec![], "Think.", &Quiet, &stop).await.unwrap();
@@ -234,7 +232,7 @@ async fn a_run_over_its_token_budget_or_time_is_aborted_and_says_which() {
         session_uid: 62_600,
     };
     let model = provider(Wire::OpenAi, &fake);
-    let stop = CancellationToken::new();
+    let stop = Controls::default();
     // The fake counts a request's words as its input tokens: a few turns spend 50.
     let budget = RunConfig { token_budget: 50, ..RunConfig::new("den/budget", "main") };
     let report = run(&[model.as_ref()], &tools, &budget, vec![], "Spend.", &Quiet, &stop).await.unwrap();
@@ -247,4 +245,50 @@ async fn a_run_over_its_token_budget_or_time_is_aborted_and_says_which() {
     let report = run(&[model.as_ref()], &tools, &short, vec![], "Slow.", &Quiet, &stop).await.unwrap();
     assert_eq!(report.end, End::Aborted(Limit::WallTime));
     assert!(began.elapsed() < Duration::from_secs(2), "the slow model call was cut at the limit");
+}
+
+/// Sends interrupts when the model's calls reach given turns.
+struct Steer(Controls, Vec<(u32, Interrupt)>);
+
+impl den_agent::run::Progress for Steer {
+    fn calling(&self, turn: u32, _: u32, _: &str, _: &serde_json::Value) {
+        for (at, interrupt) in &self.1 {
+            if *at == turn {
+                self.0.send(interrupt.clone());
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn clarify_retry_wrong_and_escalate_act_before_the_next_model_call() {
+    let (dir, git) = repository().await;
+    let weak = FakeLlm::start(Wire::OpenAi, None).await.unwrap();
+    weak.push(Script::call("", "read_file", json!({"path": "add.sh"})));
+    weak.set_default(Script::call("", "list_files", json!({})));
+    let strong = FakeLlm::start(Wire::OpenAi, None).await.unwrap();
+    strong.set_default(Script::call("", "finish", json!({"summary": "nothing to do", "confidence": 70})));
+    let tools = Tools {
+        workspace: Workspace::open(dir.path()).unwrap(),
+        git,
+        sandbox: Sandbox::disabled("not here"),
+        session_uid: 62_700,
+    };
+    let config = RunConfig::new("den/steer", "main");
+    let controls = Controls::default();
+    controls.hear("clarify: the tests are in test.sh");
+    let steer = Steer(controls.clone(), vec![(1, Interrupt::Retry), (2, Interrupt::Escalate)]);
+    let (a, b) = (named(Wire::OpenAi, &weak, "weak"), named(Wire::OpenAi, &strong, "strong"));
+    let report =
+        run(&[a.as_ref(), b.as_ref()], &tools, &config, vec![], "Look around.", &steer, &controls).await.unwrap();
+
+    let first = weak.requests()[0].body.to_string();
+    assert!(first.contains("Clarification: the tests are in test.sh"), "{first}");
+    // Retry: the second request no longer holds the first turn's call.
+    let second = weak.requests()[1].body.to_string();
+    assert!(!second.contains("read_file\",\"arguments") && !second.contains("echo $(($1 - $2))"), "{second}");
+    assert_eq!(report.escalations.len(), 1);
+    assert_eq!(report.escalations[0].reason, den_agent::escalation::Reason::Asked);
+    assert!(matches!(report.end, End::Finished { .. }), "{:?}", report.end);
+    assert_eq!((weak.requests().len(), strong.requests().len()), (2, 1));
 }

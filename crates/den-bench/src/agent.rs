@@ -101,7 +101,7 @@ pub fn run(o: &AgentOptions) -> anyhow::Result<Value> {
         let stamps = Stamps(Mutex::new(Vec::new()));
         let model = Instant0 { calls: AtomicU64::new(0) };
         let began = Instant::now();
-        let stop = tokio_util::sync::CancellationToken::new();
+        let stop = den_agent::controls::Controls::default();
         den_agent::run::run(&[&model], &tools, &config, vec![], "bench", &stamps, &stop).await?;
         let total = began.elapsed();
         let stamps = stamps.0.into_inner().unwrap_or_default();

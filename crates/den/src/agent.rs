@@ -82,11 +82,11 @@ async fn run(
     };
     let config = RunConfig { max_turns, ..RunConfig::new(&branch, &base) };
     // Ctrl-C stops the model call or the command under way, and the run with it.
-    let stop = tokio_util::sync::CancellationToken::new();
+    let stop = den_agent::controls::Controls::default();
     let on_ctrl_c = stop.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            on_ctrl_c.cancel();
+            on_ctrl_c.stop();
         }
     });
     let report = den_agent::run::run(&ladder, &tools, &config, vec![], task, &Lines, &stop).await?;
