@@ -12,6 +12,7 @@ pub mod controls;
 pub mod escalation;
 pub mod git;
 pub mod output;
+pub mod records;
 pub mod run;
 pub mod sandbox;
 pub mod tools;

@@ -93,6 +93,12 @@ async fn run(
     for e in &report.escalations {
         eprintln!("after turn {}: {} → {} ({})", e.turn, e.from, e.to, e.reason);
     }
+    // The run, its turn log and its events, in den's store as a Discord session's would be.
+    let store = crate::roles::open_store(c).await?;
+    let clock: std::sync::Arc<dyn den_core::Clock> = std::sync::Arc::new(den_core::SystemClock);
+    let records = den_agent::records::Records::open(store.as_ref(), clock).await?;
+    records.report("terminal", &branch, &report).await?;
+    store.close().await?;
     let tokens = report.usage.input_tokens + report.usage.output_tokens;
     match report.end {
         End::Finished { summary, confidence, commit } => {

@@ -32,6 +32,8 @@ fn den_agent_run_works_a_task_in_the_terminal_and_commits_on_its_branch() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&log.stdout).trim(), "Add hello.txt");
+    let events = scratch.output(&["queue", "stats", "--json"], &[]);
+    assert!(support::stdout(&events).contains("agent-events"), "{}", support::stdout(&events));
     // The run's output came back to the model.
     assert!(llm.requests()[2].body.to_string().contains("hello"), "the model saw cat's output");
 }

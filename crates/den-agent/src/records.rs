@@ -1,0 +1,146 @@
+//! What a run leaves in den's store: its record, its turn log (kept 30 days),
+//! and its lifecycle events on the `agent-events` queue (with a dead-letter
+//! queue). Every event has an id made from what it says, and is sent with
+//! that id as its dedup key: writing a report again (a redelivered job) sends
+//! each event once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use den_core::Clock;
+use den_storage::{DeadLetterSpec, OutgoingMessage, Put, Queue, QueueSpec, Store, StoreResult, Table, TableSpec};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::run::{End, Report};
+
+/// The events queue.
+pub const EVENTS: &str = "agent-events";
+/// How long turn logs are kept.
+pub const TURN_LOG_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A run began.
+    ExecutionStarted,
+    /// A turn ended.
+    TurnCompleted,
+    /// The run moved to the next model.
+    ModelEscalated,
+    /// The model finished.
+    ExecutionCompleted,
+    /// A limit, a stop or a question ended the run early.
+    ExecutionAborted,
+    /// den committed.
+    CommitCreated,
+    /// The branch was merged.
+    BranchMerged,
+    /// The branch was dropped.
+    BranchRejected,
+}
+
+/// A run's records, in den's store.
+#[derive(Clone)]
+pub struct Records {
+    runs: Arc<dyn Table>,
+    turns: Arc<dyn Table>,
+    queue: Arc<dyn Queue>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Records {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Records").finish_non_exhaustive()
+    }
+}
+
+impl Records {
+    /// The agent's tables and its events queue (made when missing).
+    pub async fn open(store: &dyn Store, clock: Arc<dyn Clock>) -> StoreResult<Self> {
+        let runs = store.table(TableSpec::new("agent_runs")).await?;
+        let turns = store.table(TableSpec::new("agent_turns")).await?;
+        let queue = store.queue();
+        let day = Duration::from_secs(24 * 3600);
+        queue
+            .create_queue(&QueueSpec {
+                name: EVENTS.into(),
+                visibility_timeout: Duration::from_secs(60),
+                retention: 4 * day,
+                dead_letter: Some(DeadLetterSpec {
+                    name: format!("{EVENTS}-dlq"),
+                    max_receive_count: 5,
+                    retention: 14 * day,
+                }),
+            })
+            .await?;
+        Ok(Self { runs, turns, queue, clock })
+    }
+
+    /// Sends one event; the same `(run, kind, n)` is sent once.
+    pub async fn publish(&self, session: &str, run: &str, kind: EventKind, n: u32, data: Value) -> StoreResult<()> {
+        let id = format!("{run}:{}:{n}", serde_json::to_value(kind).unwrap_or_default().as_str().unwrap_or("event"));
+        let body = json!({"id": id, "kind": kind, "session": session, "run": run,
+            "at_ms": self.clock.now().as_millis(), "data": data});
+        let message = OutgoingMessage { dedup_key: Some(id), ..OutgoingMessage::new(body.to_string()) };
+        self.queue.send_batch(EVENTS, vec![message]).await.map(|_| ())
+    }
+
+    /// Writes a finished run: its record, a turn log line per call, and its events.
+    pub async fn report(&self, session: &str, run: &str, report: &Report) -> StoreResult<()> {
+        let (status, mut events) = match &report.end {
+            End::Finished { summary, confidence, commit } => {
+                let mut e =
+                    vec![(EventKind::ExecutionCompleted, json!({"summary": summary, "confidence": confidence}))];
+                if let Some(c) = commit {
+                    e.push((EventKind::CommitCreated, json!({"commit": c})));
+                }
+                ("completed", e)
+            }
+            End::Aborted(limit) => {
+                ("aborted", vec![(EventKind::ExecutionAborted, json!({"reason": limit.to_string()}))])
+            }
+            End::Stopped => ("aborted", vec![(EventKind::ExecutionAborted, json!({"reason": "stopped by the user"}))]),
+            End::OutOfTurns => ("aborted", vec![(EventKind::ExecutionAborted, json!({"reason": "max turns"}))]),
+            End::AskedUser { question } => (
+                "waiting",
+                vec![(EventKind::ExecutionAborted, json!({"reason": "asked the user", "question": question}))],
+            ),
+        };
+        let mut attrs = Map::new();
+        attrs.insert("status".into(), status.into());
+        attrs.insert("turns".into(), report.turns.into());
+        attrs.insert("tokens".into(), (report.usage.input_tokens + report.usage.output_tokens).into());
+        attrs.insert("escalations".into(), report.escalations.len().into());
+        self.runs.put(Put::new(session, run, attrs)).await?;
+        let expires = self.clock.now().plus(TURN_LOG_TTL);
+        for (i, call) in report.calls.iter().enumerate() {
+            let mut line = Map::new();
+            line.insert("tool".into(), call.tool.clone().into());
+            line.insert("input".into(), call.input.clone());
+            line.insert("ok".into(), call.outcome.ok.into());
+            line.insert("output_bytes".into(), call.outcome.full.len().into());
+            line.insert("output_digest".into(), format!("{:016x}", digest(&call.outcome.full)).into());
+            self.turns.put(Put::new(run, format!("{i:06}"), line).expires_at(expires)).await?;
+        }
+        for e in &report.escalations {
+            let data = json!({"turn": e.turn, "from": e.from, "to": e.to, "reason": e.reason.to_string()});
+            events.push((EventKind::ModelEscalated, data));
+        }
+        let mut counts: std::collections::HashMap<EventKind, u32> = std::collections::HashMap::new();
+        for (kind, data) in events {
+            let n = counts.entry(kind).or_default();
+            self.publish(session, run, kind, *n, data).await?;
+            *n += 1;
+        }
+        Ok(())
+    }
+}
+
+fn digest(text: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
