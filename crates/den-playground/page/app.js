@@ -58,10 +58,16 @@ function el(tag, attrs, ...children) {
   return e;
 }
 
+// Bots choose the URLs of link buttons, embeds and avatars: only web addresses are followed or shown.
+function safeUrl(u) {
+  return typeof u === "string" && /^https?:\/\//i.test(u) ? u : null;
+}
+
 const COLOURS = ["#5865f2", "#3ba55d", "#faa81a", "#ed4245", "#eb459e", "#9b59b6", "#1abc9c"];
 function avatar(id, name, url) {
   const a = el("div", { class: "avatar" });
-  if (url && /^https?:/.test(url)) a.style.backgroundImage = `url("${url}")`;
+  const safe = safeUrl(url);
+  if (safe) a.style.backgroundImage = `url("${safe.replace(/["()\\]/g, encodeURIComponent)}")`;
   else {
     let h = 0;
     for (const ch of String(id)) h = (h * 31 + ch.charCodeAt(0)) % 9973;
@@ -301,7 +307,7 @@ function drawEmbed(e) {
     box.append(el("div", { class: "e-fields" }, e.fields.map((f) =>
       el("div", { class: `e-field ${f.inline ? "inline" : ""}` }, el("div", { class: "e-name" }, md(f.name)), md(f.value)))));
   }
-  if (e.image && e.image.url) box.append(el("img", { src: e.image.url, alt: "", style: "max-width:100%;margin-top:8px" }));
+  if (e.image && safeUrl(e.image.url)) box.append(el("img", { src: safeUrl(e.image.url), alt: "", style: "max-width:100%;margin-top:8px" }));
   if (e.footer && e.footer.text) box.append(el("div", { class: "e-footer" }, e.footer.text));
   return box;
 }
@@ -322,7 +328,7 @@ function drawComponents(m) {
     for (const c of row.components || []) {
       if (c.type === 2) {
         const label = `${c.emoji && c.emoji.name ? c.emoji.name + " " : ""}${c.label || ""}`;
-        if (c.style === 5) line.append(el("a", { class: "btn s5", href: c.url, target: "_blank" }, `${label} ↗`));
+        if (c.style === 5) line.append(el("a", { class: "btn s5", href: safeUrl(c.url) || "#", target: "_blank", rel: "noopener" }, `${label} ↗`));
         else line.append(el("button", { class: `btn s${c.style}`, disabled: !!c.disabled,
           onclick: () => act(api("POST", "/api/components", { as: state.me, channel: m.channel_id, message: m.id, custom_id: c.custom_id })),
         }, label));

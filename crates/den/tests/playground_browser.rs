@@ -228,6 +228,26 @@ fn a_newcomer_talks_to_a_persona_builds_a_campaign_and_tries_memory_in_the_brows
         let shown: String = c.find(Locator::Id("wire-list")).await.unwrap().text().await.unwrap();
         assert!(!shown.contains(support::TOKEN) && !shown.contains("playground-bot-token"), "no token on the page");
         screenshot(&c, "6-wire").await;
+
+        // A bot's link button with a javascript: URL is not followed.
+        let general = tokio::task::block_in_place(|| pg.channel("Ada", "general").unwrap());
+        let evil = json!({"content": "click me", "components": [{"type": 1, "components": [
+            {"type": 2, "style": 5, "label": "evil", "url": "javascript:alert(1)"}]}]});
+        let posted = reqwest::Client::new()
+            .post(format!("{}/channels/{general}/messages", pg.rest))
+            .header("authorization", "Bot some-other-bot")
+            .json(&evil)
+            .send()
+            .await
+            .unwrap();
+        assert!(posted.status().is_success(), "{}", posted.text().await.unwrap_or_default());
+        open_channel(&c, "general").await;
+        until(&c, "the link button", "return [...document.querySelectorAll('#messages a.btn')].some(a => a.textContent.includes('evil'))").await;
+        let href = c
+            .execute("return [...document.querySelectorAll('#messages a.btn')].find(a => a.textContent.includes('evil')).getAttribute('href')", vec![])
+            .await
+            .unwrap();
+        assert_eq!(href, "#", "a javascript: link is not followed");
         c.close().await.unwrap();
     });
 }
