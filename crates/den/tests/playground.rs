@@ -145,8 +145,17 @@ fn reset_starts_a_new_server_and_den_answers_there() {
     let (status, _) = pg.post("/api/reset", &json!({}));
     assert_eq!(status, 202);
     let deadline = std::time::Instant::now() + WAIT;
+    // While the world is replaced, the old people's ids stop being valid: ask as nobody in particular.
     let new = loop {
-        if let Some(c) = pg.channel("Ada", "general").filter(|c| *c != old) {
+        let (status, state) = pg.get("/api/state");
+        let general = (status == 200)
+            .then(|| {
+                state["guild"]["channels"].as_array()?.iter().find(|c| c["name"] == "general")?["id"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .flatten();
+        if let Some(c) = general.filter(|c| *c != old) {
             break c;
         }
         assert!(std::time::Instant::now() < deadline, "no new server");
