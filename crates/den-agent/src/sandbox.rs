@@ -18,6 +18,9 @@ use tokio::process::Command;
 
 use crate::ToolError;
 
+/// Where the workspace appears inside the sandbox.
+const MOUNT: &str = "/workspace";
+
 /// Most bytes kept of a command's standard output or error.
 const CAPTURE: usize = 1024 * 1024;
 
@@ -255,11 +258,11 @@ impl Sandbox {
             }
         }
         let ws = workspace.display().to_string();
-        args.extend(["--bind".into(), ws.clone(), "/work".into()]);
+        args.extend(["--bind".into(), ws.clone(), MOUNT.into()]);
         if workspace.join(".git").exists() {
-            args.extend(["--ro-bind".into(), format!("{ws}/.git"), "/work/.git".into()]);
+            args.extend(["--ro-bind".into(), format!("{ws}/.git"), format!("{MOUNT}/.git")]);
         }
-        args.extend(["--chdir".into(), "/work".into(), "/bin/sh".into(), "-c".into(), command.into()]);
+        args.extend(["--chdir".into(), MOUNT.into(), "/bin/sh".into(), "-c".into(), command.into()]);
         let mut cmd = Command::new(&args[0]);
         cmd.args(&args[1..]).env_clear().env("PATH", "/usr/local/bin:/usr/bin:/bin");
         cmd

@@ -28,6 +28,11 @@ async fn repository() -> (tempfile::TempDir, Git) {
     (dir, git)
 }
 
+/// The tools of the test's workspace, running commands in `sandbox` as `uid`.
+fn tools(dir: &tempfile::TempDir, git: &Git, sandbox: Sandbox, uid: u32) -> Tools {
+    Tools { workspace: Workspace::open(dir.path()).unwrap(), git: git.clone(), sandbox, session_uid: uid }
+}
+
 fn provider(wire: Wire, fake: &FakeLlm) -> Box<dyn ChatModel> {
     named(wire, fake, "scripted")
 }
@@ -57,12 +62,7 @@ async fn a_scripted_model_fixes_a_failing_test_and_den_commits_it_once() {
         fake.push(Script::call("", "edit_file", json!({"path": "add.sh", "old": "$1 - $2", "new": "$1 + $2"})));
         fake.push(Script::call("", "run", json!({"command": "sh test.sh"})));
         fake.push(Script::call("Done.", "finish", json!({"summary": "Fix add.sh: it subtracted", "confidence": 92})));
-        let tools = Tools {
-            workspace: Workspace::open(dir.path()).unwrap(),
-            git: git.clone(),
-            sandbox: Sandbox::probe(Limits::default()).await,
-            session_uid: 62_000 + n as u32,
-        };
+        let tools = tools(&dir, &git, Sandbox::probe(Limits::default()).await, 62_000 + n as u32);
         let config = RunConfig { max_turns: 10, max_tokens: 1000, ..RunConfig::new("den/42", "main") };
         let model = provider(wire, &fake);
         let report =
@@ -96,12 +96,7 @@ async fn a_model_that_never_finishes_stops_at_the_turn_limit_and_commits_nothing
     let (dir, git) = repository().await;
     let fake = FakeLlm::start(Wire::OpenAi, None).await.unwrap();
     fake.set_default(Script::call("", "git_status", json!({})));
-    let tools = Tools {
-        workspace: Workspace::open(dir.path()).unwrap(),
-        git: git.clone(),
-        sandbox: Sandbox::disabled("not needed here"),
-        session_uid: 62_100,
-    };
+    let tools = tools(&dir, &git, Sandbox::disabled("not needed here"), 62_100);
     let config = RunConfig { max_turns: 3, max_tokens: 100, ..RunConfig::new("den/7", "main") };
     let model = provider(Wire::OpenAi, &fake);
     let report =
@@ -113,12 +108,7 @@ async fn a_model_that_never_finishes_stops_at_the_turn_limit_and_commits_nothing
 #[tokio::test]
 async fn with_commands_disabled_run_says_why_and_the_model_can_go_on() {
     let (dir, git) = repository().await;
-    let tools = Tools {
-        workspace: Workspace::open(dir.path()).unwrap(),
-        git,
-        sandbox: Sandbox::disabled("bubblewrap is not installed"),
-        session_uid: 62_200,
-    };
+    let tools = tools(&dir, &git, Sandbox::disabled("bubblewrap is not installed"), 62_200);
     let outcome = tools.call("run", &json!({"command": "echo hi"})).await;
     assert!(!outcome.ok && outcome.shown.contains("bubblewrap is not installed"), "{}", outcome.shown);
     let edit = tools.call("edit_file", &json!({"path": "test.sh", "old": "echo", "new": "printf"})).await;
@@ -138,12 +128,7 @@ async fn a_runaway_loop_moves_to_the_next_model_and_at_the_top_den_asks_the_user
     weak.set_default(Script::call("", "run", json!({"command": "make it work"})));
     let strong = FakeLlm::start(Wire::OpenAi, None).await.unwrap();
     strong.set_default(Script::call("", "git_status", json!({})));
-    let tools = Tools {
-        workspace: Workspace::open(dir.path()).unwrap(),
-        git,
-        sandbox: Sandbox::disabled("not here"),
-        session_uid: 62_300,
-    };
+    let tools = tools(&dir, &git, Sandbox::disabled("not here"), 62_300);
     let config = RunConfig { max_turns: 20, max_tokens: 100, ..RunConfig::new("den/9", "main") };
     let (a, b) = (named(Wire::OpenAi, &weak, "weak"), named(Wire::OpenAi, &strong, "strong"));
     let report =
@@ -164,12 +149,7 @@ async fn stop_cancels_a_running_command_within_seconds_and_answers_the_call() {
     let (dir, git) = repository().await;
     let fake = FakeLlm::start(Wire::OpenAi, None).await.unwrap();
     fake.push(Script::call("", "run", json!({"command": "sleep 120", "timeout": 300})));
-    let tools = Tools {
-        workspace: Workspace::open(dir.path()).unwrap(),
-        git,
-        sandbox: Sandbox::probe(Limits::default()).await,
-        session_uid: 62_400,
-    };
+    let tools = tools(&dir, &git, Sandbox::probe(Limits::default()).await, 62_400);
     let config = RunConfig { max_turns: 5, max_tokens: 100, ..RunConfig::new("den/stop", "main") };
     let model = provider(Wire::OpenAi, &fake);
     let stop = Controls::default();
@@ -200,12 +180,7 @@ async fn stop_cancels_a_model_call_that_hangs() {
     let (dir, git) = repository().await;
     let fake = FakeLlm::start(Wire::Anthropic, None).await.unwrap();
     fake.push(Script::fault(Fault::Hang));
-    let tools = Tools {
-        workspace: Workspace::open(dir.path()).unwrap(),
-        git,
-        sandbox: Sandbox::disabled("not here"),
-        session_uid: 62_500,
-    };
+    let tools = tools(&dir, &git, Sandbox::disabled("not here"), 62_500);
     let config = RunConfig { max_turns: 5, max_tokens: 100, ..RunConfig::new("den/hang", "main") };
     let model = provider(Wire::Anthropic, &fake);
     let stop = Controls::default();
@@ -225,12 +200,7 @@ async fn a_run_over_its_token_budget_or_time_is_aborted_and_says_which() {
     let (dir, git) = repository().await;
     let fake = FakeLlm::start(Wire::OpenAi, None).await.unwrap();
     fake.set_default(Script::call("thinking out loud at length", "git_log", json!({"count": 3})));
-    let tools = Tools {
-        workspace: Workspace::open(dir.path()).unwrap(),
-        git,
-        sandbox: Sandbox::disabled("not here"),
-        session_uid: 62_600,
-    };
+    let tools = tools(&dir, &git, Sandbox::disabled("not here"), 62_600);
     let model = provider(Wire::OpenAi, &fake);
     let stop = Controls::default();
     // The fake counts a request's words as its input tokens: a few turns spend 50.
@@ -268,12 +238,7 @@ async fn clarify_retry_wrong_and_escalate_act_before_the_next_model_call() {
     weak.set_default(Script::call("", "list_files", json!({})));
     let strong = FakeLlm::start(Wire::OpenAi, None).await.unwrap();
     strong.set_default(Script::call("", "finish", json!({"summary": "nothing to do", "confidence": 70})));
-    let tools = Tools {
-        workspace: Workspace::open(dir.path()).unwrap(),
-        git,
-        sandbox: Sandbox::disabled("not here"),
-        session_uid: 62_700,
-    };
+    let tools = tools(&dir, &git, Sandbox::disabled("not here"), 62_700);
     let config = RunConfig::new("den/steer", "main");
     let controls = Controls::default();
     controls.hear("clarify: the tests are in test.sh");

@@ -143,6 +143,14 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Writes the world to `path` whole or not at all (a partial file, then a rename).
+fn write_world(shared: &Shared, path: &Path) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(&*shared.world()).map_err(std::io::Error::other)?;
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, bytes)?;
+    std::fs::rename(&partial, path)
+}
+
 impl Shared {
     /// The bot account a token names; with an open door, an unknown token
     /// becomes a new bot account ("guest-bot-N") in every guild.
@@ -328,10 +336,7 @@ impl Standin {
 
     /// The world as JSON (live interactions left out).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec(&*self.shared.world()).map_err(std::io::Error::other)?;
-        let partial = path.with_extension("partial");
-        std::fs::write(&partial, bytes)?;
-        std::fs::rename(&partial, path)
+        write_world(&self.shared, path)
     }
 
     /// Saves the world to `path` whenever it changed, at most every `every`.
@@ -342,15 +347,10 @@ impl Standin {
             loop {
                 tick.tick().await;
                 let Some(shared) = shared.upgrade() else { return };
-                if shared.dirty.swap(false, Ordering::Relaxed) {
-                    let partial = path.with_extension("partial");
-                    let saved = serde_json::to_vec(&*shared.world())
-                        .map_err(std::io::Error::other)
-                        .and_then(|bytes| std::fs::write(&partial, bytes))
-                        .and_then(|()| std::fs::rename(&partial, &path));
-                    if let Err(e) = saved {
-                        tracing::warn!(target: "den_standin", error = %e, path = %path.display(), "cannot save the world");
-                    }
+                if shared.dirty.swap(false, Ordering::Relaxed)
+                    && let Err(e) = write_world(&shared, &path)
+                {
+                    tracing::warn!(target: "den_standin", error = %e, path = %path.display(), "cannot save the world");
                 }
             }
         })

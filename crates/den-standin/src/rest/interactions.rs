@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::messages::{bot_author, check_content, edit_message, new_message};
+use super::messages::{self, bot_author, check_content, edit_message, new_message};
 use super::{Cx, OpResult, err};
 use crate::json;
 use crate::server::Shared;
@@ -130,22 +130,16 @@ fn original_id(cx: &mut Cx<'_>) -> Result<u64, super::ApiError> {
 }
 
 pub(super) fn get_original(cx: &mut Cx<'_>) -> OpResult {
-    let mid = original_id(cx)?;
-    let m = cx.world.messages.get(&mid).ok_or_else(|| err(404, 10008, "Unknown Message"))?;
-    Ok((200, json::message(m, &cx.cdn())))
+    let id = original_id(cx)?;
+    messages::read(cx, id)
 }
 
 pub(super) fn update_original(cx: &mut Cx<'_>) -> OpResult {
-    check_content(cx.body)?;
-    let mid = original_id(cx)?;
-    let cdn = cx.cdn();
-    let m = cx.world.messages.get_mut(&mid).ok_or_else(|| err(404, 10008, "Unknown Message"))?;
-    edit_message(m, cx.body);
-    Ok((200, json::message(m, &cdn)))
+    let id = original_id(cx)?;
+    messages::edit(cx, id)
 }
 
 pub(super) fn delete_original(cx: &mut Cx<'_>) -> OpResult {
-    let mid = original_id(cx)?;
-    cx.world.messages.remove(&mid);
-    Ok((204, Value::Null))
+    let id = original_id(cx)?;
+    messages::remove(cx, id)
 }

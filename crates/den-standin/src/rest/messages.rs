@@ -158,9 +158,30 @@ pub(super) fn create(cx: &mut Cx<'_>) -> OpResult {
     Ok((200, json))
 }
 
-pub(super) fn get(cx: &mut Cx<'_>) -> OpResult {
-    let m = cx.world.messages.get(&cx.id("message_id")?).ok_or_else(|| err(404, 10008, "Unknown Message"))?;
+/// Answers message `id` (channel routes, webhook routes and interaction routes alike).
+pub(super) fn read(cx: &Cx<'_>, id: u64) -> OpResult {
+    let m = cx.world.messages.get(&id).ok_or_else(|| err(404, 10008, "Unknown Message"))?;
     Ok((200, json::message(m, &cx.cdn())))
+}
+
+/// Applies the request's edit to message `id` and answers it.
+pub(super) fn edit(cx: &mut Cx<'_>, id: u64) -> OpResult {
+    check_content(cx.body)?;
+    let cdn = cx.cdn();
+    let m = cx.world.messages.get_mut(&id).ok_or_else(|| err(404, 10008, "Unknown Message"))?;
+    edit_message(m, cx.body);
+    Ok((200, json::message(m, &cdn)))
+}
+
+/// Deletes message `id`.
+pub(super) fn remove(cx: &mut Cx<'_>, id: u64) -> OpResult {
+    cx.world.messages.remove(&id).ok_or_else(|| err(404, 10008, "Unknown Message"))?;
+    Ok((204, Value::Null))
+}
+
+pub(super) fn get(cx: &mut Cx<'_>) -> OpResult {
+    let id = cx.id("message_id")?;
+    read(cx, id)
 }
 
 pub(super) fn list(cx: &mut Cx<'_>) -> OpResult {
@@ -184,20 +205,16 @@ pub(super) fn list(cx: &mut Cx<'_>) -> OpResult {
 }
 
 pub(super) fn update(cx: &mut Cx<'_>) -> OpResult {
-    check_content(cx.body)?;
-    let bot = cx.world.bot.id;
-    let cdn = cx.cdn();
-    let m = cx.world.messages.get_mut(&cx.id("message_id")?).ok_or_else(|| err(404, 10008, "Unknown Message"))?;
-    if m.author_id != bot {
+    let id = cx.id("message_id")?;
+    if cx.world.messages.get(&id).is_some_and(|m| m.author_id != cx.world.bot.id) {
         return Err(err(403, 50005, "Cannot edit a message authored by another user"));
     }
-    edit_message(m, cx.body);
-    Ok((200, json::message(m, &cdn)))
+    edit(cx, id)
 }
 
 pub(super) fn delete(cx: &mut Cx<'_>) -> OpResult {
-    cx.world.messages.remove(&cx.id("message_id")?).ok_or_else(|| err(404, 10008, "Unknown Message"))?;
-    Ok((204, Value::Null))
+    let id = cx.id("message_id")?;
+    remove(cx, id)
 }
 
 pub(super) fn typing(cx: &mut Cx<'_>) -> OpResult {

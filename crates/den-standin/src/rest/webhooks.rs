@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::messages::{check_content, edit_message, new_message};
+use super::messages::{self, check_content, new_message};
 use super::{Cx, OpResult, err, interactions};
 use crate::json;
 use crate::people::store_file;
@@ -105,21 +105,16 @@ fn own_message(cx: &mut Cx<'_>) -> Result<u64, super::ApiError> {
 }
 
 pub(super) fn get_message(cx: &mut Cx<'_>) -> OpResult {
-    let mid = own_message(cx)?;
-    Ok((200, cx.world.messages.get(&mid).map(|m| json::message(m, &cx.cdn())).unwrap_or_default()))
+    let id = own_message(cx)?;
+    messages::read(cx, id)
 }
 
 pub(super) fn update_message(cx: &mut Cx<'_>) -> OpResult {
-    check_content(cx.body)?;
-    let mid = own_message(cx)?;
-    let cdn = cx.cdn();
-    let m = cx.world.messages.get_mut(&mid).ok_or_else(|| err(404, 10008, "Unknown Message"))?;
-    edit_message(m, cx.body);
-    Ok((200, json::message(m, &cdn)))
+    let id = own_message(cx)?;
+    messages::edit(cx, id)
 }
 
 pub(super) fn delete_message(cx: &mut Cx<'_>) -> OpResult {
-    let mid = own_message(cx)?;
-    cx.world.messages.remove(&mid);
-    Ok((204, Value::Null))
+    let id = own_message(cx)?;
+    messages::remove(cx, id)
 }
