@@ -18,10 +18,11 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Why den moved to the next model.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reason {
     /// Confidence below 30 two turns running.
     LowConfidence,
@@ -64,8 +65,8 @@ const WRITERS: [&str; 2] = ["write_file", "edit_file"];
 /// Words by which a model says it cannot go on.
 const STUCK: [&str; 4] = ["i'm stuck", "i am stuck", "i cannot make progress", "i can't make progress"];
 
-/// What den watches during a run.
-#[derive(Debug, Default)]
+/// What den watches during a run (saved with the run between turns).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Watch {
     failures: HashMap<u64, u32>,
     results: HashMap<u64, u32>,
@@ -77,7 +78,7 @@ pub struct Watch {
     pending: Option<Reason>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct TurnTally {
     calls: u32,
     ok: u32,

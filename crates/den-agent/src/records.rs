@@ -12,7 +12,7 @@ use den_storage::{DeadLetterSpec, OutgoingMessage, Put, Queue, QueueSpec, Store,
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use crate::run::{End, Report};
+use crate::run::{CallRecord, End, Report};
 
 /// The events queue.
 pub const EVENTS: &str = "agent-events";
@@ -87,8 +87,35 @@ impl Records {
         self.queue.send_batch(EVENTS, vec![message]).await.map(|_| ())
     }
 
-    /// Writes a finished run: its record, a turn log line per call, and its events.
+    /// Writes a finished run: a turn log line per call, its record and its events.
     pub async fn report(&self, session: &str, run: &str, report: &Report) -> StoreResult<()> {
+        for (i, call) in report.calls.iter().enumerate() {
+            self.log_call(run, i, call).await?;
+        }
+        self.finish(session, run, report).await
+    }
+
+    /// Writes turn log line `n` of `run` (the same `n` again replaces it).
+    pub async fn log_call(&self, run: &str, n: usize, call: &CallRecord) -> StoreResult<()> {
+        let mut line = Map::new();
+        line.insert("tool".into(), call.tool.clone().into());
+        line.insert("input".into(), call.input.clone());
+        line.insert("ok".into(), call.outcome.ok.into());
+        line.insert("output_bytes".into(), call.outcome.full.len().into());
+        line.insert("output_digest".into(), format!("{:016x}", digest(&call.outcome.full)).into());
+        line.insert("shown".into(), crate::output::cut(&call.outcome.shown, 600).into());
+        let expires = self.clock.now().plus(TURN_LOG_TTL);
+        self.turns.put(Put::new(run, format!("{n:06}"), line).expires_at(expires)).await.map(|_| ())
+    }
+
+    /// The last `count` turn log lines of `run`, oldest first.
+    pub async fn calls(&self, run: &str, count: usize) -> StoreResult<Vec<Map<String, Value>>> {
+        let page = self.turns.query(den_storage::Query::pk(run).reverse().limit(count.clamp(1, 100))).await?;
+        Ok(page.items.into_iter().rev().map(|i| i.attrs).collect())
+    }
+
+    /// Writes a finished run's record and its events (its calls were logged as they ran).
+    pub async fn finish(&self, session: &str, run: &str, report: &Report) -> StoreResult<()> {
         let (status, mut events) = match &report.end {
             End::Finished { summary, confidence, commit } => {
                 let mut e =
@@ -114,16 +141,6 @@ impl Records {
         attrs.insert("tokens".into(), (report.usage.input_tokens + report.usage.output_tokens).into());
         attrs.insert("escalations".into(), report.escalations.len().into());
         self.runs.put(Put::new(session, run, attrs)).await?;
-        let expires = self.clock.now().plus(TURN_LOG_TTL);
-        for (i, call) in report.calls.iter().enumerate() {
-            let mut line = Map::new();
-            line.insert("tool".into(), call.tool.clone().into());
-            line.insert("input".into(), call.input.clone());
-            line.insert("ok".into(), call.outcome.ok.into());
-            line.insert("output_bytes".into(), call.outcome.full.len().into());
-            line.insert("output_digest".into(), format!("{:016x}", digest(&call.outcome.full)).into());
-            self.turns.put(Put::new(run, format!("{i:06}"), line).expires_at(expires)).await?;
-        }
         for e in &report.escalations {
             let data = json!({"turn": e.turn, "from": e.from, "to": e.to, "reason": e.reason.to_string()});
             events.push((EventKind::ModelEscalated, data));

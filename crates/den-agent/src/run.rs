@@ -3,7 +3,8 @@
 //! the user something, or the run reaches its turn limit.
 
 use crate::controls::{Controls, Interrupt};
-use den_llm::{ChatMessage, ChatModel, ChatRequest, FinishReason, ToolResult, ToolSpec, Usage, collect_turn};
+use den_llm::{ChatMessage, ChatModel, ChatRequest, FinishReason, ToolCall, ToolResult, ToolSpec, Usage, collect_turn};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::ToolError;
@@ -49,7 +50,7 @@ impl RunConfig {
 }
 
 /// Why a run was cut short.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Limit {
     /// `wall_time` passed.
     WallTime,
@@ -67,7 +68,7 @@ impl std::fmt::Display for Limit {
 }
 
 /// How a run ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum End {
     /// The model finished; den committed what changed (when anything did).
     Finished {
@@ -92,7 +93,7 @@ pub enum End {
 }
 
 /// One tool call of a turn, for the turn log.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CallRecord {
     /// The tool.
     pub tool: String,
@@ -103,7 +104,7 @@ pub struct CallRecord {
 }
 
 /// A move to the next model.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Escalation {
     /// The turn after which it happened.
     pub turn: u32,
@@ -166,6 +167,128 @@ fn loop_tools() -> Vec<ToolSpec> {
     specs
 }
 
+/// A run between turns: everything needed to go on with it in another job,
+/// another process or after a crash. Saved after the model answers and after
+/// every tool call, so a resumed run never repeats a call whose result was kept.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunState {
+    /// Turns taken.
+    pub turns: u32,
+    /// The conversation.
+    pub messages: Vec<ChatMessage>,
+    /// Tokens used.
+    pub usage: Usage,
+    /// den's confidence after each turn.
+    pub confidence: Vec<u8>,
+    /// Moves to stronger models.
+    pub escalations: Vec<Escalation>,
+    /// The model in use: an index into the ladder.
+    pub rung: usize,
+    /// What the escalation rules have seen.
+    pub watch: Watch,
+    /// When the run began (ms since the epoch).
+    pub began_ms: u64,
+    /// Every call so far (outputs as the model saw them).
+    pub calls: Vec<CallRecord>,
+    /// The model's last turn while its calls are being run: the calls and the results so far.
+    pub pending: Option<Pending>,
+    /// How it ended, once it has.
+    pub end: Option<End>,
+    /// `git diff --stat` of the commit, when there is one.
+    pub diffstat: String,
+}
+
+/// A turn whose calls are being run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Pending {
+    /// What the model said with its calls.
+    pub text: String,
+    /// The calls.
+    pub calls: Vec<ToolCall>,
+    /// Results of the calls run so far, in order.
+    pub results: Vec<ToolResult>,
+}
+
+impl RunState {
+    /// A run of `task` after `history`, beginning at `now_ms`.
+    #[must_use]
+    pub fn start(history: Vec<ChatMessage>, task: &str, now_ms: u64) -> Self {
+        let mut messages = history;
+        messages.push(ChatMessage::user(None, task));
+        Self {
+            turns: 0,
+            messages,
+            usage: Usage::default(),
+            confidence: vec![],
+            escalations: vec![],
+            rung: 0,
+            watch: Watch::default(),
+            began_ms: now_ms,
+            calls: vec![],
+            pending: None,
+            end: None,
+            diffstat: String::new(),
+        }
+    }
+
+    /// The report of the run so far.
+    #[must_use]
+    pub fn report(&self) -> Report {
+        Report {
+            end: self.end.clone().unwrap_or(End::OutOfTurns),
+            turns: self.turns,
+            usage: self.usage,
+            calls: self.calls.clone(),
+            messages: self.messages.clone(),
+            diffstat: self.diffstat.clone(),
+            confidence: self.confidence.clone(),
+            escalations: self.escalations.clone(),
+        }
+    }
+
+    fn ended(&mut self, end: End) -> Option<End> {
+        self.end = Some(end.clone());
+        Some(end)
+    }
+}
+
+/// Told each time a run's state is worth keeping: after the model answers and
+/// after each tool call (`call` is then the call just made).
+#[async_trait::async_trait]
+pub trait Checkpoint: Send + Sync {
+    /// Keeps `state`; an error ends the step (the caller retries it).
+    async fn save(&self, state: &RunState, call: Option<&CallRecord>) -> Result<(), String>;
+}
+
+/// Keeps nothing: a run in one process from start to end.
+#[derive(Debug)]
+pub struct NoCheckpoint;
+
+#[async_trait::async_trait]
+impl Checkpoint for NoCheckpoint {
+    async fn save(&self, _: &RunState, _: Option<&CallRecord>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// What a step needs besides the state.
+pub struct Step<'a> {
+    /// Models, weakest first.
+    pub ladder: &'a [&'a dyn ChatModel],
+    /// The workspace's tools.
+    pub tools: &'a Tools,
+    /// Limits and branches.
+    pub config: &'a RunConfig,
+    /// Told about each call.
+    pub progress: &'a dyn Progress,
+    /// Stop and interrupts.
+    pub controls: &'a Controls,
+    /// Where the state is kept.
+    pub checkpoint: &'a dyn Checkpoint,
+    /// Now, in ms since the epoch (for the wall-time limit).
+    pub now_ms: u64,
+}
+
 /// Runs `task` (after `history`, the session so far) until it ends, with
 /// `ladder[0]` first and each next model when [`Watch`] says so; past the
 /// last one, den asks the user. [`Controls`] steer it: stopping cancels the
@@ -181,154 +304,217 @@ pub async fn run(
     progress: &dyn Progress,
     controls: &Controls,
 ) -> Result<Report, RunError> {
-    let stop = controls.stopped();
     tools.git.checkout(&config.branch, &config.base).await.map_err(RunError::Git)?;
-    let mut messages = history;
-    messages.push(ChatMessage::user(None, task));
-    let mut report = Report {
-        end: End::OutOfTurns,
-        turns: 0,
-        usage: Usage::default(),
-        calls: vec![],
-        messages: vec![],
-        diffstat: String::new(),
-        confidence: vec![],
-        escalations: vec![],
-    };
-    let specs = loop_tools();
-    let mut watch = Watch::default();
-    let mut rung = 0;
-    let began = std::time::Instant::now();
-    while report.turns < config.max_turns {
-        let spent = report.usage.input_tokens + report.usage.output_tokens;
-        let limit = if began.elapsed() >= config.wall_time {
-            Some(Limit::WallTime)
-        } else if config.token_budget > 0 && spent >= config.token_budget {
-            Some(Limit::Tokens)
-        } else {
-            None
-        };
-        if let Some(limit) = limit {
-            report.end = End::Aborted(limit);
-            break;
+    let mut state = RunState::start(history, task, now_ms());
+    loop {
+        let step = Step { ladder, tools, config, progress, controls, checkpoint: &NoCheckpoint, now_ms: now_ms() };
+        if step.turn(&mut state).await?.is_some() {
+            return Ok(state.report());
         }
-        for interrupt in controls.take() {
+    }
+}
+
+/// Milliseconds since the epoch.
+#[must_use]
+pub fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Step<'_> {
+    /// One turn of `state`: a model call and its tool calls, or the rest of a
+    /// turn a crash cut short. Returns how the run ended, once it has. The
+    /// workspace must be on the run's branch.
+    pub async fn turn(&self, state: &mut RunState) -> Result<Option<End>, RunError> {
+        if let Some(end) = &state.end {
+            return Ok(Some(end.clone()));
+        }
+        let config = self.config;
+        if state.pending.is_none() {
+            if let Some(end) = self.before_model(state) {
+                return Ok(state.ended(end));
+            }
+            let Some(pending) = self.ask_model(state).await? else {
+                return Ok(state.end.clone());
+            };
+            state.pending = Some(pending);
+            self.save(state, None).await?;
+        }
+        let Some(pending) = state.pending.clone() else { return Ok(None) };
+        for call in pending.calls.iter().skip(pending.results.len()) {
+            self.progress.calling(state.turns, config.max_turns, &call.name, &call.input);
+            match call.name.as_str() {
+                "finish" => {
+                    let end = finish(self.tools, config, &call.input, state).await?;
+                    self.close_turn(state, &call.id, "done; den committed your changes");
+                    return Ok(state.ended(end));
+                }
+                "ask_user" => {
+                    let question = call.input["question"].as_str().unwrap_or("What should I do next?").to_owned();
+                    // The answer comes as the next user message; the call itself is answered now.
+                    self.close_turn(state, &call.id, "asked; the answer follows");
+                    return Ok(state.ended(End::AskedUser { question }));
+                }
+                name => {
+                    let called = self.tools.call(name, &call.input);
+                    let outcome = tokio::select! {
+                        biased;
+                        () = self.controls.stopped().cancelled() => None,
+                        outcome = called => Some(outcome),
+                    };
+                    let Some(outcome) = outcome else {
+                        // This call and any after it: cancelled, each answered.
+                        let answered = state.pending.as_ref().map_or(0, |p| p.results.len());
+                        for c in pending.calls.iter().skip(answered) {
+                            self.answer(state, ToolResult::error(&c.id, "cancelled by the user"));
+                        }
+                        return Ok(state.ended(End::Stopped));
+                    };
+                    state.watch.call(name, &call.input, outcome.ok, &outcome.full);
+                    let result = if outcome.ok {
+                        ToolResult::ok(&call.id, &outcome.shown)
+                    } else {
+                        ToolResult::error(&call.id, &outcome.shown)
+                    };
+                    let record = CallRecord { tool: name.to_owned(), input: call.input.clone(), outcome };
+                    state.calls.push(record.clone());
+                    if let Some(p) = state.pending.as_mut() {
+                        p.results.push(result);
+                    }
+                    self.save(state, Some(&record)).await?;
+                }
+            }
+        }
+        let Some(done) = state.pending.take() else { return Ok(None) };
+        state.messages.push(ChatMessage::results(done.results));
+        let (confidence, reason) = state.watch.end_turn(&done.text, None);
+        state.confidence.push(confidence);
+        if let Some(reason) = reason {
+            if let Some(next) = self.ladder.get(state.rung + 1) {
+                let from = self.ladder.get(state.rung).map(|m| m.name().to_owned()).unwrap_or_default();
+                let to = next.name().to_owned();
+                state.escalations.push(Escalation { turn: state.turns, from, to, reason });
+                state.rung += 1;
+            } else {
+                // The top of the ladder: the user decides.
+                let question = format!("I am not getting anywhere ({reason}). What should I try?");
+                return Ok(state.ended(End::AskedUser { question }));
+            }
+        }
+        if state.turns >= config.max_turns {
+            return Ok(state.ended(End::OutOfTurns));
+        }
+        Ok(None)
+    }
+
+    /// Ends the turn at call `id` (`finish`, `ask_user`): it is answered
+    /// `text`, and calls after it are answered as not run, so the history
+    /// stays one a provider accepts when the session goes on.
+    fn close_turn(&self, state: &mut RunState, id: &str, text: &str) {
+        self.answer(state, ToolResult::ok(id, text));
+        while let Some(next) = state.pending.as_ref().and_then(|p| p.calls.get(p.results.len())).map(|c| c.id.clone()) {
+            self.answer(state, ToolResult::error(&next, "not run: the turn ended before it"));
+        }
+    }
+
+    /// Answers one of the pending calls and, when it was the last, closes the turn in the history.
+    fn answer(&self, state: &mut RunState, result: ToolResult) {
+        if let Some(mut p) = state.pending.take() {
+            p.results.push(result);
+            if p.results.len() < p.calls.len() {
+                state.pending = Some(p);
+            } else {
+                state.messages.push(ChatMessage::results(p.results));
+            }
+        }
+    }
+
+    async fn save(&self, state: &RunState, call: Option<&CallRecord>) -> Result<(), RunError> {
+        self.checkpoint.save(state, call).await.map_err(RunError::Checkpoint)
+    }
+
+    /// Limits and interrupts, before a model call: how the run ends, if it must.
+    fn before_model(&self, state: &mut RunState) -> Option<End> {
+        let config = self.config;
+        if state.turns >= config.max_turns {
+            return Some(End::OutOfTurns);
+        }
+        let spent = state.usage.input_tokens + state.usage.output_tokens;
+        if self.now_ms.saturating_sub(state.began_ms) >= millis(config.wall_time) {
+            return Some(End::Aborted(Limit::WallTime));
+        }
+        if config.token_budget > 0 && spent >= config.token_budget {
+            return Some(End::Aborted(Limit::Tokens));
+        }
+        if self.controls.stopped().is_cancelled() {
+            return Some(End::Stopped);
+        }
+        for interrupt in self.controls.take() {
             match interrupt {
-                Interrupt::Clarify(text) => messages.push(ChatMessage::user(None, format!("Clarification: {text}"))),
-                Interrupt::Retry => drop_last_turn(&mut messages),
-                Interrupt::Wrong => watch.correction(),
+                Interrupt::Clarify(text) => {
+                    state.messages.push(ChatMessage::user(None, format!("Clarification: {text}")));
+                }
+                Interrupt::Retry => drop_last_turn(&mut state.messages),
+                Interrupt::Wrong => state.watch.correction(),
                 Interrupt::Escalate => {
-                    if let (Some(from), Some(to)) = (ladder.get(rung), ladder.get(rung + 1)) {
+                    if let (Some(from), Some(to)) = (self.ladder.get(state.rung), self.ladder.get(state.rung + 1)) {
                         let (from, to) = (from.name().to_owned(), to.name().to_owned());
-                        report.escalations.push(Escalation { turn: report.turns, from, to, reason: Reason::Asked });
-                        rung += 1;
-                        watch = Watch::default();
+                        state.escalations.push(Escalation { turn: state.turns, from, to, reason: Reason::Asked });
+                        state.rung += 1;
+                        state.watch = Watch::default();
                     }
                 }
             }
         }
-        report.turns += 1;
+        None
+    }
+
+    /// One model call: the turn's calls, or `None` when the run ended or the
+    /// model called nothing (then it is nudged and the turn is over).
+    async fn ask_model(&self, state: &mut RunState) -> Result<Option<Pending>, RunError> {
+        let config = self.config;
+        state.turns += 1;
         let request = ChatRequest {
-            tools: specs.clone(),
-            messages: messages.clone(),
+            tools: loop_tools(),
+            messages: state.messages.clone(),
             max_tokens: config.max_tokens,
             ..ChatRequest::simple(SYSTEM, "")
         };
-        let model = *ladder.get(rung).ok_or(RunError::NoModel)?;
+        let model = *self.ladder.get(state.rung).ok_or(RunError::NoModel)?;
         let asked = async { collect_turn(model.stream(&request).await?).await };
+        let left = millis(config.wall_time).saturating_sub(self.now_ms.saturating_sub(state.began_ms));
         let turn = tokio::select! {
             biased;
-            () = stop.cancelled() => {
-                report.end = End::Stopped;
-                report.messages = messages;
-                return Ok(report);
+            () = self.controls.stopped().cancelled() => {
+                state.end = Some(End::Stopped);
+                return Ok(None);
             }
-            () = tokio::time::sleep(config.wall_time.saturating_sub(began.elapsed())) => {
-                report.end = End::Aborted(Limit::WallTime);
-                report.messages = messages;
-                return Ok(report);
+            () = tokio::time::sleep(std::time::Duration::from_millis(left)) => {
+                state.end = Some(End::Aborted(Limit::WallTime));
+                return Ok(None);
             }
             turn = asked => turn.map_err(RunError::Model)?,
         };
-        add_usage(&mut report.usage, turn.usage);
-        messages.push(ChatMessage::assistant_calls(turn.text.clone(), turn.calls.clone()));
+        add_usage(&mut state.usage, turn.usage);
+        state.messages.push(ChatMessage::assistant_calls(turn.text.clone(), turn.calls.clone()));
         if turn.calls.is_empty() {
             let nudge = if turn.finish == FinishReason::Length {
                 "You were cut off. Go on."
             } else {
                 "Use the tools; call finish when the task is done."
             };
-            messages.push(ChatMessage::user(None, nudge));
-            continue;
-        }
-        let mut results = Vec::new();
-        for call in &turn.calls {
-            progress.calling(report.turns, config.max_turns, &call.name, &call.input);
-            match call.name.as_str() {
-                "finish" => {
-                    report.end = finish(tools, config, &call.input, &mut report).await?;
-                    report.messages = messages;
-                    return Ok(report);
-                }
-                "ask_user" => {
-                    let question = call.input["question"].as_str().unwrap_or("What should I do next?").to_owned();
-                    // The answer comes as the next user message; the call itself is answered now.
-                    messages.push(ChatMessage::results(vec![ToolResult::ok(&call.id, "asked; the answer follows")]));
-                    report.end = End::AskedUser { question };
-                    report.messages = messages;
-                    return Ok(report);
-                }
-                name => {
-                    let called = tools.call(name, &call.input);
-                    let outcome = tokio::select! {
-                        biased;
-                        () = stop.cancelled() => None,
-                        outcome = called => Some(outcome),
-                    };
-                    let Some(outcome) = outcome else {
-                        // This call and any after it: cancelled, each answered.
-                        let answered: Vec<&str> = results.iter().map(|r: &ToolResult| r.call_id.as_str()).collect();
-                        let cancelled: Vec<ToolResult> = turn
-                            .calls
-                            .iter()
-                            .filter(|c| !answered.contains(&c.id.as_str()))
-                            .map(|c| ToolResult::error(&c.id, "cancelled by the user"))
-                            .collect();
-                        results.extend(cancelled);
-                        messages.push(ChatMessage::results(results));
-                        report.end = End::Stopped;
-                        report.messages = messages;
-                        return Ok(report);
-                    };
-                    watch.call(name, &call.input, outcome.ok, &outcome.full);
-                    results.push(if outcome.ok {
-                        ToolResult::ok(&call.id, &outcome.shown)
-                    } else {
-                        ToolResult::error(&call.id, &outcome.shown)
-                    });
-                    report.calls.push(CallRecord { tool: name.to_owned(), input: call.input.clone(), outcome });
-                }
+            state.messages.push(ChatMessage::user(None, nudge));
+            if state.turns >= config.max_turns {
+                state.end = Some(End::OutOfTurns);
             }
+            return Ok(None);
         }
-        messages.push(ChatMessage::results(results));
-        let (confidence, reason) = watch.end_turn(&turn.text, None);
-        report.confidence.push(confidence);
-        if let Some(reason) = reason {
-            if let Some(next) = ladder.get(rung + 1) {
-                let from = model.name().to_owned();
-                report.escalations.push(Escalation { turn: report.turns, from, to: next.name().to_owned(), reason });
-                rung += 1;
-            } else {
-                // The top of the ladder: the user decides.
-                report.end =
-                    End::AskedUser { question: format!("I am not getting anywhere ({reason}). What should I try?") };
-                report.messages = messages;
-                return Ok(report);
-            }
-        }
+        Ok(Some(Pending { text: turn.text, calls: turn.calls, results: vec![] }))
     }
-    report.messages = messages;
-    Ok(report)
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Removes the model's last turn and the results of its calls (`retry`).
@@ -338,7 +524,7 @@ fn drop_last_turn(messages: &mut Vec<ChatMessage>) {
     }
 }
 
-async fn finish(tools: &Tools, config: &RunConfig, input: &Value, report: &mut Report) -> Result<End, RunError> {
+async fn finish(tools: &Tools, config: &RunConfig, input: &Value, state: &mut RunState) -> Result<End, RunError> {
     let summary = input["summary"].as_str().unwrap_or("done").trim().to_owned();
     let confidence = u8::try_from(input["confidence"].as_u64().unwrap_or(50).min(100)).unwrap_or(50);
     let title: String = summary.lines().next().unwrap_or("den's changes").chars().take(72).collect();
@@ -346,7 +532,7 @@ async fn finish(tools: &Tools, config: &RunConfig, input: &Value, report: &mut R
     if let Some(c) = &commit
         && tools.git.run(&["rev-parse", "--verify", "--quiet", &config.base]).await.is_ok()
     {
-        report.diffstat = tools.git.diffstat(&config.base, c).await.map_err(RunError::Git)?;
+        state.diffstat = tools.git.diffstat(&config.base, c).await.map_err(RunError::Git)?;
     }
     Ok(End::Finished { summary, confidence, commit })
 }
@@ -369,4 +555,7 @@ pub enum RunError {
     /// No model to ask.
     #[error("no model is configured for the agent")]
     NoModel,
+    /// The run's state could not be kept.
+    #[error("could not save the run: {0}")]
+    Checkpoint(String),
 }

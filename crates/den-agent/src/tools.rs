@@ -21,11 +21,12 @@ const MAX_MATCHES: usize = 500;
 pub const MAX_RUN: Duration = Duration::from_secs(600);
 
 /// What a tool answered: what the model sees, and the whole of it for the turn log.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     /// Cut to [`output::LIMIT`].
     pub shown: String,
-    /// Everything.
+    /// Everything (not kept in a saved run: the turn log has its size and digest).
+    #[serde(skip)]
     pub full: String,
     /// The tool succeeded.
     pub ok: bool,

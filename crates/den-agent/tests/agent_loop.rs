@@ -257,3 +257,72 @@ async fn clarify_retry_wrong_and_escalate_act_before_the_next_model_call() {
     assert!(matches!(report.end, End::Finished { .. }), "{:?}", report.end);
     assert_eq!((weak.requests().len(), strong.requests().len()), (2, 1));
 }
+
+/// Keeps the state as JSON, as a store would, and fails once after the
+/// first call's result is kept: a worker killed between two calls.
+struct CrashAfterFirstCall {
+    saved: std::sync::Mutex<Option<String>>,
+    crashed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl den_agent::run::Checkpoint for CrashAfterFirstCall {
+    async fn save(
+        &self,
+        state: &den_agent::run::RunState,
+        call: Option<&den_agent::run::CallRecord>,
+    ) -> Result<(), String> {
+        *self.saved.lock().unwrap() = Some(serde_json::to_string(state).unwrap());
+        if call.is_some() && !self.crashed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err("the worker died".into());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_run_resumed_from_its_saved_state_repeats_no_call_whose_result_was_kept() {
+    use den_agent::run::{RunState, Step};
+    let (dir, git) = repository().await;
+    let fake = FakeLlm::start(Wire::OpenAi, None).await.unwrap();
+    fake.push(
+        Script::call("Two commands.", "run", json!({"command": "echo first >> ran.log"}))
+            .and_call("run", json!({"command": "echo second >> ran.log"})),
+    );
+    fake.push(Script::call("Done.", "finish", json!({"summary": "Logged twice", "confidence": 80})));
+    let tools = tools(&dir, &git, Sandbox::probe(Limits::default()).await, 62_100);
+    let config = RunConfig { max_turns: 5, max_tokens: 500, ..RunConfig::new("den/9", "main") };
+    git.checkout(&config.branch, &config.base).await.unwrap();
+    let model = provider(Wire::OpenAi, &fake);
+    let ladder = [model.as_ref()];
+    let checkpoint = CrashAfterFirstCall { saved: Default::default(), crashed: Default::default() };
+    let controls = Controls::default();
+    let step = |now_ms| Step {
+        ladder: &ladder,
+        tools: &tools,
+        config: &config,
+        progress: &Quiet,
+        controls: &controls,
+        checkpoint: &checkpoint,
+        now_ms,
+    };
+
+    let mut state = RunState::start(vec![], "Log twice.", den_agent::run::now_ms());
+    assert!(step(den_agent::run::now_ms()).turn(&mut state).await.is_err(), "the first save after a call fails");
+    // Another worker takes the run from the store.
+    let saved = checkpoint.saved.lock().unwrap().clone().unwrap();
+    let mut resumed: RunState = serde_json::from_str(&saved).unwrap();
+    let end = loop {
+        if let Some(end) = step(den_agent::run::now_ms()).turn(&mut resumed).await.unwrap() {
+            break end;
+        }
+    };
+
+    assert!(matches!(end, End::Finished { .. }), "{end:?}");
+    assert_eq!(std::fs::read_to_string(dir.path().join("ran.log")).unwrap(), "first\nsecond\n");
+    assert_eq!(fake.requests().len(), 2, "the interrupted turn was not asked again");
+    assert_eq!(git.run(&["rev-list", "--count", "main..den/9"]).await.unwrap().trim(), "1");
+    // The history ends with every call answered, so the session can go on.
+    let last = resumed.messages.last().unwrap();
+    assert_eq!(last.tool_results.len(), 1, "{last:?}");
+}
