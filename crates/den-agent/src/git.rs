@@ -71,6 +71,35 @@ impl Git {
         }
     }
 
+    /// Runs git with `args`; its standard output as bytes (an archive).
+    pub async fn run_bytes(&self, args: &[&str]) -> Result<Vec<u8>, ToolError> {
+        let out = self.command(args).output().await.map_err(|e| ToolError::Failed(format!("cannot run git: {e}")))?;
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            Err(ToolError::Failed(format!("git {}: {}", args.first().unwrap_or(&""), err.trim())))
+        }
+    }
+
+    /// The files that would conflict if `theirs` were merged into `ours`
+    /// (none: the merge is clean). Touches no branch and no file.
+    pub async fn merge_conflicts(&self, ours: &str, theirs: &str) -> Result<Vec<String>, ToolError> {
+        let args = ["merge-tree", "--write-tree", "--name-only", "--no-messages", ours, theirs];
+        let out = self.command(&args).output().await.map_err(|e| ToolError::Failed(format!("cannot run git: {e}")))?;
+        match out.status.code() {
+            Some(0) => Ok(vec![]),
+            // The first line is the tree; the conflicted files follow.
+            Some(1) => Ok(String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .skip(1)
+                .take_while(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect()),
+            _ => Err(ToolError::Failed(format!("git merge-tree: {}", String::from_utf8_lossy(&out.stderr).trim()))),
+        }
+    }
+
     /// `git status --short`.
     pub async fn status(&self) -> Result<String, ToolError> {
         self.run(&["status", "--short", "--branch"]).await

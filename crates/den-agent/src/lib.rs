@@ -9,6 +9,7 @@
 //! session's branch.
 
 pub mod controls;
+pub mod discord;
 pub mod escalation;
 pub mod git;
 pub mod output;

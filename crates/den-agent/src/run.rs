@@ -56,6 +56,8 @@ pub enum Limit {
     WallTime,
     /// `token_budget` was spent.
     Tokens,
+    /// The server's tokens for the day were spent.
+    ServerBudget,
 }
 
 impl std::fmt::Display for Limit {
@@ -63,6 +65,7 @@ impl std::fmt::Display for Limit {
         f.write_str(match self {
             Self::WallTime => "the run's time limit",
             Self::Tokens => "the run's token budget",
+            Self::ServerBudget => "the server's daily token budget",
         })
     }
 }

@@ -115,6 +115,56 @@ impl InboundMessage {
     }
 }
 
+/// A MESSAGE_REACTION_ADD: someone reacted to a message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundReaction {
+    /// Who reacted.
+    #[serde(deserialize_with = "snowflake")]
+    pub user_id: u64,
+    /// Channel of the message.
+    #[serde(deserialize_with = "snowflake")]
+    pub channel_id: u64,
+    /// The message.
+    #[serde(deserialize_with = "snowflake")]
+    pub message_id: u64,
+    /// Guild (absent in DMs).
+    #[serde(default, deserialize_with = "opt_snowflake")]
+    pub guild_id: Option<u64>,
+    /// Who wrote the message, when Discord says.
+    #[serde(default, deserialize_with = "opt_snowflake")]
+    pub message_author_id: Option<u64>,
+    /// The emoji: its Unicode text, or a custom emoji's name.
+    #[serde(deserialize_with = "emoji_name")]
+    pub emoji: String,
+    /// The member who reacted (guilds only).
+    #[serde(default, skip_serializing)]
+    member: Value,
+}
+
+fn emoji_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let v = Value::deserialize(d)?;
+    Ok(v["name"].as_str().unwrap_or_default().to_owned())
+}
+
+impl InboundReaction {
+    /// Parses a MESSAGE_REACTION_ADD's `d`.
+    pub fn parse(d: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(d)
+    }
+
+    /// Whether a bot reacted (den's own reactions included).
+    #[must_use]
+    pub fn by_bot(&self) -> bool {
+        self.member["user"]["bot"].as_bool().unwrap_or(false)
+    }
+
+    /// Role ids of the member who reacted.
+    #[must_use]
+    pub fn roles(&self) -> Vec<u64> {
+        self.member["roles"].as_array().into_iter().flatten().filter_map(parse_snowflake).collect()
+    }
+}
+
 /// What kind of interaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InteractionKind {

@@ -16,7 +16,10 @@ pub mod rest;
 pub mod router;
 pub mod split;
 
-pub use egress::{Ack, DiscordError, DiscordErrorKind, DiscordResult, Egress, EgressConfig, Identity, Poster};
+pub use egress::{
+    Ack, Button, ButtonStyle, DiscordError, DiscordErrorKind, DiscordResult, Egress, EgressConfig, Identity, Outgoing,
+    Poster,
+};
 pub use module::{CommandSpec, IngressCx, InteractionRef, Module, OptionKind, OptionSpec, Reaction};
 pub use router::Router;
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::Ack;
-use crate::events::{InboundInteraction, InboundMessage};
+use crate::events::{InboundInteraction, InboundMessage, InboundReaction};
 
 /// The type of a slash-command option.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -247,6 +247,11 @@ pub trait Module: Send + Sync {
 
     /// Jobs a message causes.
     async fn on_message(&self, _message: &InboundMessage, _cx: &IngressCx) -> Vec<Job> {
+        Vec::new()
+    }
+
+    /// Jobs an emoji reaction to a message causes.
+    async fn on_reaction(&self, _reaction: &InboundReaction, _cx: &IngressCx) -> Vec<Job> {
         Vec::new()
     }
 

@@ -36,6 +36,8 @@ pub struct Call<'a> {
     pub bucket: String,
     /// JSON body.
     pub body: Option<&'a Value>,
+    /// A file sent with the JSON body (multipart: `payload_json` and `files[0]`).
+    pub file: Option<(&'a str, &'a [u8])>,
     /// Whether it carries the bot token (webhook and interaction-token routes do not).
     pub auth: bool,
 }
@@ -46,13 +48,20 @@ impl<'a> Call<'a> {
     pub fn new(method: Method, path: impl Into<String>) -> Self {
         let path = path.into();
         let route = path.split('?').next().unwrap_or_default().to_owned();
-        Self { bucket: format!("{method} {route}"), method, path, body: None, auth: true }
+        Self { bucket: format!("{method} {route}"), method, path, body: None, file: None, auth: true }
     }
 
     /// With a JSON body.
     #[must_use]
     pub fn json(mut self, body: &'a Value) -> Self {
         self.body = Some(body);
+        self
+    }
+
+    /// With a file named `name` (the JSON body then travels as `payload_json`).
+    #[must_use]
+    pub fn file(mut self, name: &'a str, bytes: &'a [u8]) -> Self {
+        self.file = Some((name, bytes));
         self
     }
 
@@ -250,9 +259,16 @@ impl RestClient {
         {
             request = request.header("authorization", format!("Bot {}", token.expose()));
         }
-        if let Some(body) = call.body {
-            request = request.json(body);
-        }
+        request = match (call.body, call.file) {
+            (body, Some((name, bytes))) => {
+                let payload = body.map_or_else(|| "{}".to_owned(), Value::to_string);
+                let file = reqwest::multipart::Part::bytes(bytes.to_vec()).file_name(name.to_owned());
+                let form = reqwest::multipart::Form::new().text("payload_json", payload).part("files[0]", file);
+                request.multipart(form)
+            }
+            (Some(body), None) => request.json(body),
+            (None, None) => request,
+        };
         let response = request.send().await.map_err(TransportError::Network)?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();

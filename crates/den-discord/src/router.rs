@@ -13,7 +13,7 @@ use den_worker::JobQueue;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::events::{InboundInteraction, InboundMessage, InteractionKind};
+use crate::events::{InboundInteraction, InboundMessage, InboundReaction, InteractionKind};
 use crate::module::{IngressCx, InteractionRef, Module, Reaction};
 use crate::{Ack, Egress};
 
@@ -143,6 +143,16 @@ impl Router {
                     Routed::Malformed
                 }
             },
+            Some("MESSAGE_REACTION_ADD") => match InboundReaction::parse(d.get()) {
+                Ok(r) => match self.route_reaction(&r).await {
+                    Ok(n) => Routed::Message(n),
+                    Err(_) => Routed::NotEnqueued,
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "malformed MESSAGE_REACTION_ADD dropped");
+                    Routed::Malformed
+                }
+            },
             Some("READY") => {
                 #[derive(Deserialize)]
                 struct Ready {
@@ -193,6 +203,29 @@ impl Router {
                 Err(e)
             }
         }
+    }
+
+    /// Offers a reaction to every module; enqueues their jobs; returns how many.
+    /// Reactions by bots (den's own included) are dropped.
+    pub async fn route_reaction(&self, r: &InboundReaction) -> StoreResult<usize> {
+        let cx = self.cx();
+        if r.user_id == cx.bot_user_id || r.by_bot() {
+            return Ok(0);
+        }
+        let mut jobs = Vec::new();
+        for module in &self.modules {
+            for mut job in module.on_reaction(r, &cx).await {
+                job.dedup_key
+                    .get_or_insert_with(|| format!("react:{}:{}:{}:{}", r.message_id, r.user_id, r.emoji, job.kind));
+                jobs.push(job);
+            }
+        }
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let result = self.jobs.send_all(&jobs).await;
+        self.enqueued(&result);
+        result.map(|sent| sent.iter().filter(|s| !s.duplicate).count())
     }
 
     /// Time left of Discord's 3 s for the first response to interaction `id`

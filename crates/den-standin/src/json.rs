@@ -91,6 +91,18 @@ pub fn message(m: &Message, cdn: &str) -> Value {
     if let Some(n) = &m.nonce {
         v["nonce"] = n.clone().into();
     }
+    if !m.reactions.is_empty() {
+        // `me` would depend on who reads; the stand-in leaves it false.
+        v["reactions"] = m
+            .reactions
+            .iter()
+            .map(|(emoji, users)| {
+                json!({"emoji": {"id": null, "name": emoji}, "count": users.len(),
+                    "count_details": {"burst": 0, "normal": users.len()}, "burst_colors": [], "me_burst": false,
+                    "me": false})
+            })
+            .collect();
+    }
     if m.edits > 0 {
         v["edited_timestamp"] = iso8601(m.created).into();
     }

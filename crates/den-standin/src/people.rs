@@ -50,6 +50,8 @@ impl Standin {
             let (name, bot) = w.users.get(&user).map(|u| (u.name.clone(), u.bot)).unwrap_or(("someone".into(), false));
             let guild = w.guild_of(channel).unwrap_or(0);
             let attachments = files.into_iter().map(|f| store_file(&mut w, f)).collect();
+            // A person's message mentions whoever it names, as on Discord.
+            let (pinged_users, pinged_everyone) = crate::rest::pings(&json!({"content": content}));
             let msg = Message {
                 id: w.snowflake(),
                 channel_id: channel,
@@ -64,13 +66,14 @@ impl Standin {
                 embeds: vec![],
                 components: vec![],
                 attachments,
-                pinged_users: vec![],
-                pinged_everyone: false,
+                pinged_users,
+                pinged_everyone,
                 edits: 0,
                 created: w.now(),
                 nonce: None,
                 visible_to: None,
                 interaction: None,
+                reactions: vec![],
             };
             let mut json = json::message(&msg, &cdn);
             if let Some(r) = reply_to.and_then(|r| w.messages.get(&r)) {
@@ -123,5 +126,73 @@ impl Standin {
         self.shared.touch(Part::Channels, None);
         let _ = json!({});
         id
+    }
+}
+
+/// An emoji from a reaction route's path: percent-encoded Unicode, or a
+/// custom emoji as `name:id` (kept whole).
+pub(crate) fn decode_emoji(raw: &str) -> Result<String, crate::rest::ApiError> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = raw.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+            out.push(hex.ok_or_else(|| crate::rest::err(400, 10014, "Unknown Emoji"))?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let emoji = String::from_utf8(out).map_err(|_| crate::rest::err(400, 10014, "Unknown Emoji"))?;
+    if emoji.is_empty() || emoji.chars().count() > 32 {
+        return Err(crate::rest::err(400, 10014, "Unknown Emoji"));
+    }
+    Ok(emoji)
+}
+
+/// `user` reacts to `message` with `emoji`: stored, and MESSAGE_REACTION_ADD
+/// sent to the bots that asked for reactions (when the reaction is new).
+pub(crate) fn add_reaction(
+    shared: &crate::server::Shared,
+    w: &mut World,
+    user: u64,
+    channel: u64,
+    message: u64,
+    emoji: &str,
+) -> Result<(), crate::rest::ApiError> {
+    let guild = w.guild_of(channel).ok_or_else(|| crate::rest::err(404, 10003, "Unknown Channel"))?;
+    let m = w.messages.get_mut(&message).filter(|m| m.channel_id == channel);
+    let m = m.ok_or_else(|| crate::rest::err(404, 10008, "Unknown Message"))?;
+    let author = m.author_id;
+    if m.reactions.len() >= 20 && !m.reactions.iter().any(|(e, _)| e == emoji) {
+        return Err(crate::rest::err(400, 30010, "Maximum number of reactions reached (20)"));
+    }
+    if !m.react(user, emoji) {
+        return Ok(());
+    }
+    let data = json!({
+        "user_id": user.to_string(), "channel_id": channel.to_string(), "message_id": message.to_string(),
+        "guild_id": guild.to_string(), "message_author_id": author.to_string(),
+        "emoji": {"id": null, "name": emoji}, "burst": false, "type": 0,
+        "member": json::member(w, guild, user),
+    });
+    shared.hub().dispatch("MESSAGE_REACTION_ADD", &data, Some(guild), gateway::GUILD_MESSAGE_REACTIONS, None);
+    Ok(())
+}
+
+impl Standin {
+    /// `user` reacts to `message` in `channel` with `emoji` (a Unicode emoji).
+    ///
+    /// # Errors
+    /// Discord's error when the channel or message is unknown.
+    pub fn react(&self, user: u64, channel: u64, message: u64, emoji: &str) -> Result<(), String> {
+        {
+            let mut w = self.shared.world();
+            add_reaction(&self.shared, &mut w, user, channel, message, emoji).map_err(|e| e.message().to_owned())?;
+        }
+        self.shared.touch(Part::Messages, Some(channel));
+        Ok(())
     }
 }

@@ -163,6 +163,39 @@ pub struct Message {
     /// The interaction it answers: (its type, its command name, who invoked it).
     #[serde(default)]
     pub interaction: Option<(u8, String, u64)>,
+    /// Reactions: each emoji and who reacted with it, in order of first use.
+    #[serde(default)]
+    pub reactions: Vec<(String, Vec<u64>)>,
+}
+
+impl Message {
+    /// Adds `user`'s reaction `emoji`; whether it is new.
+    pub fn react(&mut self, user: u64, emoji: &str) -> bool {
+        match self.reactions.iter_mut().find(|(e, _)| e == emoji) {
+            Some((_, users)) if users.contains(&user) => false,
+            Some((_, users)) => {
+                users.push(user);
+                true
+            }
+            None => {
+                self.reactions.push((emoji.to_owned(), vec![user]));
+                true
+            }
+        }
+    }
+
+    /// Removes `user`'s reaction `emoji`; whether there was one.
+    pub fn unreact(&mut self, user: u64, emoji: &str) -> bool {
+        let Some(i) = self.reactions.iter().position(|(e, _)| e == emoji) else { return false };
+        let users = &mut self.reactions[i].1;
+        let before = users.len();
+        users.retain(|u| *u != user);
+        let removed = users.len() < before;
+        if users.is_empty() {
+            self.reactions.remove(i);
+        }
+        removed
+    }
 }
 
 /// A webhook.

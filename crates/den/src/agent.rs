@@ -52,6 +52,59 @@ impl Progress for Lines {
     }
 }
 
+/// The models of the agent's ladder: each tier's first provider, weakest
+/// first; without tiers, the primary and then the fallback.
+async fn ladder(c: &Config, env: &[(String, String)]) -> anyhow::Result<Vec<std::sync::Arc<dyn den_llm::ChatModel>>> {
+    let names: Vec<String> = if c.agent.tiers.is_empty() {
+        std::iter::once(c.llm.primary.clone()).chain(c.llm.fallback.clone()).collect()
+    } else {
+        c.agent.tiers.iter().filter_map(|t| t.first().cloned()).collect()
+    };
+    let mut ladder = Vec::new();
+    for name in names {
+        let section = c.llm.provider(&name).map_err(anyhow::Error::msg)?;
+        ladder.push(crate::llm::provider(section, env, &c.models_dir()).await?);
+    }
+    Ok(ladder)
+}
+
+/// The agent's Discord module.
+pub async fn module(cx: &crate::roles::ModuleCx<'_>) -> anyhow::Result<std::sync::Arc<dyn den_discord::Module>> {
+    use den_agent::discord::{AgentIngress, AgentModule, AgentParts, AgentSettings, sessions::Sessions};
+    let c = cx.config;
+    let sandbox = Sandbox::probe(Limits::default()).await;
+    tracing::info!(sandbox = %sandbox.describe(), "agent: sandbox chosen");
+    let dir = c.agent.workspaces_dir.clone().unwrap_or_else(|| c.beside_store("agent-workspaces"));
+    let models = ladder(c, cx.env).await?;
+    let tiers = models.len();
+    let aliases = c
+        .agent
+        .aliases
+        .iter()
+        .map(|(a, t)| (a.trim_start_matches('@').to_owned(), t.saturating_sub(1).min(tiers.saturating_sub(1))))
+        .collect();
+    let parts = AgentParts {
+        egress: cx.egress.clone(),
+        sessions: Sessions::open(cx.store.as_ref()).await?,
+        records: den_agent::records::Records::open(cx.store.as_ref(), cx.clock.clone()).await?,
+        jobs: cx.jobs.clone(),
+        clock: cx.clock.clone(),
+        ladder: models,
+        sandbox,
+        workspaces: den_agent::discord::workspaces::Workspaces::new(dir, &c.agent.base_branch),
+        ledger: den_llm::ledger::Ledger::new(cx.store.table(den_llm::ledger::table_spec()).await?, cx.clock.clone()),
+        settings: AgentSettings {
+            max_turns: c.agent.max_turns,
+            daily_tokens: c.agent.daily_tokens,
+            approver_role: c.agent.approver_role,
+            aliases,
+            wall_time: std::time::Duration::from_secs(c.agent.max_minutes.saturating_mul(60)),
+            ..AgentSettings::default()
+        },
+    };
+    Ok(std::sync::Arc::new(AgentIngress(AgentModule::new(parts))))
+}
+
 async fn run(
     c: &Config,
     env: &[(String, String)],
@@ -60,12 +113,7 @@ async fn run(
     max_turns: u32,
     task: &str,
 ) -> anyhow::Result<()> {
-    // The primary first; the fallback, when configured, is the next rung of the ladder.
-    let mut ladder = Vec::new();
-    for name in std::iter::once(&c.llm.primary).chain(c.llm.fallback.as_ref()) {
-        let section = c.llm.provider(name).map_err(anyhow::Error::msg)?;
-        ladder.push(crate::llm::provider(section, env, &c.models_dir()).await?);
-    }
+    let ladder = self::ladder(c, env).await?;
     let ladder: Vec<&dyn den_llm::ChatModel> = ladder.iter().map(AsRef::as_ref).collect();
     std::fs::create_dir_all(workspace).with_context(|| format!("cannot create {}", workspace.display()))?;
     let git = den_agent::git::Git::open(workspace).await?;

@@ -43,6 +43,8 @@ pub struct Config {
     pub personas: PersonasSection,
     /// Channelwright campaigns.
     pub campaigns: CampaignsSection,
+    /// The coding agent.
+    pub agent: AgentSection,
     /// AWS: DynamoDB, SQS, Secrets Manager (with the `aws` cargo feature).
     pub aws: AwsSection,
 }
@@ -108,6 +110,47 @@ impl CampaignsSection {
             }
         }
         (ok, bad)
+    }
+}
+
+/// `[agent]`: the coding agent in Discord.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSection {
+    /// Run the agent module (it answers only in channels an admin enables).
+    pub enabled: bool,
+    /// Where the servers' workspaces live (default: `agent-workspaces` beside the store).
+    pub workspaces_dir: Option<PathBuf>,
+    /// The branch sessions start from and merge into.
+    pub base_branch: String,
+    /// Turns per run at most.
+    pub max_turns: u32,
+    /// Longest a run may take, in minutes.
+    pub max_minutes: u64,
+    /// Tokens per server per UTC day for the agent (none: no limit).
+    pub daily_tokens: Option<u64>,
+    /// Members of this role may merge or reject any session's branch.
+    pub approver_role: Option<u64>,
+    /// Tiers of models, weakest first, each a list of `[llm.providers]` names
+    /// (the first one of a tier is used). Default: the primary, then the fallback.
+    pub tiers: Vec<Vec<String>>,
+    /// `@alias` → the tier (1-based) a task starting with it runs on.
+    pub aliases: std::collections::BTreeMap<String, usize>,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            workspaces_dir: None,
+            base_branch: "main".into(),
+            max_turns: 20,
+            max_minutes: 30,
+            daily_tokens: None,
+            approver_role: None,
+            tiers: vec![],
+            aliases: std::collections::BTreeMap::new(),
+        }
     }
 }
 
@@ -423,9 +466,16 @@ impl Default for DiscordConfig {
             token_file: None,
             application_id: None,
             public_key: None,
-            intents: ["guilds", "guild_messages", "message_content", "direct_messages", "guild_voice_states"]
-                .map(str::to_owned)
-                .to_vec(),
+            intents: [
+                "guilds",
+                "guild_messages",
+                "guild_message_reactions",
+                "message_content",
+                "direct_messages",
+                "guild_voice_states",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
             shards: 0,
             shard_ids: None,
             sync_commands: false,

@@ -119,6 +119,9 @@ pub async fn modules(cx: &ModuleCx<'_>) -> anyhow::Result<Vec<Arc<dyn Module>>> 
             hosts,
         ));
     }
+    if cx.config.agent.enabled {
+        modules.push(crate::agent::module(cx).await?);
+    }
     Ok(modules)
 }
 

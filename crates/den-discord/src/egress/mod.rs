@@ -11,9 +11,11 @@
 //! - `error`: [`DiscordError`] and its kinds.
 //! - `ack`: [`Ack`], the first response to an interaction.
 //! - `webhooks`: den's webhook of each channel, and posting as a persona.
+//! - `rich`: messages with buttons and a file, threads, den's reactions.
 
 mod ack;
 mod error;
+mod rich;
 mod webhooks;
 
 use std::collections::HashMap;
@@ -29,6 +31,7 @@ use serde_json::{Value, json};
 pub use ack::Ack;
 pub(crate) use error::local;
 pub use error::{DiscordError, DiscordErrorKind};
+pub use rich::{Button, ButtonStyle, Outgoing, button_rows};
 pub use webhooks::sanitize_webhook_name;
 
 use crate::rest::{Call, RestClient};

@@ -30,6 +30,8 @@ pub const GUILD_MEMBERS: u64 = 1 << 1;
 pub const GUILD_PRESENCES: u64 = 1 << 8;
 /// GUILD_MESSAGES.
 pub const GUILD_MESSAGES: u64 = 1 << 9;
+/// GUILD_MESSAGE_REACTIONS.
+pub const GUILD_MESSAGE_REACTIONS: u64 = 1 << 10;
 /// MESSAGE_CONTENT, the privileged intent that gates message text.
 pub const MESSAGE_CONTENT: u64 = 1 << 15;
 

@@ -28,7 +28,7 @@ pub(super) fn check_content(body: &Value) -> Result<(), super::ApiError> {
 }
 
 /// Which users and whether @everyone a message pings, after `allowed_mentions`.
-fn pings(body: &Value) -> (Vec<u64>, bool) {
+pub(crate) fn pings(body: &Value) -> (Vec<u64>, bool) {
     let content = body["content"].as_str().unwrap_or("");
     let mut users = Vec::new();
     let mut rest = content;
@@ -76,6 +76,7 @@ pub(super) fn new_message(w: &mut World, channel_id: u64, author: Author, body: 
         nonce: None,
         visible_to: None,
         interaction: None,
+        reactions: vec![],
     }
 }
 
@@ -215,6 +216,25 @@ pub(super) fn update(cx: &mut Cx<'_>) -> OpResult {
 pub(super) fn delete(cx: &mut Cx<'_>) -> OpResult {
     let id = cx.id("message_id")?;
     remove(cx, id)
+}
+
+/// `PUT .../reactions/{emoji}/@me`: the bot reacts.
+pub(super) fn react(cx: &mut Cx<'_>) -> OpResult {
+    let (channel, message) = (cx.id("channel_id")?, cx.id("message_id")?);
+    let emoji = crate::people::decode_emoji(&cx.param("emoji_name"))?;
+    let bot = cx.world.bot.id;
+    crate::people::add_reaction(cx.shared, cx.world, bot, channel, message, &emoji)?;
+    Ok((204, Value::Null))
+}
+
+/// `DELETE .../reactions/{emoji}/@me`.
+pub(super) fn unreact(cx: &mut Cx<'_>) -> OpResult {
+    let message = cx.id("message_id")?;
+    let emoji = crate::people::decode_emoji(&cx.param("emoji_name"))?;
+    let bot = cx.world.bot.id;
+    let m = cx.world.messages.get_mut(&message).ok_or_else(|| err(404, 10008, "Unknown Message"))?;
+    m.unreact(bot, &emoji);
+    Ok((204, Value::Null))
 }
 
 pub(super) fn typing(cx: &mut Cx<'_>) -> OpResult {

@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 pub(crate) use interactions::respond;
+pub(crate) use messages::pings;
 
 use crate::events::{self, Event};
 use crate::people::Upload;

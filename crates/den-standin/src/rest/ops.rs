@@ -28,6 +28,8 @@ pub(crate) const HANDLERS: &[(&str, Handler)] = &[
     ("update_message", messages::update),
     ("delete_message", messages::delete),
     ("trigger_typing_indicator", messages::typing),
+    ("add_my_message_reaction", messages::react),
+    ("delete_my_message_reaction", messages::unreact),
     ("create_webhook", webhooks::create),
     ("list_channel_webhooks", webhooks::list),
     ("get_webhook", webhooks::get),

@@ -407,3 +407,29 @@ impl Drop for Playground {
         let _ = self.child.wait();
     }
 }
+
+/// Every message waiting on `queue` in the scratch folder's store, as JSON (den must be stopped).
+pub fn queue_bodies(scratch: &Scratch, queue: &str) -> Vec<serde_json::Value> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let clock = std::sync::Arc::new(den_core::SystemClock);
+        let store =
+            den_storage::sqlite::SqliteStore::open(&den_storage::sqlite::SqliteOptions::new(scratch.db()), clock)
+                .unwrap();
+        let mut out = Vec::new();
+        loop {
+            let options = den_storage::ReceiveOptions {
+                max_messages: 10,
+                wait: Duration::ZERO,
+                visibility_timeout: Some(Duration::from_secs(600)),
+            };
+            let got = den_storage::Store::queue(&store).receive(queue, options).await.unwrap();
+            if got.is_empty() {
+                break;
+            }
+            out.extend(got.iter().map(|d| serde_json::from_str(&d.body).unwrap()));
+        }
+        store.close().await.unwrap();
+        out
+    })
+}

@@ -1,0 +1,382 @@
+//! A run in a thread: started by a message or `/agent task`, carried out one
+//! `agent.turn` job at a time, shown in one progress message edited as it
+//! goes, and ended with the result and its merge buttons.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use den_core::Job;
+use den_discord::{Button, ButtonStyle, Outgoing};
+use den_llm::ledger::{Budget, BudgetCheck};
+use den_llm::{ChatModel, Usage};
+use den_worker::JobError;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::sessions::{LEASE, Session, Status};
+use super::{AgentModule, kinds, retry};
+use crate::controls::{Controls, Interrupt};
+use crate::records::EventKind;
+use crate::run::{CallRecord, Checkpoint, End, Limit, Progress, RunConfig, RunState, Step, now_ms};
+use crate::tools::Tools;
+
+/// Longest diff shown in the message itself; longer ones are attached.
+const INLINE_DIFF: usize = 1400;
+
+/// The sandbox user of a thread's commands: one per session, never root.
+fn session_uid(thread: u64) -> u32 {
+    100_000 + u32::try_from(thread % 900_000).unwrap_or(0)
+}
+
+/// The model a task asks for by `@alias`, and the task without it.
+fn alias<'t>(m: &AgentModule, task: &'t str) -> (Option<usize>, &'t str) {
+    let t = task.trim_start();
+    for (name, rung) in &m.parts.settings.aliases {
+        if let Some(rest) = t.strip_prefix('@').and_then(|r| r.strip_prefix(name.as_str()))
+            && (rest.is_empty() || rest.starts_with(char::is_whitespace))
+        {
+            return (Some(*rung), rest.trim_start());
+        }
+    }
+    (None, task)
+}
+
+/// Starts a run of `task` in `session` (already stored at `version`), by
+/// `message` (the message or interaction that asked: a redelivery finds the
+/// run already started). Posts the progress message and queues the first turn.
+pub(super) async fn start(
+    m: &Arc<AgentModule>,
+    mut session: Session,
+    task: &str,
+    asked_by: u64,
+) -> Result<String, JobError> {
+    let p = &m.parts;
+    let thread = session.thread;
+    if session.status == Status::Running {
+        return Ok(session.run);
+    }
+    let history = match p.sessions.state(thread, &session.run).await.map_err(retry)? {
+        Some(last) if !session.run.is_empty() => last.messages,
+        _ => vec![],
+    };
+    let (rung, task) = alias(m, task);
+    let run = format!("{thread}-{}", session.runs + 1);
+    let mut state = RunState::start(history, task, now_ms());
+    state.rung = rung.unwrap_or(0).min(p.ladder.len().saturating_sub(1));
+    p.sessions.save_state(thread, &run, &state).await.map_err(retry)?;
+    // Controls sent to earlier runs are not this run's.
+    let earlier = p.sessions.controls_after(thread, &session.heard).await.map_err(retry)?;
+    let heard = earlier.last().map_or_else(|| session.heard.clone(), |c| c.seq.clone());
+    let stamp = run.clone();
+    let started = p
+        .sessions
+        .update(thread, |s| {
+            if s.status != Status::Running {
+                s.status = Status::Running;
+                s.run.clone_from(&stamp);
+                s.runs += 1;
+                s.progress_message = None;
+                s.owner = asked_by;
+                s.heard.clone_from(&heard);
+            }
+        })
+        .await
+        .map_err(retry)?;
+    session = started.ok_or_else(|| JobError::permanent("the session disappeared"))?;
+    if session.run != run {
+        // Someone else's run started first.
+        return Ok(session.run);
+    }
+    let model = p.ladder.get(state.rung).map(|l| l.name().to_owned()).unwrap_or_default();
+    let text = progress_text(&session, &state, &model, "starting", p.settings.max_turns);
+    let progress = p.egress.post(thread, &Outgoing::text(text).buttons(controls(thread)), &run).await.map_err(retry)?;
+    p.sessions.update(thread, |s| s.progress_message = Some(progress)).await.map_err(retry)?;
+    let data = json!({"thread": thread, "task": task, "model": model});
+    p.records.publish(&thread.to_string(), &run, EventKind::ExecutionStarted, 0, data).await.map_err(retry)?;
+    queue_turn(m, &session, &run, 1).await?;
+    Ok(run)
+}
+
+async fn queue_turn(m: &AgentModule, session: &Session, run: &str, n: u32) -> Result<(), JobError> {
+    let job = Job::builder(kinds::TURN, m.parts.clock.now())
+        .payload(json!({"thread": session.thread, "run": run}))
+        .guild(session.guild)
+        .dedup_key(format!("agent:turn:{run}:{n}"))
+        .build();
+    m.parts.jobs.send(&job).await.map(|_| ()).map_err(retry)
+}
+
+fn controls(thread: u64) -> Vec<Button> {
+    vec![
+        Button::new(format!("agent:stop:{thread}"), "Stop").emoji("🛑").style(ButtonStyle::Danger),
+        Button::new(format!("agent:retry:{thread}"), "Retry turn").emoji("🔄"),
+        Button::new(format!("agent:escalate:{thread}"), "Stronger model").emoji("🚀"),
+    ]
+}
+
+fn progress_text(s: &Session, state: &RunState, model: &str, doing: &str, max: u32) -> String {
+    let confidence = state.confidence.last().map_or_else(|| "–".to_owned(), |c| format!("{c}%"));
+    format!(
+        "🛠️ **Working** on `{}` · turn {}/{max} · model `{model}` · confidence {confidence}\n{doing}",
+        s.branch, state.turns
+    )
+}
+
+/// What the run is doing, for the progress message: the tool and its argument cut short.
+fn doing(tool: &str, input: &Value) -> String {
+    let arg = ["command", "path", "regex", "glob", "question"].iter().find_map(|k| input[*k].as_str()).unwrap_or("");
+    let mut arg: String = arg.replace('`', "'").chars().take(80).collect();
+    if arg.len() < input.to_string().len() && arg.chars().count() == 80 {
+        arg.push('…');
+    }
+    format!("▶ `{tool}` {}", if arg.is_empty() { String::new() } else { format!("`{arg}`") })
+}
+
+/// Edits the progress message with the latest call, at most once per `every`.
+struct LiveProgress {
+    tx: watch::Sender<Option<(u32, String)>>,
+}
+
+impl Progress for LiveProgress {
+    fn calling(&self, turn: u32, _max: u32, tool: &str, input: &Value) {
+        let _ = self.tx.send(Some((turn, doing(tool, input))));
+    }
+}
+
+/// Keeps the run's state after each step, and each call in the turn log.
+struct Keep<'a> {
+    m: &'a AgentModule,
+    thread: u64,
+    run: &'a str,
+}
+
+#[async_trait::async_trait]
+impl Checkpoint for Keep<'_> {
+    async fn save(&self, state: &RunState, call: Option<&CallRecord>) -> Result<(), String> {
+        let p = &self.m.parts;
+        if let Some(call) = call {
+            p.records.log_call(self.run, state.calls.len() - 1, call).await.map_err(|e| e.to_string())?;
+        }
+        p.sessions.save_state(self.thread, self.run, state).await.map_err(|e| e.to_string())
+    }
+}
+
+/// One turn of a run (`agent.turn`): the thread's lease, the saved state,
+/// the controls people sent, one step, the state saved, the next turn queued
+/// or the result posted.
+pub(super) async fn turn(m: &Arc<AgentModule>, job: &Job) -> Result<(), JobError> {
+    let p = &m.parts;
+    let thread = job.payload["thread"].as_u64().ok_or_else(|| JobError::permanent("no thread"))?;
+    let run = job.payload["run"].as_str().ok_or_else(|| JobError::permanent("no run"))?.to_owned();
+    let Some((session, _)) = p.sessions.get(thread).await.map_err(retry)? else { return Ok(()) };
+    if session.run != run || session.status != Status::Running {
+        return Ok(()); // A turn of a run that ended or was replaced.
+    }
+    let owner = format!("{:016x}", rand::random::<u64>());
+    if !p.sessions.take_lease(thread, &owner, now_ms()).await.map_err(retry)? {
+        return Err(JobError::retry("another worker holds this thread's run"));
+    }
+    let result = turn_under_lease(m, session, &run, &owner).await;
+    p.sessions.release(thread, &owner).await.map_err(retry)?;
+    result
+}
+
+async fn turn_under_lease(m: &Arc<AgentModule>, session: Session, run: &str, owner: &str) -> Result<(), JobError> {
+    let p = &m.parts;
+    let thread = session.thread;
+    let Some(mut state) = p.sessions.state(thread, run).await.map_err(retry)? else {
+        return Err(JobError::permanent(format!("run {run} has no saved state")));
+    };
+    let git = p.workspaces.thread(session.guild, thread).await.map_err(retry)?;
+    if state.turns == 0 && state.pending.is_none() {
+        p.workspaces.refresh(session.guild, &git).await.map_err(retry)?;
+    }
+    git.checkout(&session.branch, &session.base).await.map_err(retry)?;
+    let workspace = crate::workspace::Workspace::open(&p.workspaces.thread_dir(session.guild, thread))
+        .map_err(|e| JobError::permanent(e.to_string()))?;
+    let tools = Tools { workspace, git, sandbox: p.sandbox.clone(), session_uid: session_uid(thread) };
+
+    let controls = Controls::default();
+    let heard = hear(m, thread, &session.heard, &controls).await?;
+    let budget = Budget { per_guild: p.settings.daily_tokens, per_persona: None };
+    let over_budget =
+        matches!(p.ledger.check(session.guild, "agent", &budget).await.map_err(retry)?, BudgetCheck::Exhausted);
+
+    let ladder: Vec<&dyn ChatModel> = p.ladder.iter().map(AsRef::as_ref).collect();
+    let config = RunConfig {
+        max_turns: p.settings.max_turns,
+        wall_time: p.settings.wall_time,
+        ..RunConfig::new(&session.branch, &session.base)
+    };
+    let (tx, rx) = watch::channel(None);
+    let shown = tokio::spawn(show_progress(m.clone(), session.clone(), rx, state.clone()));
+    let watcher = tokio::spawn(watch_stop(m.clone(), thread, heard.clone(), owner.to_owned(), controls.clone()));
+    let before = state.usage;
+    let ended = if over_budget {
+        state.end = Some(End::Aborted(Limit::ServerBudget));
+        Ok(state.end.clone())
+    } else {
+        let step = Step {
+            ladder: &ladder,
+            tools: &tools,
+            config: &config,
+            progress: &LiveProgress { tx },
+            controls: &controls,
+            checkpoint: &Keep { m, thread, run },
+            now_ms: now_ms(),
+        };
+        step.turn(&mut state).await
+    };
+    watcher.abort();
+    shown.abort();
+    let ended = ended.map_err(|e| JobError::retry(e.to_string()))?;
+    p.sessions.save_state(thread, run, &state).await.map_err(retry)?;
+    let used = Usage {
+        input_tokens: state.usage.input_tokens - before.input_tokens,
+        output_tokens: state.usage.output_tokens - before.output_tokens,
+        cache_read_tokens: 0,
+    };
+    p.ledger.record(session.guild, "agent", used).await.map_err(retry)?;
+    let model = ladder.get(state.rung).map(|l| l.name().to_owned()).unwrap_or_default();
+    let escalation = state.escalations.last().map(|e| format!("turn {}: {} → {} ({})", e.turn, e.from, e.to, e.reason));
+    let tokens = state.usage.input_tokens + state.usage.output_tokens;
+    let updated = p
+        .sessions
+        .update(thread, |s| {
+            s.model.clone_from(&model);
+            s.confidence = state.confidence.last().copied();
+            s.last_escalation.clone_from(&escalation);
+            s.heard.clone_from(&heard);
+            s.tokens = tokens;
+        })
+        .await
+        .map_err(retry)?
+        .unwrap_or(session);
+    let report = state.report();
+    let turn_events = json!({"turn": state.turns, "confidence": state.confidence.last(), "model": model});
+    p.records
+        .publish(&thread.to_string(), run, EventKind::TurnCompleted, state.turns, turn_events)
+        .await
+        .map_err(retry)?;
+    match ended {
+        None => queue_turn(m, &updated, run, state.turns + 1).await,
+        Some(end) => {
+            p.records.finish(&thread.to_string(), run, &report).await.map_err(retry)?;
+            super::commands::finished(m, &updated, run, &state, &end, &model).await
+        }
+    }
+}
+
+/// Applies the controls sent since `heard`; returns the newest one's seq.
+async fn hear(m: &AgentModule, thread: u64, heard: &str, controls: &Controls) -> Result<String, JobError> {
+    let sent = m.parts.sessions.controls_after(thread, heard).await.map_err(retry)?;
+    let mut last = heard.to_owned();
+    for c in sent {
+        match c.word.as_str() {
+            "stop" => controls.stop(),
+            "retry" => controls.send(Interrupt::Retry),
+            "wrong" => controls.send(Interrupt::Wrong),
+            "escalate" => controls.send(Interrupt::Escalate),
+            _ => controls.send(Interrupt::Clarify(c.text)),
+        }
+        last = c.seq;
+    }
+    Ok(last)
+}
+
+/// While a turn runs: a stop sent from anywhere cancels it within half a
+/// second, and the thread's lease is renewed.
+async fn watch_stop(m: Arc<AgentModule>, thread: u64, heard: String, owner: String, controls: Controls) {
+    let mut renewed = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Ok(sent) = m.parts.sessions.controls_after(thread, &heard).await
+            && sent.iter().any(|c| c.word == "stop")
+        {
+            controls.stop();
+        }
+        if renewed.elapsed() >= LEASE / 3 {
+            renewed = std::time::Instant::now();
+            let _ = m.parts.sessions.take_lease(thread, &owner, now_ms()).await;
+        }
+    }
+}
+
+/// Shows each call as it starts, at most once per `progress_every` (Discord
+/// allows five edits in five seconds in a channel); the latest call wins.
+async fn show_progress(
+    m: Arc<AgentModule>,
+    session: Session,
+    mut rx: watch::Receiver<Option<(u32, String)>>,
+    mut state: RunState,
+) {
+    let model = m.parts.ladder.get(state.rung).map(|l| l.name().to_owned()).unwrap_or_default();
+    while rx.changed().await.is_ok() {
+        let Some((turn, doing)) = rx.borrow_and_update().clone() else { continue };
+        state.turns = turn;
+        edit_progress(&m, &session, &state, &model, &doing, true).await;
+        tokio::time::sleep(m.parts.settings.progress_every).await;
+    }
+}
+
+/// Edits the progress message (failures are logged: progress is never worth failing a turn).
+pub(super) async fn edit_progress(
+    m: &AgentModule,
+    s: &Session,
+    state: &RunState,
+    model: &str,
+    doing: &str,
+    live: bool,
+) {
+    let Some(message) = s.progress_message else { return };
+    let text = if live {
+        progress_text(s, state, model, doing, m.parts.settings.max_turns)
+    } else {
+        let confidence = state.confidence.last().map_or_else(|| "–".to_owned(), |c| format!("{c}%"));
+        format!("{doing} · `{}` · {} turns · model `{model}` · confidence {confidence}", s.branch, state.turns)
+    };
+    let buttons = if live { controls(s.thread) } else { vec![] };
+    if let Err(e) = m.parts.egress.edit(s.thread, message, &text, &buttons).await {
+        tracing::warn!(error = %e, thread = s.thread, "agent: cannot edit the progress message");
+    }
+}
+
+/// The message that ends a finished run: summary, diffstat, diff (attached when long).
+pub(super) fn result_message(
+    s: &Session,
+    state: &RunState,
+    summary: &str,
+    confidence: u8,
+    commit: Option<&str>,
+    diff: &str,
+) -> Outgoing {
+    let tokens = state.usage.input_tokens + state.usage.output_tokens;
+    let mut text = format!(
+        "✅ **Done** in {} turns ({tokens} tokens), confidence {confidence}%\n> {}\n",
+        state.turns,
+        summary.lines().collect::<Vec<_>>().join("\n> ")
+    );
+    let Some(commit) = commit else {
+        text.push_str("Nothing changed, so there is nothing to commit.");
+        return Outgoing::text(text);
+    };
+    let short = &commit[..commit.len().min(10)];
+    text.push_str(&format!("Committed `{short}` on `{}`:\n```\n{}```\n", s.branch, state.diffstat));
+    let mut message = if diff.len() <= INLINE_DIFF && text.len() + diff.len() < 1900 {
+        text.push_str(&format!("```diff\n{diff}```\n"));
+        Outgoing::text(text)
+    } else {
+        Outgoing::text(text).file(format!("{}.diff", s.branch.replace('/', "-")), diff.as_bytes().to_vec())
+    };
+    text_footer(&mut message, &s.base);
+    message.buttons(vec![
+        Button::new(format!("agent:merge:{}", s.thread), format!("Merge into {}", s.base))
+            .emoji("👍")
+            .style(ButtonStyle::Success),
+        Button::new(format!("agent:reject:{}", s.thread), "Reject").emoji("👎").style(ButtonStyle::Danger),
+    ])
+}
+
+fn text_footer(message: &mut Outgoing, base: &str) {
+    message.content.push_str(&format!("👍 merges into `{base}` if it merges cleanly; 👎 drops the branch."));
+}

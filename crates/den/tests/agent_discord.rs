@@ -1,0 +1,183 @@
+//! The coding agent end to end: `den run` against the fake Discord with a
+//! scripted model. A mention in an enabled channel opens a thread and a
+//! session; the model fixes a failing test in the server's workspace; den
+//! commits, posts the diff and merges it when the person who asked presses 👍.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use den_testkit::discord::CommandOption;
+use den_testkit::llm::{FakeLlm, Script, Wire};
+use serde_json::json;
+use support::{Discord, Scratch};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    // The clone belongs to the session's sandbox user, not to the test.
+    let out = Command::new("git").args(["-c", "safe.directory=*", "-C"]).arg(dir).args(args).output().unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The server's workspace, seeded with a script and its failing test.
+fn seed_workspace(scratch: &Scratch, guild: u64) -> std::path::PathBuf {
+    let base = scratch.path().join("den-data/agent-workspaces").join(guild.to_string()).join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::write(base.join("add.sh"), "echo $(($1 - $2))\n").unwrap();
+    std::fs::write(base.join("test.sh"), "[ \"$(sh add.sh 2 3)\" = 5 ] && echo PASS || { echo FAIL; exit 1; }\n")
+        .unwrap();
+    git(&base, &["init", "--quiet", "--initial-branch=main"]);
+    git(&base, &["add", "."]);
+    git(&base, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "the base"]);
+    base
+}
+
+/// `den run` with the agent on, its model the fake, ready; the agent enabled in the test's channel.
+fn start(discord: &Discord, llm: &FakeLlm) -> (Scratch, support::Running, std::path::PathBuf) {
+    let scratch = Scratch::new();
+    let base = seed_workspace(&scratch, discord.guild);
+    scratch.use_model(&llm.base_url(), "coder", "[personas]\nenabled = false\n");
+    let den = scratch.start_with(discord, "run", &[("FAKE_LLM_KEY", "k")]);
+    den.wait_ready(WAIT);
+    let enable = CommandOption::sub(1, "enable", vec![]);
+    let token = discord.fake.invoke_command(discord.user, discord.channel, "agent-channel", &[enable]);
+    discord.wait_until("the channel is enabled", WAIT, |f| {
+        f.interaction(&token)
+            .and_then(|i| i.original)
+            .and_then(|m| f.message(m))
+            .is_some_and(|m| m.content.contains("takes tasks here"))
+    });
+    (scratch, den, base)
+}
+
+/// The thread den opened in the test's channel.
+fn thread_of(discord: &Discord) -> u64 {
+    discord.wait_until("a thread", WAIT, |f| {
+        f.channels(discord.guild).iter().any(|c| c.parent_id == Some(discord.channel) && c.kind == 11)
+    });
+    discord
+        .fake
+        .channels(discord.guild)
+        .iter()
+        .find(|c| c.parent_id == Some(discord.channel) && c.kind == 11)
+        .unwrap()
+        .id
+}
+
+/// den's message in `thread` whose text contains `needle`.
+fn wait_for(discord: &Discord, thread: u64, needle: &str) -> den_testkit::discord::Message {
+    discord.wait_until(needle, WAIT, |f| f.messages(thread).iter().any(|m| m.author_bot && m.content.contains(needle)));
+    discord.fake.messages(thread).into_iter().find(|m| m.author_bot && m.content.contains(needle)).unwrap()
+}
+
+fn button(m: &den_testkit::discord::Message, prefix: &str) -> String {
+    m.components
+        .iter()
+        .flat_map(|row| row["components"].as_array().cloned().unwrap_or_default())
+        .filter_map(|b| b["custom_id"].as_str().map(str::to_owned))
+        .find(|id| id.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} button on {:?}", m.components))
+}
+
+#[test]
+fn a_mention_opens_a_thread_where_the_agent_fixes_a_test_and_thumbs_up_merges_it_once() {
+    let discord = Discord::start();
+    let llm = discord.rt.block_on(FakeLlm::start(Wire::OpenAi, None)).unwrap();
+    llm.push(Script::call("Looking first.", "read_file", json!({"path": "add.sh"})));
+    llm.push(Script::call("", "run", json!({"command": "sh test.sh"})));
+    llm.push(Script::call("", "edit_file", json!({"path": "add.sh", "old": "$1 - $2", "new": "$1 + $2"})));
+    llm.push(Script::call("", "run", json!({"command": "sh test.sh"})));
+    llm.push(Script::call("Done.", "finish", json!({"summary": "Fix add.sh: it subtracted", "confidence": 92})));
+    let (scratch, mut den, base) = start(&discord, &llm);
+
+    let bot = discord.fake.bot_user_id();
+    discord.fake.post_as(discord.user, discord.channel, &format!("<@{bot}> make test.sh pass"));
+    let thread = thread_of(&discord);
+    let result = wait_for(&discord, thread, "Done");
+
+    // One progress message, edited as the run went, and finished without its buttons.
+    let progress = wait_for(&discord, thread, "Finished");
+    let result = discord.fake.message(result.id).unwrap();
+    assert!(progress.edits >= 3, "edited as it went ({} edits)", progress.edits);
+    assert!(progress.components.is_empty(), "{:?}", progress.components);
+    // The result: summary, diffstat, the diff, and the verdict buttons and reactions.
+    assert!(result.content.contains("Fix add.sh") && result.content.contains("add.sh | 2"), "{}", result.content);
+    assert!(result.content.contains("+echo $(($1 + $2))"), "{}", result.content);
+    assert_eq!(result.reactions.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>(), ["👍", "👎"]);
+    let clone = scratch
+        .path()
+        .join("den-data/agent-workspaces")
+        .join(discord.guild.to_string())
+        .join("threads")
+        .join(thread.to_string());
+    let branch = format!("den/{thread}");
+    assert_eq!(git(&clone, &["rev-list", "--count", &format!("main..{branch}")]).trim(), "1", "one commit");
+    assert!(git(&base, &["show", "main:add.sh"]).contains("$1 - $2"), "the base is untouched until 👍");
+
+    // Someone else may not merge; the person who asked may, once.
+    let other = discord.fake.add_user("mallory");
+    discord.fake.add_member(discord.guild, other);
+    let merge = button(&result, "agent:merge:");
+    discord.fake.press_button(other, thread, result.id, &merge);
+    wait_for(&discord, thread, "only <@");
+    discord.fake.press_button(discord.user, thread, result.id, &merge);
+    wait_for(&discord, thread, "merged");
+    assert!(git(&base, &["show", "main:add.sh"]).contains("$1 + $2"), "merged into the base");
+    discord.fake.press_button(discord.user, thread, result.id, &merge);
+    wait_for(&discord, thread, "no finished branch");
+    assert_eq!(git(&base, &["rev-list", "--count", "--merges", "main"]).trim(), "1", "merged once");
+
+    den.signal("TERM");
+    den.wait(WAIT);
+    let events = support::queue_bodies(&scratch, "agent-events");
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
+    for (kind, n) in [
+        ("execution_started", 1),
+        ("turn_completed", 5),
+        ("execution_completed", 1),
+        ("commit_created", 1),
+        ("branch_merged", 1),
+    ] {
+        assert_eq!(kinds.iter().filter(|k| **k == kind).count(), n, "{kind} in {kinds:?}");
+    }
+    assert!(discord.fake.violations().is_empty(), "{:?}", discord.fake.violations());
+}
+
+#[test]
+fn a_stop_reaction_cancels_a_long_command_within_five_seconds_and_the_thread_goes_on_to_a_rejection() {
+    let discord = Discord::start();
+    let llm = discord.rt.block_on(FakeLlm::start(Wire::OpenAi, None)).unwrap();
+    llm.push(Script::call("Waiting.", "run", json!({"command": "sleep 120", "timeout": 300})));
+    llm.push(Script::call("", "write_file", json!({"path": "notes.txt", "content": "kept\n"})));
+    llm.push(Script::call("Done.", "finish", json!({"summary": "Notes", "confidence": 70})));
+    let (scratch, _den, base) = start(&discord, &llm);
+
+    let bot = discord.fake.bot_user_id();
+    discord.fake.post_as(discord.user, discord.channel, &format!("<@{bot}> wait a while"));
+    let thread = thread_of(&discord);
+    let progress = wait_for(&discord, thread, "`sleep 120`");
+    let asked = Instant::now();
+    discord.fake.react(discord.user, thread, progress.id, "🛑").unwrap();
+    wait_for(&discord, thread, "Stopped");
+    assert!(asked.elapsed() < Duration::from_secs(5), "stopped in {:?}", asked.elapsed());
+
+    // The next message in the thread continues the session, its history included.
+    discord.fake.post_as(discord.user, thread, "write notes instead");
+    let result = wait_for(&discord, thread, "Done");
+    let history = llm.requests().last().unwrap().body.to_string();
+    assert!(history.contains("cancelled by the user") && history.contains("write notes instead"), "{history}");
+    discord.fake.react(discord.user, thread, result.id, "👎").unwrap();
+    wait_for(&discord, thread, "rejected");
+    let clone = scratch
+        .path()
+        .join("den-data/agent-workspaces")
+        .join(discord.guild.to_string())
+        .join("threads")
+        .join(thread.to_string());
+    assert!(git(&clone, &["branch", "--list", &format!("den/{thread}")]).trim().is_empty(), "the branch is gone");
+    assert!(!base.join("notes.txt").exists());
+}
