@@ -16,6 +16,8 @@ pub mod output;
 pub mod records;
 pub mod run;
 pub mod sandbox;
+pub mod sink;
+pub mod size;
 pub mod tools;
 pub mod workspace;
 

@@ -16,6 +16,8 @@ use crate::run::{CallRecord, End, Report};
 
 /// The events queue.
 pub const EVENTS: &str = "agent-events";
+/// The job kind an event travels as on [`EVENTS`].
+pub const EVENT: &str = "agent.event";
 /// How long turn logs are kept.
 pub const TURN_LOG_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -41,6 +43,35 @@ pub enum EventKind {
     BranchRejected,
 }
 
+impl EventKind {
+    /// Its name, as events and metrics say it (`turn_completed`).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ExecutionStarted => "execution_started",
+            Self::TurnCompleted => "turn_completed",
+            Self::ModelEscalated => "model_escalated",
+            Self::ExecutionCompleted => "execution_completed",
+            Self::ExecutionAborted => "execution_aborted",
+            Self::CommitCreated => "commit_created",
+            Self::BranchMerged => "branch_merged",
+            Self::BranchRejected => "branch_rejected",
+        }
+    }
+}
+
+/// The events queue: kept 4 days, dead-lettered after 5 failed deliveries to the sink.
+#[must_use]
+pub fn events_queue() -> QueueSpec {
+    let day = Duration::from_secs(24 * 3600);
+    QueueSpec {
+        name: EVENTS.into(),
+        visibility_timeout: Duration::from_secs(60),
+        retention: 4 * day,
+        dead_letter: Some(DeadLetterSpec { name: format!("{EVENTS}-dlq"), max_receive_count: 5, retention: 14 * day }),
+    }
+}
+
 /// A run's records, in den's store.
 #[derive(Clone)]
 pub struct Records {
@@ -62,28 +93,20 @@ impl Records {
         let runs = store.table(TableSpec::new("agent_runs")).await?;
         let turns = store.table(TableSpec::new("agent_turns")).await?;
         let queue = store.queue();
-        let day = Duration::from_secs(24 * 3600);
-        queue
-            .create_queue(&QueueSpec {
-                name: EVENTS.into(),
-                visibility_timeout: Duration::from_secs(60),
-                retention: 4 * day,
-                dead_letter: Some(DeadLetterSpec {
-                    name: format!("{EVENTS}-dlq"),
-                    max_receive_count: 5,
-                    retention: 14 * day,
-                }),
-            })
-            .await?;
+        queue.create_queue(&events_queue()).await?;
         Ok(Self { runs, turns, queue, clock })
     }
 
-    /// Sends one event; the same `(run, kind, n)` is sent once.
+    /// Sends one event; the same `(run, kind, n)` is sent once. An event
+    /// travels as a den job of kind [`EVENT`], so a worker pool on the
+    /// events queue hands it to the sink (retries and the DLQ included).
     pub async fn publish(&self, session: &str, run: &str, kind: EventKind, n: u32, data: Value) -> StoreResult<()> {
-        let id = format!("{run}:{}:{n}", serde_json::to_value(kind).unwrap_or_default().as_str().unwrap_or("event"));
-        let body = json!({"id": id, "kind": kind, "session": session, "run": run,
+        let id = format!("{run}:{}:{n}", kind.name());
+        let event = json!({"id": id, "kind": kind, "session": session, "run": run,
             "at_ms": self.clock.now().as_millis(), "data": data});
-        let message = OutgoingMessage { dedup_key: Some(id), ..OutgoingMessage::new(body.to_string()) };
+        let job = den_core::Job::builder(EVENT, self.clock.now()).payload(event).dedup_key(id).build();
+        let body = serde_json::to_string(&job).unwrap_or_default();
+        let message = OutgoingMessage { dedup_key: job.dedup_key.clone(), ..OutgoingMessage::new(body) };
         self.queue.send_batch(EVENTS, vec![message]).await.map(|_| ())
     }
 

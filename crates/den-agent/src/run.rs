@@ -199,6 +199,9 @@ pub struct RunState {
     pub end: Option<End>,
     /// `git diff --stat` of the commit, when there is one.
     pub diffstat: String,
+    /// This run's turn limit, when it has its own (else the config's).
+    #[serde(default)]
+    pub max_turns: Option<u32>,
 }
 
 /// A turn whose calls are being run.
@@ -231,6 +234,7 @@ impl RunState {
             pending: None,
             end: None,
             diffstat: String::new(),
+            max_turns: None,
         }
     }
 
@@ -345,7 +349,7 @@ impl Step<'_> {
         }
         let Some(pending) = state.pending.clone() else { return Ok(None) };
         for call in pending.calls.iter().skip(pending.results.len()) {
-            self.progress.calling(state.turns, config.max_turns, &call.name, &call.input);
+            self.progress.calling(state.turns, self.max_turns(state), &call.name, &call.input);
             match call.name.as_str() {
                 "finish" => {
                     let end = finish(self.tools, config, &call.input, state).await?;
@@ -404,10 +408,15 @@ impl Step<'_> {
                 return Ok(state.ended(End::AskedUser { question }));
             }
         }
-        if state.turns >= config.max_turns {
+        if state.turns >= self.max_turns(state) {
             return Ok(state.ended(End::OutOfTurns));
         }
         Ok(None)
+    }
+
+    /// The run's turn limit.
+    fn max_turns(&self, state: &RunState) -> u32 {
+        state.max_turns.unwrap_or(self.config.max_turns)
     }
 
     /// Ends the turn at call `id` (`finish`, `ask_user`): it is answered
@@ -439,7 +448,7 @@ impl Step<'_> {
     /// Limits and interrupts, before a model call: how the run ends, if it must.
     fn before_model(&self, state: &mut RunState) -> Option<End> {
         let config = self.config;
-        if state.turns >= config.max_turns {
+        if state.turns >= self.max_turns(state) {
             return Some(End::OutOfTurns);
         }
         let spent = state.usage.input_tokens + state.usage.output_tokens;
@@ -507,7 +516,7 @@ impl Step<'_> {
                 "Use the tools; call finish when the task is done."
             };
             state.messages.push(ChatMessage::user(None, nudge));
-            if state.turns >= config.max_turns {
+            if state.turns >= self.max_turns(state) {
                 state.end = Some(End::OutOfTurns);
             }
             return Ok(None);

@@ -65,7 +65,7 @@ async fn a_report_written_twice_keeps_one_record_one_log_and_sends_each_event_on
         .unwrap();
     let mut kinds: Vec<String> = got
         .iter()
-        .map(|d| serde_json::from_str::<Value>(&d.body).unwrap()["kind"].as_str().unwrap().to_owned())
+        .map(|d| serde_json::from_str::<Value>(&d.body).unwrap()["payload"]["kind"].as_str().unwrap().to_owned())
         .collect();
     kinds.sort();
     assert_eq!(kinds, ["commit_created", "execution_completed", "model_escalated"], "each fact once");

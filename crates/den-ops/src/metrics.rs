@@ -71,6 +71,9 @@ struct Inner {
     llm_tokens: Family<TokenLabels, Counter>,
     llm_errors: Family<LlmErrorLabels, Counter>,
     llm_breaker: Family<ProviderLabels, Gauge>,
+    agent_events: Family<KindLabels, Counter>,
+    agent_tool_calls: Family<OutcomeLabels, Counter>,
+    agent_tokens: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -88,6 +91,16 @@ struct TokenLabels {
 struct LlmErrorLabels {
     provider: String,
     kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -183,6 +196,20 @@ impl Metrics {
             "Circuit breaker per provider: 0 closed, 1 half-open, 2 open",
             llm_breaker.clone(),
         );
+        let agent_events = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "agent_events",
+            "Coding agent events delivered: runs (execution_started), turns, escalations, ends, merges",
+            agent_events.clone(),
+        );
+        let agent_tool_calls = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "agent_tool_calls",
+            "Coding agent tool calls by outcome (ok, failed, killed: a command the sandbox killed at its timeout)",
+            agent_tool_calls.clone(),
+        );
+        let agent_tokens = Counter::default();
+        registry.register("agent_tokens", "Tokens the coding agent's models read and wrote", agent_tokens.clone());
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -202,6 +229,9 @@ impl Metrics {
                 llm_tokens,
                 llm_errors,
                 llm_breaker,
+                agent_events,
+                agent_tool_calls,
+                agent_tokens,
             }),
         }
     }
@@ -274,6 +304,24 @@ impl Metrics {
     /// Sets a provider's breaker state: 0 closed, 1 half-open, 2 open.
     pub fn llm_breaker(&self, provider: &str, state: i64) {
         self.inner.llm_breaker.get_or_create(&ProviderLabels { provider: provider.to_owned() }).set(state);
+    }
+
+    /// Counts a delivered agent event of `kind`.
+    pub fn agent_event(&self, kind: &str) {
+        self.inner.agent_events.get_or_create(&KindLabels { kind: kind.to_owned() }).inc();
+    }
+
+    /// Counts an agent turn's tool calls: all of them, the failed ones, the killed ones (among the failed).
+    pub fn agent_tool_calls(&self, calls: u64, failures: u64, killed: u64) {
+        let ok = calls.saturating_sub(failures);
+        for (outcome, n) in [("ok", ok), ("failed", failures.saturating_sub(killed)), ("killed", killed)] {
+            self.inner.agent_tool_calls.get_or_create(&OutcomeLabels { outcome }).inc_by(n);
+        }
+    }
+
+    /// Counts tokens the agent used.
+    pub fn agent_tokens(&self, tokens: u64) {
+        self.inner.agent_tokens.inc_by(tokens);
     }
 
     /// The registry in the OpenMetrics text format that Prometheus scrapes.

@@ -94,7 +94,7 @@ pub async fn module(cx: &crate::roles::ModuleCx<'_>) -> anyhow::Result<std::sync
         workspaces: den_agent::discord::workspaces::Workspaces::new(dir, &c.agent.base_branch),
         ledger: den_llm::ledger::Ledger::new(cx.store.table(den_llm::ledger::table_spec()).await?, cx.clock.clone()),
         settings: AgentSettings {
-            max_turns: c.agent.max_turns,
+            turns: c.agent.max_turns,
             daily_tokens: c.agent.daily_tokens,
             approver_role: c.agent.approver_role,
             aliases,

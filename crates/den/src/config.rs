@@ -123,8 +123,8 @@ pub struct AgentSection {
     pub workspaces_dir: Option<PathBuf>,
     /// The branch sessions start from and merge into.
     pub base_branch: String,
-    /// Turns per run at most.
-    pub max_turns: u32,
+    /// Turns per run at most, by the task's size (`{ small = 10, medium = 20, large = 35 }`).
+    pub max_turns: den_agent::size::Turns,
     /// Longest a run may take, in minutes.
     pub max_minutes: u64,
     /// Tokens per server per UTC day for the agent (none: no limit).
@@ -136,6 +136,8 @@ pub struct AgentSection {
     pub tiers: Vec<Vec<String>>,
     /// `@alias` → the tier (1-based) a task starting with it runs on.
     pub aliases: std::collections::BTreeMap<String, usize>,
+    /// Where the agent's events are POSTed as JSON (none: a log line and a metric each).
+    pub events_webhook: Option<String>,
 }
 
 impl Default for AgentSection {
@@ -144,12 +146,13 @@ impl Default for AgentSection {
             enabled: true,
             workspaces_dir: None,
             base_branch: "main".into(),
-            max_turns: 20,
+            max_turns: den_agent::size::Turns::default(),
             max_minutes: 30,
             daily_tokens: None,
             approver_role: None,
             tiers: vec![],
             aliases: std::collections::BTreeMap::new(),
+            events_webhook: None,
         }
     }
 }

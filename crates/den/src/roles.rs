@@ -402,6 +402,15 @@ async fn serve(
         }
         let pool = WorkerPool::new(queue.clone(), spec.clone(), handlers, metrics.clone(), c.worker.pool_config());
         tasks.spawn(pool.run(shutdown.clone()));
+        if c.agent.enabled {
+            // The agent's events: a small pool of their own, so a slow webhook never holds up jobs.
+            let sink = den_agent::sink::EventSink::new(metrics.clone(), c.agent.events_webhook.clone());
+            let handlers = Handlers::new().with(den_agent::records::EVENT, Arc::new(sink));
+            let config = den_worker::WorkerConfig { concurrency: 4, ..c.worker.pool_config() };
+            let events = den_agent::records::events_queue();
+            let pool = WorkerPool::new(queue.clone(), events, handlers, metrics.clone(), config);
+            tasks.spawn(pool.run(shutdown.clone()));
+        }
         tasks.spawn(sweep_periodically(
             store.clone(),
             Duration::from_secs(c.store.sweep_interval_secs.max(1)),

@@ -37,10 +37,10 @@ fn seed_workspace(scratch: &Scratch, guild: u64) -> std::path::PathBuf {
 }
 
 /// `den run` with the agent on, its model the fake, ready; the agent enabled in the test's channel.
-fn start(discord: &Discord, llm: &FakeLlm) -> (Scratch, support::Running, std::path::PathBuf) {
+fn start(discord: &Discord, llm: &FakeLlm, more: &str) -> (Scratch, support::Running, std::path::PathBuf) {
     let scratch = Scratch::new();
     let base = seed_workspace(&scratch, discord.guild);
-    scratch.use_model(&llm.base_url(), "coder", "[personas]\nenabled = false\n");
+    scratch.use_model(&llm.base_url(), "coder", &format!("[personas]\nenabled = false\n\n{more}"));
     let den = scratch.start_with(discord, "run", &[("FAKE_LLM_KEY", "k")]);
     den.wait_ready(WAIT);
     let enable = CommandOption::sub(1, "enable", vec![]);
@@ -92,7 +92,7 @@ fn a_mention_opens_a_thread_where_the_agent_fixes_a_test_and_thumbs_up_merges_it
     llm.push(Script::call("", "edit_file", json!({"path": "add.sh", "old": "$1 - $2", "new": "$1 + $2"})));
     llm.push(Script::call("", "run", json!({"command": "sh test.sh"})));
     llm.push(Script::call("Done.", "finish", json!({"summary": "Fix add.sh: it subtracted", "confidence": 92})));
-    let (scratch, mut den, base) = start(&discord, &llm);
+    let (scratch, mut den, base) = start(&discord, &llm, "");
 
     let bot = discord.fake.bot_user_id();
     discord.fake.post_as(discord.user, discord.channel, &format!("<@{bot}> make test.sh pass"));
@@ -131,10 +131,19 @@ fn a_mention_opens_a_thread_where_the_agent_fixes_a_test_and_thumbs_up_merges_it
     wait_for(&discord, thread, "no finished branch");
     assert_eq!(git(&base, &["rev-list", "--count", "--merges", "main"]).trim(), "1", "merged once");
 
+    // Each event reached the default sink (a log line and a metric) once.
+    let (scrape, done) = (Instant::now(), "den_agent_events_total{kind=\"branch_merged\"} 1");
+    let metrics = loop {
+        let (_, metrics) = den.get("/metrics");
+        if metrics.contains(done) || scrape.elapsed() > WAIT {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     den.signal("TERM");
     den.wait(WAIT);
-    let events = support::queue_bodies(&scratch, "agent-events");
-    let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
+    let kinds: Vec<&str> =
+        den.log.iter().filter(|l| l["message"] == "agent event").filter_map(|l| l["kind"].as_str()).collect();
     for (kind, n) in [
         ("execution_started", 1),
         ("turn_completed", 5),
@@ -143,7 +152,11 @@ fn a_mention_opens_a_thread_where_the_agent_fixes_a_test_and_thumbs_up_merges_it
         ("branch_merged", 1),
     ] {
         assert_eq!(kinds.iter().filter(|k| **k == kind).count(), n, "{kind} in {kinds:?}");
+        assert!(metrics.contains(&format!("den_agent_events_total{{kind=\"{kind}\"}} {n}")), "{kind}: {metrics}");
     }
+    assert!(metrics.contains("den_agent_tool_calls_total{outcome=\"ok\"} 3"), "{metrics}");
+    assert!(metrics.contains("den_agent_tool_calls_total{outcome=\"failed\"} 1"), "{metrics}");
+    assert!(support::queue_bodies(&scratch, "agent-events").is_empty(), "nothing left undelivered");
     assert!(discord.fake.violations().is_empty(), "{:?}", discord.fake.violations());
 }
 
@@ -154,7 +167,8 @@ fn a_stop_reaction_cancels_a_long_command_within_five_seconds_and_the_thread_goe
     llm.push(Script::call("Waiting.", "run", json!({"command": "sleep 120", "timeout": 300})));
     llm.push(Script::call("", "write_file", json!({"path": "notes.txt", "content": "kept\n"})));
     llm.push(Script::call("Done.", "finish", json!({"summary": "Notes", "confidence": 70})));
-    let (scratch, _den, base) = start(&discord, &llm);
+    let hook = Webhook::start();
+    let (scratch, _den, base) = start(&discord, &llm, &format!("[agent]\nevents_webhook = \"{}\"\n", hook.url));
 
     let bot = discord.fake.bot_user_id();
     discord.fake.post_as(discord.user, discord.channel, &format!("<@{bot}> wait a while"));
@@ -180,4 +194,62 @@ fn a_stop_reaction_cancels_a_long_command_within_five_seconds_and_the_thread_goe
         .join(thread.to_string());
     assert!(git(&clone, &["branch", "--list", &format!("den/{thread}")]).trim().is_empty(), "the branch is gone");
     assert!(!base.join("notes.txt").exists());
+
+    // The webhook refused the first event; it came again, and every event arrived once.
+    hook.wait_until("the rejection", |got| got.iter().any(|e| e["kind"] == "branch_rejected"));
+    hook.wait_until("the refused event again", |got| got[1..].iter().any(|e| e["id"] == got[0]["id"]));
+    let got = hook.bodies.lock().unwrap().clone();
+    let mut ids: Vec<&str> = got[1..].iter().filter_map(|e| e["id"].as_str()).collect();
+    let count = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "each accepted once: {got:?}");
+    assert!(got.iter().any(|e| e["kind"] == "execution_aborted" && e["data"]["reason"] == "stopped by the user"));
+}
+
+/// An events webhook on 127.0.0.1 that answers 500 to its first request and 200 after.
+struct Webhook {
+    url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Webhook {
+    fn start() -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/events", listener.local_addr().unwrap());
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                let mut all = seen.lock().unwrap();
+                all.push(serde_json::from_slice(&body).unwrap_or_default());
+                let status = if all.len() == 1 { "500 Internal Server Error" } else { "200 OK" };
+                let _ = write!(stream, "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            }
+        });
+        Self { url, bodies }
+    }
+
+    fn wait_until(&self, what: &str, check: impl Fn(&[serde_json::Value]) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !check(&self.bodies.lock().unwrap()) {
+            assert!(Instant::now() < deadline, "the webhook never saw {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }

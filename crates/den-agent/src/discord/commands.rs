@@ -360,7 +360,8 @@ async fn verdict(
     merge: bool,
 ) -> Result<String, JobError> {
     let p = &m.parts;
-    let approver = p.settings.approver_role.is_some_and(|r| roles.contains(&r))
+    let server = p.sessions.settings(s.guild).await.map_err(retry)?;
+    let approver = server.approver_role.or(p.settings.approver_role).is_some_and(|r| roles.contains(&r))
         || permissions & (den_discord::events::ADMINISTRATOR | MANAGE_GUILD) != 0;
     if user != s.owner && !approver {
         return Ok(format!("<@{user}>: only <@{}> or an approver may decide on this branch.", s.owner));
@@ -506,7 +507,7 @@ const NOT_A_SESSION: &str = "This is not an agent thread. Use `/agent status` in
 async fn status(m: &Arc<AgentModule>, a: &Asked) -> Result<String, JobError> {
     let Some(s) = current(m, a).await? else { return Ok(NOT_A_SESSION.into()) };
     let state = m.parts.sessions.state(s.thread, &s.run).await.map_err(retry)?;
-    let turn = state.as_ref().map_or(0, |st| st.turns);
+    let (turn, max) = state.as_ref().map_or((0, 0), |st| (st.turns, st.max_turns.unwrap_or(0)));
     Ok(format!(
         "**{}** · run `{}` · turn {turn}/{} · model `{}` · confidence {}\nbranch `{}` from `{}` · workspace `{}`\n\
          last escalation: {}\nsandbox: {}",
@@ -517,7 +518,7 @@ async fn status(m: &Arc<AgentModule>, a: &Asked) -> Result<String, JobError> {
             Status::Closed => "Closed",
         },
         s.run,
-        m.parts.settings.max_turns,
+        max,
         if s.model.is_empty() { "–" } else { &s.model },
         s.confidence.map_or_else(|| "–".to_owned(), |c| format!("{c}%")),
         s.branch,
@@ -578,21 +579,42 @@ async fn stop(m: &Arc<AgentModule>, a: &Asked) -> Result<String, JobError> {
     Ok("Stopping: the model call or command under way is cancelled.".into())
 }
 
-async fn settings(m: &Arc<AgentModule>, _a: &Asked) -> Result<String, JobError> {
+async fn settings(m: &Arc<AgentModule>, a: &Asked) -> Result<String, JobError> {
     let p = &m.parts;
+    let mut server = p.sessions.settings(a.guild).await.map_err(retry)?;
+    let changed = ["settings.max_turns", "settings.daily_tokens", "settings.approver_role"]
+        .iter()
+        .any(|k| a.options.contains_key(*k));
+    if changed {
+        if let Some(t) = a.int("settings.max_turns") {
+            server.max_turns = u32::try_from(t).ok();
+        }
+        if let Some(t) = a.int("settings.daily_tokens") {
+            server.daily_tokens = Some(t);
+        }
+        if let Some(r) = a.options.get("settings.approver_role").and_then(|v| v.as_str()?.parse().ok()) {
+            server.approver_role = Some(r);
+        }
+        p.sessions.set_settings(a.guild, &server).await.map_err(retry)?;
+    }
+    let t = p.settings.turns;
     let ladder: Vec<String> =
         p.ladder.iter().enumerate().map(|(i, l)| format!("tier {}: `{}`", i + 1, l.name())).collect();
     let aliases: Vec<String> = p.settings.aliases.iter().map(|(a, r)| format!("`@{a}` → tier {}", r + 1)).collect();
+    let daily = server.daily_tokens.map_or(p.settings.daily_tokens, |t| (t > 0).then_some(t));
+    let approver = server.approver_role.or(p.settings.approver_role);
     Ok(format!(
-        "Models: {}\nAliases: {}\nMax turns per run: {}\nDaily tokens for this server: {}\nApprover role: {}\n\
-         (den.toml `[agent]` sets these.)",
+        "{}Models: {}\nAliases: {}\nTurns per run: {} small, {} medium, {} large{}\nDaily tokens for this server: {}\n\
+         Approver role: {}",
+        if changed { "Saved.\n" } else { "" },
         ladder.join(", "),
         if aliases.is_empty() { "none".to_owned() } else { aliases.join(", ") },
-        p.settings.max_turns,
-        p.settings.daily_tokens.map_or_else(|| "no limit".to_owned(), |t| t.to_string()),
-        p.settings
-            .approver_role
-            .map_or_else(|| "none (the person who asked decides)".to_owned(), |r| format!("<@&{r}>")),
+        t.small,
+        t.medium,
+        t.large,
+        server.max_turns.map_or_else(String::new, |c| format!(", capped at {c} here")),
+        daily.map_or_else(|| "no limit".to_owned(), |t| t.to_string()),
+        approver.map_or_else(|| "none (the person who asked decides)".to_owned(), |r| format!("<@&{r}>")),
     ))
 }
 

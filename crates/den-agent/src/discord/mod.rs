@@ -58,8 +58,8 @@ pub const EMOJI: [&str; 6] = ["🛑", "🔄", "❌", "🚀", "👍", "👎"];
 /// How the module behaves.
 #[derive(Clone, Debug)]
 pub struct AgentSettings {
-    /// Turns per run at most.
-    pub max_turns: u32,
+    /// Turns per run at most, by the task's size.
+    pub turns: crate::size::Turns,
     /// Tokens per server per UTC day (none: no limit).
     pub daily_tokens: Option<u64>,
     /// Members of this role may approve any session's merge.
@@ -75,7 +75,7 @@ pub struct AgentSettings {
 impl Default for AgentSettings {
     fn default() -> Self {
         Self {
-            max_turns: 20,
+            turns: crate::size::Turns::default(),
             daily_tokens: None,
             approver_role: None,
             aliases: vec![],

@@ -78,6 +78,17 @@ pub struct Session {
     pub lease: Option<(String, u64)>,
 }
 
+/// What a server's admins changed with `/agent settings` (unset: den.toml's).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerSettings {
+    /// Turns per run at most, whatever the task's size.
+    pub max_turns: Option<u32>,
+    /// Tokens per UTC day (0: no limit).
+    pub daily_tokens: Option<u64>,
+    /// Members of this role may merge or reject any session.
+    pub approver_role: Option<u64>,
+}
+
 /// A control a person sent a thread.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sent {
@@ -200,6 +211,17 @@ impl Sessions {
                 None => return Ok(out),
             }
         }
+    }
+
+    /// What `guild`'s admins set.
+    pub async fn settings(&self, guild: u64) -> StoreResult<ServerSettings> {
+        let item = self.channels.get("settings", &guild.to_string()).await?;
+        Ok(item.and_then(|i| serde_json::from_value(Value::Object(i.attrs)).ok()).unwrap_or_default())
+    }
+
+    /// Stores `guild`'s settings.
+    pub async fn set_settings(&self, guild: u64, settings: &ServerSettings) -> StoreResult<()> {
+        self.channels.put(Put::new("settings", guild.to_string(), to_attrs(settings))).await.map(|_| ())
     }
 
     /// Takes the lease of `thread` for `owner` until `until_ms`, unless another

@@ -18,6 +18,7 @@ use super::{AgentModule, kinds, retry};
 use crate::controls::{Controls, Interrupt};
 use crate::records::EventKind;
 use crate::run::{CallRecord, Checkpoint, End, Limit, Progress, RunConfig, RunState, Step, now_ms};
+use crate::size::Size;
 use crate::tools::Tools;
 
 /// Longest diff shown in the message itself; longer ones are attached.
@@ -61,8 +62,12 @@ pub(super) async fn start(
     };
     let (rung, task) = alias(m, task);
     let run = format!("{thread}-{}", session.runs + 1);
+    let size = Size::of(task);
+    let server = p.sessions.settings(session.guild).await.map_err(retry)?;
     let mut state = RunState::start(history, task, now_ms());
-    state.rung = rung.unwrap_or(0).min(p.ladder.len().saturating_sub(1));
+    let limit = p.settings.turns.of(size);
+    state.max_turns = Some(server.max_turns.map_or(limit, |cap| limit.min(cap)));
+    state.rung = rung.unwrap_or_else(|| size.start_tier(p.ladder.len())).min(p.ladder.len().saturating_sub(1));
     p.sessions.save_state(thread, &run, &state).await.map_err(retry)?;
     // Controls sent to earlier runs are not this run's.
     let earlier = p.sessions.controls_after(thread, &session.heard).await.map_err(retry)?;
@@ -88,7 +93,7 @@ pub(super) async fn start(
         return Ok(session.run);
     }
     let model = p.ladder.get(state.rung).map(|l| l.name().to_owned()).unwrap_or_default();
-    let text = progress_text(&session, &state, &model, "starting", p.settings.max_turns);
+    let text = progress_text(&session, &state, &model, &format!("starting ({size:?} task)"));
     let progress = p.egress.post(thread, &Outgoing::text(text).buttons(controls(thread)), &run).await.map_err(retry)?;
     p.sessions.update(thread, |s| s.progress_message = Some(progress)).await.map_err(retry)?;
     let data = json!({"thread": thread, "task": task, "model": model});
@@ -114,7 +119,8 @@ fn controls(thread: u64) -> Vec<Button> {
     ]
 }
 
-fn progress_text(s: &Session, state: &RunState, model: &str, doing: &str, max: u32) -> String {
+fn progress_text(s: &Session, state: &RunState, model: &str, doing: &str) -> String {
+    let max = state.max_turns.unwrap_or(0);
     let confidence = state.confidence.last().map_or_else(|| "–".to_owned(), |c| format!("{c}%"));
     format!(
         "🛠️ **Working** on `{}` · turn {}/{max} · model `{model}` · confidence {confidence}\n{doing}",
@@ -198,13 +204,15 @@ async fn turn_under_lease(m: &Arc<AgentModule>, session: Session, run: &str, own
 
     let controls = Controls::default();
     let heard = hear(m, thread, &session.heard, &controls).await?;
-    let budget = Budget { per_guild: p.settings.daily_tokens, per_persona: None };
+    let server = p.sessions.settings(session.guild).await.map_err(retry)?;
+    let daily = server.daily_tokens.map_or(p.settings.daily_tokens, |t| (t > 0).then_some(t));
+    let budget = Budget { per_guild: daily, per_persona: None };
     let over_budget =
         matches!(p.ledger.check(session.guild, "agent", &budget).await.map_err(retry)?, BudgetCheck::Exhausted);
 
     let ladder: Vec<&dyn ChatModel> = p.ladder.iter().map(AsRef::as_ref).collect();
     let config = RunConfig {
-        max_turns: p.settings.max_turns,
+        max_turns: state.max_turns.unwrap_or(p.settings.turns.medium),
         wall_time: p.settings.wall_time,
         ..RunConfig::new(&session.branch, &session.base)
     };
@@ -212,6 +220,7 @@ async fn turn_under_lease(m: &Arc<AgentModule>, session: Session, run: &str, own
     let shown = tokio::spawn(show_progress(m.clone(), session.clone(), rx, state.clone()));
     let watcher = tokio::spawn(watch_stop(m.clone(), thread, heard.clone(), owner.to_owned(), controls.clone()));
     let before = state.usage;
+    let calls_before = state.calls.len();
     let ended = if over_budget {
         state.end = Some(End::Aborted(Limit::ServerBudget));
         Ok(state.end.clone())
@@ -253,7 +262,11 @@ async fn turn_under_lease(m: &Arc<AgentModule>, session: Session, run: &str, own
         .map_err(retry)?
         .unwrap_or(session);
     let report = state.report();
-    let turn_events = json!({"turn": state.turns, "confidence": state.confidence.last(), "model": model});
+    let made = state.calls.get(calls_before..).unwrap_or_default();
+    let failures = made.iter().filter(|c| !c.outcome.ok).count();
+    let killed = made.iter().filter(|c| !c.outcome.ok && c.outcome.shown.contains("killed after")).count();
+    let turn_events = json!({"turn": state.turns, "confidence": state.confidence.last(), "model": model,
+        "calls": made.len(), "failures": failures, "killed": killed, "tokens": used.input_tokens + used.output_tokens});
     p.records
         .publish(&thread.to_string(), run, EventKind::TurnCompleted, state.turns, turn_events)
         .await
@@ -330,7 +343,7 @@ pub(super) async fn edit_progress(
 ) {
     let Some(message) = s.progress_message else { return };
     let text = if live {
-        progress_text(s, state, model, doing, m.parts.settings.max_turns)
+        progress_text(s, state, model, doing)
     } else {
         let confidence = state.confidence.last().map_or_else(|| "–".to_owned(), |c| format!("{c}%"));
         format!("{doing} · `{}` · {} turns · model `{model}` · confidence {confidence}", s.branch, state.turns)
