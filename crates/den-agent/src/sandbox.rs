@@ -202,6 +202,31 @@ impl Sandbox {
         }
     }
 
+    /// Kills every process of session user `uid`: what a worker that died
+    /// mid-command left running, before its run goes on elsewhere. Only when
+    /// commands run as per-session users (den is root); returns how many.
+    #[must_use]
+    pub fn kill_leftovers(&self, uid: u32) -> usize {
+        if !matches!(self.backend, Backend::Bubblewrap { drop_to_session_user: true }) || uid == 0 {
+            return 0;
+        }
+        let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+        let pids: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())).map(str::to_owned))
+            .filter(|pid| {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|u| u.split_whitespace().next())
+                    == Some(uid.to_string().as_str())
+            })
+            .collect();
+        if !pids.is_empty() {
+            tracing::warn!(uid, processes = pids.len(), "killing what a stopped run left running");
+            let _ = std::process::Command::new("kill").arg("-KILL").args(&pids).status();
+        }
+        pids.len()
+    }
+
     fn command(&self, workspace: &Path, uid: Option<u32>, command: &str) -> Command {
         let l = self.limits;
         let mut args: Vec<String> = Vec::new();

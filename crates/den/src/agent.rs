@@ -99,6 +99,7 @@ pub async fn module(cx: &crate::roles::ModuleCx<'_>) -> anyhow::Result<std::sync
             approver_role: c.agent.approver_role,
             aliases,
             wall_time: std::time::Duration::from_secs(c.agent.max_minutes.saturating_mul(60)),
+            lease: std::time::Duration::from_secs(c.agent.lease_secs.max(1)),
             ..AgentSettings::default()
         },
     };

@@ -138,6 +138,8 @@ pub struct AgentSection {
     pub aliases: std::collections::BTreeMap<String, usize>,
     /// Where the agent's events are POSTed as JSON (none: a log line and a metric each).
     pub events_webhook: Option<String>,
+    /// Seconds a turn holds its thread, renewed while it works; a killed worker's run resumes after it.
+    pub lease_secs: u64,
 }
 
 impl Default for AgentSection {
@@ -153,6 +155,7 @@ impl Default for AgentSection {
             tiers: vec![],
             aliases: std::collections::BTreeMap::new(),
             events_webhook: None,
+            lease_secs: 60,
         }
     }
 }

@@ -253,3 +253,44 @@ impl Webhook {
         }
     }
 }
+
+#[test]
+fn a_run_whose_worker_is_killed_mid_command_resumes_in_the_next_process_and_commits_once() {
+    let discord = Discord::start();
+    let llm = discord.rt.block_on(FakeLlm::start(Wire::OpenAi, None)).unwrap();
+    llm.push(Script::call("", "run", json!({"command": "echo one >> ran.log"})));
+    // The first try sleeps (and is killed with its worker); the resumed try writes at once.
+    let second = "if [ -e started ]; then echo two >> ran.log; else touch started; sleep 120; echo late >> ran.log; fi";
+    llm.push(Script::call("", "run", json!({"command": second, "timeout": 300})));
+    llm.push(Script::call("Done.", "finish", json!({"summary": "Logged", "confidence": 80})));
+    // Short job timeouts and leases, so the killed worker's turn comes back within the test.
+    let more = "[worker]\njob_timeout_secs = 5\n\n[agent]\nlease_secs = 2\n";
+    let (scratch, mut first, _base) = start(&discord, &llm, more);
+    let bot = discord.fake.bot_user_id();
+    discord.fake.post_as(discord.user, discord.channel, &format!("<@{bot}> log twice"));
+    let thread = thread_of(&discord);
+    wait_for(&discord, thread, "started");
+    std::thread::sleep(Duration::from_millis(500));
+    first.signal("KILL");
+    first.wait(WAIT);
+
+    let second = scratch.start_with(&discord, "run", &[("FAKE_LLM_KEY", "k")]);
+    second.wait_ready(WAIT);
+    let result = wait_for(&discord, thread, "Done");
+    let clone = scratch
+        .path()
+        .join("den-data/agent-workspaces")
+        .join(discord.guild.to_string())
+        .join("threads")
+        .join(thread.to_string());
+    assert_eq!(std::fs::read_to_string(clone.join("ran.log")).unwrap(), "one\ntwo\n", "no recorded call ran twice");
+    assert_eq!(git(&clone, &["rev-list", "--count", &format!("main..den/{thread}")]).trim(), "1", "one commit");
+    assert_eq!(llm.requests().len(), 3, "the model was not asked the interrupted turn again");
+    assert_eq!(discord.fake.messages(thread).iter().filter(|m| m.content.contains("Done")).count(), 1);
+    assert!(result.content.contains("ran.log"), "{}", result.content);
+    let sleeping = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|p| std::fs::read_to_string(p.path().join("cmdline")).is_ok_and(|c| c.contains("sleep\u{0}120")));
+    assert!(!sleeping, "the killed worker's command was killed before the run went on");
+}

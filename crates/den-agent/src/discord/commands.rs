@@ -162,6 +162,7 @@ async fn open_session(m: &AgentModule, guild: u64, thread: u64, owner: u64) -> R
         owner,
         branch: format!("den/{thread}"),
         base: p.workspaces.base_branch().to_owned(),
+        uid: p.sessions.next_uid().await.map_err(retry)?,
         ..Session::default()
     };
     p.sessions.add_thread(guild, thread).await.map_err(retry)?;

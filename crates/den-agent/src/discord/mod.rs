@@ -70,6 +70,9 @@ pub struct AgentSettings {
     pub progress_every: Duration,
     /// Longest a run may take.
     pub wall_time: Duration,
+    /// How long a turn holds its thread (renewed while it works); a killed
+    /// worker's run is taken up by another after this.
+    pub lease: Duration,
 }
 
 impl Default for AgentSettings {
@@ -81,6 +84,7 @@ impl Default for AgentSettings {
             aliases: vec![],
             progress_every: Duration::from_secs(1),
             wall_time: Duration::from_secs(30 * 60),
+            lease: Duration::from_secs(60),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Sessions in den's tables: one per thread, with the run under way, its
 //! saved state, its lease (one run per thread, given up by a crashed worker
-//! after [`LEASE`]) and the controls people sent it.
+//! after its lease runs out) and the controls people sent it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,9 +11,8 @@ use serde_json::{Map, Value, json};
 
 use crate::run::RunState;
 
-/// How long a turn job holds a thread's lease; a worker killed mid-turn
-/// gives the run up after this (longer than a turn job may run).
-pub const LEASE: Duration = Duration::from_secs(180);
+/// The first sandbox user id sessions get.
+const FIRST_UID: u32 = 100_000;
 
 /// The partition listing every enabled channel and session thread.
 const KNOWN: &str = "known";
@@ -73,6 +72,9 @@ pub struct Session {
     /// The newest control the run has heard (a seq of the controls table).
     #[serde(default)]
     pub heard: String,
+    /// The sandbox user of its commands (its own, never another session's).
+    #[serde(default)]
+    pub uid: u32,
     /// Holder of the lease and until when (ms since the epoch).
     #[serde(default)]
     pub lease: Option<(String, u64)>,
@@ -213,6 +215,30 @@ impl Sessions {
         }
     }
 
+    /// A sandbox user id no other session has: 100,000 and up, counted in the store.
+    pub async fn next_uid(&self) -> StoreResult<u32> {
+        for _ in 0..50 {
+            let item = self.channels.get("uid", "next").await?;
+            let (next, version) = item.map_or((FIRST_UID, 0), |i| {
+                (
+                    i.attrs
+                        .get("next")
+                        .and_then(Value::as_u64)
+                        .map_or(FIRST_UID, |n| u32::try_from(n).unwrap_or(FIRST_UID)),
+                    i.version,
+                )
+            });
+            let condition = if version == 0 { Condition::Absent } else { Condition::VersionEquals(version) };
+            let put = Put::new("uid", "next", to_attrs(&json!({"next": next + 1}))).condition(condition);
+            match self.channels.put(put).await {
+                Ok(_) => return Ok(next),
+                Err(e) if e.kind() == StoreErrorKind::ConditionFailed => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(den_storage::StoreError::new(StoreErrorKind::ConditionFailed, "could not take a sandbox user id"))
+    }
+
     /// What `guild`'s admins set.
     pub async fn settings(&self, guild: u64) -> StoreResult<ServerSettings> {
         let item = self.channels.get("settings", &guild.to_string()).await?;
@@ -224,14 +250,14 @@ impl Sessions {
         self.channels.put(Put::new("settings", guild.to_string(), to_attrs(settings))).await.map(|_| ())
     }
 
-    /// Takes the lease of `thread` for `owner` until `until_ms`, unless another
-    /// holder's lease is still good at `now_ms`.
-    pub async fn take_lease(&self, thread: u64, owner: &str, now_ms: u64) -> StoreResult<bool> {
+    /// Takes (or renews) the lease of `thread` for `owner` for `lease` from
+    /// `now_ms`, unless another holder's lease is still good.
+    pub async fn take_lease(&self, thread: u64, owner: &str, now_ms: u64, lease: Duration) -> StoreResult<bool> {
         let Some((mut s, v)) = self.get(thread).await? else { return Ok(false) };
         if s.lease.as_ref().is_some_and(|(o, until)| o != owner && *until > now_ms) {
             return Ok(false);
         }
-        s.lease = Some((owner.to_owned(), now_ms + u64::try_from(LEASE.as_millis()).unwrap_or(u64::MAX)));
+        s.lease = Some((owner.to_owned(), now_ms.saturating_add(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))));
         self.put(&s, v).await
     }
 

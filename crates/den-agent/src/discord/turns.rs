@@ -13,7 +13,7 @@ use den_worker::JobError;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use super::sessions::{LEASE, Session, Status};
+use super::sessions::{Session, Status};
 use super::{AgentModule, kinds, retry};
 use crate::controls::{Controls, Interrupt};
 use crate::records::EventKind;
@@ -23,11 +23,6 @@ use crate::tools::Tools;
 
 /// Longest diff shown in the message itself; longer ones are attached.
 const INLINE_DIFF: usize = 1400;
-
-/// The sandbox user of a thread's commands: one per session, never root.
-fn session_uid(thread: u64) -> u32 {
-    100_000 + u32::try_from(thread % 900_000).unwrap_or(0)
-}
 
 /// The model a task asks for by `@alias`, and the task without it.
 fn alias<'t>(m: &AgentModule, task: &'t str) -> (Option<usize>, &'t str) {
@@ -179,7 +174,7 @@ pub(super) async fn turn(m: &Arc<AgentModule>, job: &Job) -> Result<(), JobError
         return Ok(()); // A turn of a run that ended or was replaced.
     }
     let owner = format!("{:016x}", rand::random::<u64>());
-    if !p.sessions.take_lease(thread, &owner, now_ms()).await.map_err(retry)? {
+    if !p.sessions.take_lease(thread, &owner, now_ms(), p.settings.lease).await.map_err(retry)? {
         return Err(JobError::retry("another worker holds this thread's run"));
     }
     let result = turn_under_lease(m, session, &run, &owner).await;
@@ -200,7 +195,9 @@ async fn turn_under_lease(m: &Arc<AgentModule>, session: Session, run: &str, own
     git.checkout(&session.branch, &session.base).await.map_err(retry)?;
     let workspace = crate::workspace::Workspace::open(&p.workspaces.thread_dir(session.guild, thread))
         .map_err(|e| JobError::permanent(e.to_string()))?;
-    let tools = Tools { workspace, git, sandbox: p.sandbox.clone(), session_uid: session_uid(thread) };
+    // A worker that died mid-command may have left it running: it goes before the run goes on.
+    let _ = p.sandbox.kill_leftovers(session.uid);
+    let tools = Tools { workspace, git, sandbox: p.sandbox.clone(), session_uid: session.uid };
 
     let controls = Controls::default();
     let heard = hear(m, thread, &session.heard, &controls).await?;
@@ -308,9 +305,9 @@ async fn watch_stop(m: Arc<AgentModule>, thread: u64, heard: String, owner: Stri
         {
             controls.stop();
         }
-        if renewed.elapsed() >= LEASE / 3 {
+        if renewed.elapsed() >= m.parts.settings.lease / 3 {
             renewed = std::time::Instant::now();
-            let _ = m.parts.sessions.take_lease(thread, &owner, now_ms()).await;
+            let _ = m.parts.sessions.take_lease(thread, &owner, now_ms(), m.parts.settings.lease).await;
         }
     }
 }
