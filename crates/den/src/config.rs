@@ -140,6 +140,8 @@ pub struct AgentSection {
     pub events_webhook: Option<String>,
     /// Seconds a turn holds its thread, renewed while it works; a killed worker's run resumes after it.
     pub lease_secs: u64,
+    /// The first sandbox user id of sessions; two dens on one machine need ranges that do not meet.
+    pub first_uid: u32,
 }
 
 impl Default for AgentSection {
@@ -156,6 +158,7 @@ impl Default for AgentSection {
             aliases: std::collections::BTreeMap::new(),
             events_webhook: None,
             lease_secs: 60,
+            first_uid: 100_000,
         }
     }
 }

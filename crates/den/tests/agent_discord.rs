@@ -40,6 +40,14 @@ fn seed_workspace(scratch: &Scratch, guild: u64) -> std::path::PathBuf {
 fn start(discord: &Discord, llm: &FakeLlm, more: &str) -> (Scratch, support::Running, std::path::PathBuf) {
     let scratch = Scratch::new();
     let base = seed_workspace(&scratch, discord.guild);
+    // Each test's sessions get sandbox users of their own, as two dens on one machine would.
+    static RANGE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let first_uid = 200_000 + 10_000 * RANGE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let more = if more.contains("[agent]") {
+        more.replace("[agent]\n", &format!("[agent]\nfirst_uid = {first_uid}\n"))
+    } else {
+        format!("{more}\n[agent]\nfirst_uid = {first_uid}\n")
+    };
     scratch.use_model(&llm.base_url(), "coder", &format!("[personas]\nenabled = false\n\n{more}"));
     let den = scratch.start_with(discord, "run", &[("FAKE_LLM_KEY", "k")]);
     den.wait_ready(WAIT);
@@ -68,10 +76,18 @@ fn thread_of(discord: &Discord) -> u64 {
         .id
 }
 
-/// den's message in `thread` whose text contains `needle`.
+/// den's message in `thread` whose text contains `needle` (the thread shown when it never comes).
 fn wait_for(discord: &Discord, thread: u64, needle: &str) -> den_testkit::discord::Message {
-    discord.wait_until(needle, WAIT, |f| f.messages(thread).iter().any(|m| m.author_bot && m.content.contains(needle)));
-    discord.fake.messages(thread).into_iter().find(|m| m.author_bot && m.content.contains(needle)).unwrap()
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let messages = discord.fake.messages(thread);
+        if let Some(m) = messages.iter().find(|m| m.author_bot && m.content.contains(needle)) {
+            return m.clone();
+        }
+        let shown: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+        assert!(Instant::now() < deadline, "no message with {needle:?} in the thread: {shown:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn button(m: &den_testkit::discord::Message, prefix: &str) -> String {

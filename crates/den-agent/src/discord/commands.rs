@@ -162,7 +162,7 @@ async fn open_session(m: &AgentModule, guild: u64, thread: u64, owner: u64) -> R
         owner,
         branch: format!("den/{thread}"),
         base: p.workspaces.base_branch().to_owned(),
-        uid: p.sessions.next_uid().await.map_err(retry)?,
+        uid: p.sessions.next_uid(p.settings.first_uid).await.map_err(retry)?,
         ..Session::default()
     };
     p.sessions.add_thread(guild, thread).await.map_err(retry)?;
@@ -302,8 +302,8 @@ pub(super) async fn reaction(m: &Arc<AgentModule>, job: &Job) -> Result<(), JobE
     let emoji = d["emoji"].as_str().unwrap_or_default();
     let Some((session, _)) = m.parts.sessions.get(thread).await.map_err(retry)? else { return Ok(()) };
     let verdict_emoji = matches!(emoji, "👍" | "👎");
-    if verdict_emoji && session.status == Status::Running && session.result_message != Some(message) {
-        // The result may be posted but not yet recorded: look again shortly.
+    if verdict_emoji && session.result_message.is_none_or(|r| message > r) && job.attempt < 4 {
+        // A message newer than the recorded result may be a result not yet recorded: look again shortly.
         return Err(JobError::retry("the run's result is not recorded yet"));
     }
     if session.result_message == Some(message) && verdict_emoji {
@@ -475,19 +475,27 @@ pub(super) async fn finished(
             None,
         ),
     };
-    let result = p.egress.post(s.thread, &outgoing, &format!("result:{run}")).await.map_err(retry)?;
+    // The session is idle before the result shows, so a message answering the result starts the next run.
     let updated = p
         .sessions
         .update(s.thread, |x| {
             if x.run == run {
                 x.status = status;
-                x.result_message = Some(result);
                 x.commit.clone_from(&commit);
             }
         })
         .await
         .map_err(retry)?
         .unwrap_or_else(|| s.clone());
+    let result = p.egress.post(s.thread, &outgoing, &format!("result:{run}")).await.map_err(retry)?;
+    p.sessions
+        .update(s.thread, |x| {
+            if x.run == run {
+                x.result_message = Some(result);
+            }
+        })
+        .await
+        .map_err(retry)?;
     if commit.is_some() {
         for emoji in ["👍", "👎"] {
             if let Err(e) = p.egress.react(s.thread, result, emoji).await {

@@ -73,6 +73,9 @@ pub struct AgentSettings {
     /// How long a turn holds its thread (renewed while it works); a killed
     /// worker's run is taken up by another after this.
     pub lease: Duration,
+    /// The first sandbox user id of this den's sessions (den on the same
+    /// machine as another den gives each its own range).
+    pub first_uid: u32,
 }
 
 impl Default for AgentSettings {
@@ -85,6 +88,7 @@ impl Default for AgentSettings {
             progress_every: Duration::from_secs(1),
             wall_time: Duration::from_secs(30 * 60),
             lease: Duration::from_secs(60),
+            first_uid: 100_000,
         }
     }
 }

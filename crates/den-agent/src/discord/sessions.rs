@@ -11,9 +11,6 @@ use serde_json::{Map, Value, json};
 
 use crate::run::RunState;
 
-/// The first sandbox user id sessions get.
-const FIRST_UID: u32 = 100_000;
-
 /// The partition listing every enabled channel and session thread.
 const KNOWN: &str = "known";
 
@@ -215,18 +212,13 @@ impl Sessions {
         }
     }
 
-    /// A sandbox user id no other session has: 100,000 and up, counted in the store.
-    pub async fn next_uid(&self) -> StoreResult<u32> {
+    /// A sandbox user id no other session of this store has: `first` and up, counted in the store.
+    pub async fn next_uid(&self, first: u32) -> StoreResult<u32> {
         for _ in 0..50 {
             let item = self.channels.get("uid", "next").await?;
-            let (next, version) = item.map_or((FIRST_UID, 0), |i| {
-                (
-                    i.attrs
-                        .get("next")
-                        .and_then(Value::as_u64)
-                        .map_or(FIRST_UID, |n| u32::try_from(n).unwrap_or(FIRST_UID)),
-                    i.version,
-                )
+            let (next, version) = item.map_or((first, 0), |i| {
+                let n = i.attrs.get("next").and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok());
+                (n.unwrap_or(first).max(first), i.version)
             });
             let condition = if version == 0 { Condition::Absent } else { Condition::VersionEquals(version) };
             let put = Put::new("uid", "next", to_attrs(&json!({"next": next + 1}))).condition(condition);
