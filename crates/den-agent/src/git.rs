@@ -139,7 +139,8 @@ impl Git {
     /// Commits every change with `message`; `None` when there was nothing to commit.
     pub async fn commit_all(&self, message: &str) -> Result<Option<String>, ToolError> {
         self.run(&["add", "--all"]).await?;
-        if self.run(&["diff", "--cached", "--quiet"]).await.is_ok() && self.run(&["rev-parse", "HEAD"]).await.is_ok() {
+        // Nothing staged, also in a repository without a commit yet: nothing to commit.
+        if self.run(&["diff", "--cached", "--quiet"]).await.is_ok() {
             return Ok(None);
         }
         self.run(&["commit", "--quiet", "--no-verify", "-m", message]).await?;

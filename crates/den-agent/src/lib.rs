@@ -12,6 +12,7 @@ pub mod controls;
 pub mod discord;
 pub mod escalation;
 pub mod git;
+pub mod mcp;
 pub mod output;
 pub mod records;
 pub mod run;

@@ -154,8 +154,8 @@ impl Progress for Quiet {
     fn calling(&self, _: u32, _: u32, _: &str, _: &Value) {}
 }
 
-fn loop_tools() -> Vec<ToolSpec> {
-    let mut specs = Tools::specs();
+fn loop_tools(tools: &Tools) -> Vec<ToolSpec> {
+    let mut specs = tools.offered();
     specs.push(ToolSpec {
         name: "finish".into(),
         description: "Say the task is done: den commits your changes.".into(),
@@ -487,7 +487,7 @@ impl Step<'_> {
         let config = self.config;
         state.turns += 1;
         let request = ChatRequest {
-            tools: loop_tools(),
+            tools: loop_tools(self.tools),
             messages: state.messages.clone(),
             max_tokens: config.max_tokens,
             ..ChatRequest::simple(SYSTEM, "")

@@ -43,6 +43,8 @@ pub struct Tools {
     pub sandbox: Sandbox,
     /// The session's sandbox user.
     pub session_uid: u32,
+    /// Tools of the operator's MCP servers, beside den's own.
+    pub mcp: Option<crate::mcp::SharedMcp>,
 }
 
 type Reply<'a> = Pin<Box<dyn Future<Output = Result<String, ToolError>> + Send + 'a>>;
@@ -114,7 +116,15 @@ fn number(input: &Value, key: &str) -> Option<u64> {
 }
 
 impl Tools {
-    /// The tools as the model is offered them.
+    /// den's own tools and the MCP servers', as the model is offered them.
+    #[must_use]
+    pub fn offered(&self) -> Vec<ToolSpec> {
+        let mut specs = Self::specs();
+        specs.extend(self.mcp.iter().flat_map(|m| m.specs()));
+        specs
+    }
+
+    /// den's own tools as the model is offered them.
     #[must_use]
     pub fn specs() -> Vec<ToolSpec> {
         TABLE
@@ -137,7 +147,10 @@ impl Tools {
     pub async fn call(&self, name: &str, input: &Value) -> Outcome {
         let result = match TABLE.iter().find(|(n, ..)| *n == name) {
             Some((.., handler)) => handler(self, input).await,
-            None => Err(ToolError::BadInput(format!("there is no tool called {name}"))),
+            None => match &self.mcp {
+                Some(mcp) if mcp.has(name) => return mcp.call(name, input).await,
+                _ => Err(ToolError::BadInput(format!("there is no tool called {name}"))),
+            },
         };
         let (full, ok) = match result {
             Ok(text) => (text, true),

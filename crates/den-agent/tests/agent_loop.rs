@@ -30,7 +30,7 @@ async fn repository() -> (tempfile::TempDir, Git) {
 
 /// The tools of the test's workspace, running commands in `sandbox` as `uid`.
 fn tools(dir: &tempfile::TempDir, git: &Git, sandbox: Sandbox, uid: u32) -> Tools {
-    Tools { workspace: Workspace::open(dir.path()).unwrap(), git: git.clone(), sandbox, session_uid: uid }
+    Tools { workspace: Workspace::open(dir.path()).unwrap(), git: git.clone(), sandbox, session_uid: uid, mcp: None }
 }
 
 fn provider(wire: Wire, fake: &FakeLlm) -> Box<dyn ChatModel> {

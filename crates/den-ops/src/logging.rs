@@ -31,7 +31,8 @@ impl FromStr for LogFormat {
 /// the `RUST_LOG` variable, when set, takes precedence. Calling it twice is
 /// harmless (the second call does nothing), which keeps tests simple.
 pub fn init_logging(format: LogFormat, filter: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
+    // The MCP SDK logs every session start at info: den says what matters itself.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{filter},rmcp=warn")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -17,16 +17,37 @@ const CLI_SESSION_UID: u32 = 63_000;
 /// `den agent ...`
 pub async fn command(command: AgentCommand, c: &Config, env: &[(String, String)]) -> anyhow::Result<()> {
     match command {
-        AgentCommand::Doctor => doctor().await,
+        AgentCommand::Doctor => doctor(c).await,
         AgentCommand::Run { workspace, branch, max_turns, task } => {
             run(c, env, &workspace, branch, max_turns, &task).await
         }
     }
 }
 
-async fn doctor() -> anyhow::Result<()> {
+/// The operator's MCP servers, connected; what failed is logged.
+async fn mcp(c: &Config) -> Option<den_agent::mcp::SharedMcp> {
+    if c.agent.mcp.is_empty() {
+        return None;
+    }
+    let (mcp, problems) = den_agent::mcp::Mcp::connect(&c.agent.mcp).await;
+    for p in problems {
+        tracing::warn!(problem = %p, "agent: an MCP server is left out");
+    }
+    Some(std::sync::Arc::new(mcp))
+}
+
+async fn doctor(c: &Config) -> anyhow::Result<()> {
     let sandbox = Sandbox::probe(Limits::default()).await;
     println!("sandbox: {}", sandbox.describe());
+    if !c.agent.mcp.is_empty() {
+        let (mcp, problems) = den_agent::mcp::Mcp::connect(&c.agent.mcp).await;
+        for line in mcp.describe() {
+            println!("mcp: {line} (runs outside den's sandbox)");
+        }
+        for p in problems {
+            println!("mcp: {p}");
+        }
+    }
     let git = tokio::process::Command::new("git").arg("--version").output().await;
     match git {
         Ok(out) if out.status.success() => print!("git: {}", String::from_utf8_lossy(&out.stdout)),
@@ -90,6 +111,7 @@ pub async fn module(cx: &crate::roles::ModuleCx<'_>) -> anyhow::Result<std::sync
         jobs: cx.jobs.clone(),
         clock: cx.clock.clone(),
         ladder: models,
+        mcp: mcp(c).await,
         sandbox,
         workspaces: den_agent::discord::workspaces::Workspaces::new(dir, &c.agent.base_branch),
         ledger: den_llm::ledger::Ledger::new(cx.store.table(den_llm::ledger::table_spec()).await?, cx.clock.clone()),
@@ -129,6 +151,7 @@ async fn run(
         git,
         sandbox,
         session_uid: CLI_SESSION_UID,
+        mcp: mcp(c).await,
     };
     let config = RunConfig { max_turns, ..RunConfig::new(&branch, &base) };
     // Ctrl-C stops the model call or the command under way, and the run with it.

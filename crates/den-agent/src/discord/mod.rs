@@ -115,6 +115,8 @@ pub struct AgentParts {
     pub ledger: Ledger,
     /// Limits and roles.
     pub settings: AgentSettings,
+    /// Tools of the operator's MCP servers.
+    pub mcp: Option<crate::mcp::SharedMcp>,
 }
 
 /// The agent module.

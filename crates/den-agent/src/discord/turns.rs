@@ -197,7 +197,7 @@ async fn turn_under_lease(m: &Arc<AgentModule>, session: Session, run: &str, own
         .map_err(|e| JobError::permanent(e.to_string()))?;
     // A worker that died mid-command may have left it running: it goes before the run goes on.
     let _ = p.sandbox.kill_leftovers(session.uid);
-    let tools = Tools { workspace, git, sandbox: p.sandbox.clone(), session_uid: session.uid };
+    let tools = Tools { workspace, git, sandbox: p.sandbox.clone(), session_uid: session.uid, mcp: p.mcp.clone() };
 
     let controls = Controls::default();
     let heard = hear(m, thread, &session.heard, &controls).await?;
