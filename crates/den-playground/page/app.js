@@ -176,6 +176,8 @@ function drawShell() {
   $("guild-icon").textContent = g.name.split(/\s+/).map((w) => w[0]).join("").slice(0, 3);
   $("guild-icon").title = g.name;
   $("model").textContent = state.about.model ? `model: ${state.about.model}` : "";
+  $("model-note").textContent = state.about.note || "";
+  $("model-note").hidden = !state.about.note;
   $("bind-note").textContent =
     `Local only: this page (${state.about.page || location.host}) and the Discord stand-in listen on 127.0.0.1, no login. ` +
     `Other bots: REST ${state.about.rest}, gateway ${state.about.gateway}.`;
@@ -261,6 +263,32 @@ function drawMessages() {
   if (atBottom) box.scrollTop = box.scrollHeight;
 }
 
+/** Reactions under a message; pressing one adds yours. */
+function drawReactions(m, reactions) {
+  const box = el("div", { class: "reactions" });
+  for (const r of reactions) {
+    box.append(el("button", {
+      class: `reaction ${r.mine ? "mine" : ""}`, title: `React with ${r.emoji}`,
+      onclick: () => react(m, r.emoji),
+    }, `${r.emoji} ${r.count}`));
+  }
+  return box;
+}
+
+/** The emoji den's modules listen to, offered under the "React" button. */
+const REACTIONS = ["👍", "👎", "🛑", "🔄", "❌", "🚀", "❤️", "😂"];
+
+function pickReaction(m, anchor) {
+  document.querySelectorAll(".reaction-picker").forEach((p) => p.remove());
+  const picker = el("div", { class: "reaction-picker" },
+    ...REACTIONS.map((e) => el("button", { title: e, onclick: () => { picker.remove(); react(m, e); } }, e)));
+  anchor.closest(".msg").append(picker);
+}
+
+function react(m, emoji) {
+  return act(api("POST", "/api/reactions", { as: state.me, channel: m.channel_id, message: m.id, emoji }));
+}
+
 function drawMessage(m, previous) {
   const v = m.den_view || {};
   const bot = m.author.bot || !!m.webhook_id;
@@ -290,8 +318,10 @@ function drawMessage(m, previous) {
   for (const e of m.embeds || []) row.append(drawEmbed(e));
   if (m.attachments && m.attachments.length) row.append(drawFiles(m.attachments));
   if (m.components && m.components.length) row.append(drawComponents(m));
+  if (v.reactions && v.reactions.length) row.append(drawReactions(m, v.reactions));
   if (v.ephemeral) row.append(el("div", { class: "only-you" }, "Only you can see this"));
   row.append(el("div", { class: "actions" },
+    el("button", { title: "React", onclick: (e) => pickReaction(m, e.currentTarget) }, "🙂 React"),
     el("button", { title: "Reply", onclick: () => startReply(m) }, "↩ Reply"),
     el("button", { title: "Create thread", onclick: () => startThread(m) }, "🧵 Thread")));
   return row;

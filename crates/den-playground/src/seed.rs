@@ -7,6 +7,8 @@ use den_standin::world::kind;
 pub const GUILD: &str = "The Den";
 /// The role of the people who run campaigns (den's `campaigns.manager_role`).
 pub const GAME_MASTERS: &str = "Game Masters";
+/// The channel where the coding agent takes tasks.
+pub const WORKSHOP: &str = "workshop";
 /// The role of the server's admins.
 pub const ADMINS: &str = "Admins";
 
@@ -27,6 +29,8 @@ pub struct Cast {
     pub game_masters: u64,
     /// `#general`, where a page opens.
     pub general: u64,
+    /// `#workshop`, where den's coding agent takes tasks (absent from worlds seeded before it).
+    pub workshop: Option<u64>,
 }
 
 /// One person a page can switch to.
@@ -54,6 +58,7 @@ impl Cast {
             let user = |name: &str| w.users.values().find(|u| u.name == name && !u.bot).map(|u| u.id);
             let role = w.roles.values().find(|r| r.guild_id == guild.id && r.name == GAME_MASTERS)?;
             let general = w.channels.values().find(|c| c.guild_id == guild.id && c.name == "general")?;
+            let workshop = w.channels.values().find(|c| c.guild_id == guild.id && c.name == WORKSHOP).map(|c| c.id);
             Some(Self {
                 guild: guild.id,
                 admin: user("Ada")?,
@@ -61,6 +66,7 @@ impl Cast {
                 game_master: user("Cleo")?,
                 game_masters: role.id,
                 general: general.id,
+                workshop,
             })
         })
     }
@@ -84,6 +90,7 @@ impl Cast {
         let general = standin.add_channel(guild, "general", kind::TEXT, Some(text));
         standin.add_channel(guild, "roast-pit", kind::TEXT, Some(text));
         standin.add_channel(guild, "ideas", kind::FORUM, Some(text));
+        let workshop = standin.add_channel(guild, WORKSHOP, kind::TEXT, Some(text));
         let staff = standin.add_channel(guild, "staff-room", kind::TEXT, Some(text));
         standin.make_private(staff, admins);
         let voice = standin.add_category(guild, "Voice Channels");
@@ -95,7 +102,13 @@ impl Cast {
             "Welcome to den's playground! Say hello to a persona by name (try \"Gran, how was your day?\"), \
              type / for den's commands, or switch people at the bottom left.",
         );
-        Self { guild, admin, member, game_master, game_masters, general }
+        standin.post_as(
+            admin,
+            workshop,
+            "This is where den's coding agent works: mention den with a task (\"@den add a README\"). It opens a \
+             thread, works in a git workspace of its own, and asks before merging anything.",
+        );
+        Self { guild, admin, member, game_master, game_masters, general, workshop: Some(workshop) }
     }
 
     /// The people a page can be, in the order it lists them.

@@ -30,6 +30,8 @@ const HISTORY: usize = 200;
 pub struct About {
     /// The model personas speak with, as people should read it.
     pub model: String,
+    /// What that model cannot do well, said plainly (empty: nothing to say).
+    pub note: String,
     /// The stand-in's REST base URL, for other bots.
     pub rest: String,
     /// The stand-in's gateway URL, for other bots.
@@ -73,6 +75,7 @@ impl Playground {
             .route("/api/commands", post(command))
             .route("/api/components", post(component))
             .route("/api/threads", post(thread))
+            .route("/api/reactions", post(react))
             .route("/api/reset", post(reset))
             .layer(axum::extract::DefaultBodyLimit::max(MAX_FILE * 2))
             .with_state(self)
@@ -228,8 +231,49 @@ async fn send_message(State(pg): State<Playground>, Json(m): Json<MessageIn>) ->
         return Err(Refusal(StatusCode::BAD_REQUEST, "an empty message"));
     }
     let reply_to = m.reply_to.and_then(|r| r.parse().ok());
-    let id = pg.standin.post(user, channel, &m.content, reply_to, files);
+    let content = pg.standin.read(|w| with_mentions(w, channel, &m.content));
+    let id = pg.standin.post(user, channel, &content, reply_to, files);
     Ok(Json(json!({"id": id.to_string()})))
+}
+
+/// `@name` of a bot or a member of the channel's server made into a mention,
+/// as Discord's client does when a name is picked after `@`.
+fn with_mentions(w: &den_standin::world::World, channel: u64, text: &str) -> String {
+    if !text.contains('@') {
+        return text.to_owned();
+    }
+    let guild = w.guild_of(channel).and_then(|g| w.guilds.get(&g));
+    let mut names: Vec<(String, u64)> = std::iter::once(&w.bot)
+        .chain(w.users.values().filter(|u| u.bot || guild.is_some_and(|g| g.members.contains_key(&u.id))))
+        .map(|u| (u.name.to_lowercase(), u.id))
+        .collect();
+    // Longer names first, so "@den bot" is not taken for "@den".
+    names.sort_by_key(|(n, _)| std::cmp::Reverse(n.len()));
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('@') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let lower = after.to_lowercase();
+        let found = names.iter().find(|(n, _)| {
+            !n.is_empty()
+                && lower.starts_with(n.as_str())
+                && lower[n.len()..].chars().next().is_none_or(|c| !c.is_alphanumeric())
+        });
+        match found {
+            // Lowercasing can change byte lengths; only names that keep them are matched in place.
+            Some((n, id)) if after.is_char_boundary(n.len()) && after[..n.len()].to_lowercase() == *n => {
+                out.push_str(&format!("<@{id}>"));
+                rest = &after[n.len()..];
+            }
+            _ => {
+                out.push('@');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 async fn upload(State(pg): State<Playground>, Json(f): Json<FileIn>) -> Result<Json<Value>, Refusal> {
@@ -300,6 +344,25 @@ async fn component(State(pg): State<Playground>, Json(c): Json<ComponentIn>) -> 
         None => pg.standin.press_button(user, channel, message, &c.custom_id),
     };
     Ok(Json(json!({"interaction": token.rsplit('-').next()})))
+}
+
+#[derive(Deserialize)]
+struct ReactionIn {
+    #[serde(rename = "as")]
+    user: String,
+    channel: String,
+    message: String,
+    emoji: String,
+}
+
+async fn react(State(pg): State<Playground>, Json(r): Json<ReactionIn>) -> Result<Json<Value>, Refusal> {
+    let (_, user) = pg.person(&r.user)?;
+    let channel = pg.channel_for(user, &r.channel)?;
+    let message = r.message.parse().map_err(|_| Refusal(StatusCode::BAD_REQUEST, "\"message\" is not an id"))?;
+    match pg.standin.react(user, channel, message, &r.emoji) {
+        Ok(()) => Ok(Json(json!({"ok": true}))),
+        Err(_) => Err(Refusal(StatusCode::BAD_REQUEST, "cannot react to that message with that emoji")),
+    }
 }
 
 #[derive(Deserialize)]

@@ -165,7 +165,7 @@ fn seen_by(m: &Message, viewer: u64) -> bool {
 }
 
 /// One message with the fields a client works out for itself.
-fn message(world: &World, m: &Message, cdn: &str) -> Value {
+fn message(world: &World, m: &Message, viewer: u64, cdn: &str) -> Value {
     let mut v = json::message(m, cdn);
     let used_by = m.interaction.as_ref().map(|(k, name, user)| {
         let who = world.users.get(user).map_or("someone", |u| u.name.as_str());
@@ -181,6 +181,9 @@ fn message(world: &World, m: &Message, cdn: &str) -> Value {
         "edits": m.edits,
         "interaction": used_by,
         "replied": replied,
+        "reactions": m.reactions.iter().map(|(emoji, users)| {
+            json!({"emoji": emoji, "count": users.len(), "mine": users.contains(&viewer)})
+        }).collect::<Vec<_>>(),
     });
     v
 }
@@ -195,7 +198,7 @@ pub fn messages(world: &World, channel: u64, viewer: u64, limit: usize, cdn: &st
     let mine: Vec<&Message> =
         world.messages.values().filter(|m| m.channel_id == channel && seen_by(m, viewer)).collect();
     let skip = mine.len().saturating_sub(limit);
-    Some(mine[skip..].iter().map(|m| message(world, m, cdn)).collect())
+    Some(mine[skip..].iter().map(|m| message(world, m, viewer, cdn)).collect())
 }
 
 #[cfg(test)]

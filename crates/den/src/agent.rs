@@ -123,6 +123,7 @@ pub async fn module(cx: &crate::roles::ModuleCx<'_>) -> anyhow::Result<std::sync
             wall_time: std::time::Duration::from_secs(c.agent.max_minutes.saturating_mul(60)),
             lease: std::time::Duration::from_secs(c.agent.lease_secs.max(1)),
             first_uid: c.agent.first_uid.max(1000),
+            channels: c.agent.channels.clone(),
             ..AgentSettings::default()
         },
     };

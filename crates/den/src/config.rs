@@ -142,6 +142,8 @@ pub struct AgentSection {
     pub lease_secs: u64,
     /// The first sandbox user id of sessions; two dens on one machine need ranges that do not meet.
     pub first_uid: u32,
+    /// Channels where the agent takes tasks from the start (besides those enabled with `/agent-channel`).
+    pub channels: Vec<u64>,
     /// MCP servers whose tools the agent is offered (`[[agent.mcp]]`: `name`, and `command` or `url`).
     pub mcp: Vec<den_agent::mcp::McpServer>,
 }
@@ -161,6 +163,7 @@ impl Default for AgentSection {
             events_webhook: None,
             lease_secs: 60,
             first_uid: 100_000,
+            channels: vec![],
             mcp: vec![],
         }
     }

@@ -68,6 +68,7 @@ pub async fn run(args: PlaygroundArgs, loaded: &Loaded, env: &[(String, String)]
     let page_addr = page.local_addr()?;
     let about = About {
         model: model.label.clone(),
+        note: note_of(&model.provider),
         rest: standin.api_base(),
         gateway: standin.gateway_url(),
         page: format!("http://{page_addr}"),
@@ -170,6 +171,9 @@ fn den_config(
     c.ops.listen = "127.0.0.1:0".into();
     c.ops.emf_namespace = None;
     c.campaigns.manager_role = Some(cast.game_masters);
+    // The agent takes tasks in #workshop from the start, and keeps its workspaces with the playground.
+    c.agent.channels = cast.workshop.into_iter().collect();
+    c.agent.workspaces_dir = Some(dir.join("agent-workspaces"));
     if !has_personas(&c.personas.dir) {
         c.personas.dir = sample_personas(dir)?;
     }
@@ -244,6 +248,17 @@ async fn answers(p: &ProviderSection) -> bool {
     match client {
         Ok(client) => client.get(url).send().await.is_ok(),
         Err(_) => false,
+    }
+}
+
+/// What the model in use cannot do well, said on the page.
+fn note_of(p: &ProviderSection) -> String {
+    match p.kind.as_str() {
+        "local" | "canned" => "den's coding agent (#workshop) needs a model that calls tools; the model in the box is \
+                               too small to use them well, so its runs will go nowhere. Start the playground with a \
+                               bigger model (--model configured) to see the agent work."
+            .into(),
+        _ => String::new(),
     }
 }
 

@@ -40,6 +40,7 @@ fn a_persona_streams_its_answer_and_the_world_survives_a_restart() {
     let pg = scratch.playground(&[], &[("FAKE_LLM_KEY", KEY)]);
     let (_, state) = pg.get("/api/state");
     assert_eq!(state["about"]["model"], "fake-1 (openai)", "the page names the model personas speak with");
+    assert_eq!(state["about"]["note"], "", "nothing to warn of with a configured model");
     let general = general(&pg);
     pg.say("Ada", &general, "Gran, how was your day?");
     let reply = pg.wait_for_message("Ada", &general, WAIT, |m| {
@@ -73,6 +74,8 @@ fn offline_and_keyless_the_playground_starts_with_labelled_canned_replies() {
     let pg = scratch.playground(&[], &[("PIP_INDEX_URL", index.as_str()), ("PIP_DISABLE_PIP_VERSION_CHECK", "1")]);
     let (_, state) = pg.get("/api/state");
     assert_eq!(state["about"]["model"], den_local::CANNED_LABEL);
+    let note = state["about"]["note"].as_str().unwrap();
+    assert!(note.contains("coding agent") && note.contains("too small"), "the page says so plainly: {note}");
     let general = general(&pg);
     pg.say("Ben", &general, "Gran, anything to say?");
     let reply =
@@ -279,4 +282,46 @@ fn a_keyless_openai_compatible_server_that_answers_is_used_as_configured() {
     let general = general(&pg);
     pg.say("Ada", &general, "Gran, thoughts?");
     pg.wait_for_message("Ada", &general, WAIT, |m| from_gran(m) && m["content"] == "Tea first, then opinions.");
+}
+
+#[test]
+fn the_coding_agent_works_in_a_thread_of_the_workshop_and_a_thumbs_up_reaction_merges_its_branch() {
+    let rt = runtime();
+    let (scratch, llm) = with_fake_model(&rt);
+    llm.push(Script::call("", "write_file", json!({"path": "GREETING.md", "content": "Hello from den.\n"})));
+    llm.push(Script::call("Done.", "finish", json!({"summary": "Add a greeting", "confidence": 85})));
+    let pg = scratch.playground(&[], &[("FAKE_LLM_KEY", KEY)]);
+    pg.wait_until_den_is_online();
+    let workshop = pg.channel("Ada", "workshop").expect("the playground has #workshop");
+    pg.say("Ada", &workshop, "@den add a greeting file");
+    let asked =
+        pg.wait_for_message("Ada", &workshop, WAIT, |m| m["content"].as_str().is_some_and(|c| c.contains("greeting")));
+    assert!(asked["content"].as_str().unwrap().starts_with("<@"), "@den became a mention: {asked}");
+    // The thread started on Ada's message has its id.
+    let thread = asked["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + WAIT;
+    while pg.channel("Ada", "add a greeting file").as_deref() != Some(thread.as_str()) {
+        assert!(std::time::Instant::now() < deadline, "den opened no thread on the task");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let done = |m: &serde_json::Value| m["content"].as_str().is_some_and(|c| c.contains("**Done**"));
+    let result = pg.wait_for_message("Ada", &thread, WAIT, done);
+    let ada = pg.person("Ada");
+    let reaction = json!({"as": ada, "channel": thread, "message": result["id"], "emoji": "👍"});
+    let (status, answer) = pg.post("/api/reactions", &reaction);
+    assert_eq!(status, 200, "{answer}");
+    pg.wait_for_message("Ada", &thread, WAIT, |m| m["content"].as_str().is_some_and(|c| c.contains("merged")));
+    let seen = pg.messages("Ada", &thread);
+    let shown = seen.iter().find(|m| m["id"] == result["id"]).unwrap();
+    let mine = &shown["den_view"]["reactions"];
+    assert!(mine.as_array().unwrap().iter().any(|r| r["emoji"] == "👍" && r["mine"] == true), "{mine}");
+    let base = scratch.path().join("pg/agent-workspaces");
+    assert!(walk_has(&base, "GREETING.md"), "the greeting reached a workspace under the playground's folder");
+}
+
+fn walk_has(dir: &std::path::Path, name: &str) -> bool {
+    std::fs::read_dir(dir).into_iter().flatten().filter_map(Result::ok).any(|e| {
+        let p = e.path();
+        p.file_name().is_some_and(|n| n == name) || (p.is_dir() && walk_has(&p, name))
+    })
 }

@@ -248,6 +248,25 @@ fn a_newcomer_talks_to_a_persona_builds_a_campaign_and_tries_memory_in_the_brows
             .await
             .unwrap();
         assert_eq!(href, "#", "a javascript: link is not followed");
+
+        // The coding agent: a task in #workshop, worked in a thread, merged by a 👍 reaction.
+        llm.push(Script::call("", "write_file", json!({"path": "GREETING.md", "content": "Hello from den.\n"})));
+        llm.push(Script::call("Done.", "finish", json!({"summary": "Add a greeting for newcomers", "confidence": 88})));
+        c.find(Locator::Id("wire-toggle")).await.unwrap().click().await.unwrap();
+        be(&c, "Ada").await;
+        open_channel(&c, "workshop").await;
+        type_in(&c, &format!("@den add a greeting file for newcomers{ENTER}")).await;
+        open_channel(&c, "add a greeting file").await;
+        until(&c, "the agent's result", &shows("Committed")).await;
+        until(&c, "the merge button", "return [...document.querySelectorAll('#messages button.btn')].some(b => b.textContent.includes('Merge'))").await;
+        screenshot(&c, "7-agent-result").await;
+        c.execute("const m = [...document.querySelectorAll('#messages .msg')].find(m => m.textContent.includes('Committed')); \
+                   m.querySelector('.actions button[title=React]').click()", vec![]).await.unwrap();
+        c.execute("[...document.querySelectorAll('.reaction-picker button')].find(b => b.textContent === '👍').click()", vec![])
+            .await
+            .unwrap();
+        until(&c, "the merge", &shows("merged")).await;
+        screenshot(&c, "8-agent-merged").await;
         c.close().await.unwrap();
     });
 }

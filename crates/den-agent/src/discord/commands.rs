@@ -203,7 +203,9 @@ async fn task(m: &Arc<AgentModule>, a: &Asked) -> Result<String, JobError> {
         turns::start(m, session, &task, a.user).await?;
         return Ok("On it.".into());
     }
-    if !p.sessions.channel_enabled(a.guild, a.channel).await.map_err(retry)? {
+    if !(p.settings.channels.contains(&a.channel)
+        || p.sessions.channel_enabled(a.guild, a.channel).await.map_err(retry)?)
+    {
         return Ok("The agent does not take tasks in this channel. Someone with Manage Channels can turn it on with \
                    `/agent-channel enable`."
             .into());
@@ -235,7 +237,7 @@ pub(super) async fn message(m: &Arc<AgentModule>, job: &Job) -> Result<(), JobEr
     if !d["mentioned"].as_bool().unwrap_or(false) || text.is_empty() {
         return Ok(());
     }
-    if !p.sessions.channel_enabled(guild, channel).await.map_err(retry)? {
+    if !(p.settings.channels.contains(&channel) || p.sessions.channel_enabled(guild, channel).await.map_err(retry)?) {
         return Ok(()); // Mentions of den elsewhere are other modules' business.
     }
     let thread = p.egress.start_thread(channel, message, &thread_name(&text)).await.map_err(retry)?;
@@ -414,7 +416,7 @@ async fn close(m: &AgentModule, s: &Session) -> Result<(), JobError> {
         .await
         .map_err(retry)?;
     if let Some(result) = s.result_message
-        && let Err(e) = p.egress.edit(s.thread, result, &format!("Decided: `{}`.", s.branch), &[]).await
+        && let Err(e) = p.egress.remove_buttons(s.thread, result).await
     {
         tracing::warn!(error = %e, "agent: cannot take the buttons off the result");
     }

@@ -76,6 +76,8 @@ pub struct AgentSettings {
     /// The first sandbox user id of this den's sessions (den on the same
     /// machine as another den gives each its own range).
     pub first_uid: u32,
+    /// Channels where the agent takes tasks from the start (the operator's).
+    pub channels: Vec<u64>,
 }
 
 impl Default for AgentSettings {
@@ -89,6 +91,7 @@ impl Default for AgentSettings {
             wall_time: Duration::from_secs(30 * 60),
             lease: Duration::from_secs(60),
             first_uid: 100_000,
+            channels: vec![],
         }
     }
 }
@@ -156,7 +159,7 @@ impl AgentModule {
                 }
             });
         }
-        known.0.contains(&channel)
+        known.0.contains(&channel) || self.parts.settings.channels.contains(&channel)
     }
 
     /// Ingress learns a new channel or thread at once in this process.

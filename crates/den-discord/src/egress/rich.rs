@@ -162,6 +162,17 @@ impl Egress {
         self.call("edit message", call).await.map(|_| ())
     }
 
+    /// Takes the buttons off one of den's messages, leaving its text.
+    pub async fn remove_buttons(&self, channel: u64, message: u64) -> DiscordResult<()> {
+        no_zero(channel, "edit message")?;
+        no_zero(message, "edit message")?;
+        let body = json!({"components": []});
+        let call = Call::new(Method::PATCH, format!("/channels/{channel}/messages/{message}"))
+            .bucket(format!("PATCH /channels/{channel}/messages"))
+            .json(&body);
+        self.call("edit message", call).await.map(|_| ())
+    }
+
     /// Starts a public thread named `name` on `message` in `channel`; returns
     /// its id (which is the message's, as Discord makes it). Starting it again
     /// finds the thread already there and answers the same id.
