@@ -60,6 +60,12 @@ impl Git {
         c
     }
 
+    /// The repository's folder.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Runs git with `args`; its standard output, or an error with its message.
     pub async fn run(&self, args: &[&str]) -> Result<String, ToolError> {
         let out = self.command(args).output().await.map_err(|e| ToolError::Failed(format!("cannot run git: {e}")))?;

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use den_core::{Clock, Job};
+use den_discord::attachments::{Attachments, Download};
 use den_discord::events::{InboundInteraction, MANAGE_CHANNELS, MANAGE_ROLES};
 use den_discord::router::finish_interaction;
 use den_discord::{CommandSpec, Egress, IngressCx, InteractionRef, Module, OptionKind, OptionSpec, Reaction};
@@ -41,9 +42,6 @@ pub const IMPORT: &str = "campaigns.template";
 /// Largest template file den downloads.
 pub const MAX_TEMPLATE_BYTES: u64 = 64 * 1024;
 
-/// Hosts Discord serves attachments from.
-const ATTACHMENT_HOSTS: &[&str] = &["cdn.discordapp.com", "media.discordapp.net"];
-
 /// The campaigns module.
 pub struct CampaignsModule {
     egress: Arc<Egress>,
@@ -54,9 +52,8 @@ pub struct CampaignsModule {
     progress_every: Duration,
     /// A role whose members may manage campaigns without Manage Channels.
     manager_role: Option<u64>,
-    /// Hosts attachments may come from besides Discord's (a local stand-in's).
-    extra_hosts: Vec<String>,
-    http: reqwest::Client,
+    /// Downloads attachments (from Discord, or a configured stand-in).
+    attachments: Attachments,
 }
 
 impl std::fmt::Debug for CampaignsModule {
@@ -89,8 +86,7 @@ impl CampaignsModule {
             templates: all,
             progress_every: Duration::from_secs(1),
             manager_role,
-            http: download_client(&extra_hosts),
-            extra_hosts,
+            attachments: Attachments::new(extra_hosts),
         })
     }
 
@@ -124,10 +120,10 @@ impl CampaignsModule {
         let url = payload["url"].as_str().unwrap_or_default();
         let filename = payload["filename"].as_str().unwrap_or("template.toml");
         // Checked again here: a job's payload is not trusted because ingress checked it.
-        if !downloadable(url, &self.extra_hosts) {
+        if !self.attachments.allows(url) {
             return self.finish(&iref, "den only downloads attachments from Discord.").await;
         }
-        let bytes = match self.download(url).await {
+        let bytes = match self.attachments.get(url, MAX_TEMPLATE_BYTES).await {
             Ok(b) => b,
             Err(Download::Retry(e)) => return Err(retry(e)),
             Err(Download::Refused(why)) => return self.finish(&iref, &format!("Cannot use {filename}: {why}.")).await,
@@ -144,33 +140,6 @@ impl CampaignsModule {
             }
         };
         self.finish(&iref, &answer).await
-    }
-
-    /// Downloads an attachment: at most [`MAX_TEMPLATE_BYTES`], read in
-    /// pieces so a bigger body is never held whole, redirects followed only
-    /// to Discord's hosts.
-    async fn download(&self, url: &str) -> Result<Vec<u8>, Download> {
-        let mut response = self.http.get(url).send().await.map_err(|e| {
-            if e.is_redirect() {
-                Download::Refused("it redirects away from Discord".into())
-            } else {
-                Download::Retry(e.to_string())
-            }
-        })?;
-        if response.status().is_redirection() {
-            return Err(Download::Refused("it redirects away from Discord".into()));
-        }
-        if !response.status().is_success() {
-            return Err(Download::Refused(format!("HTTP {}", response.status())));
-        }
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| Download::Retry(e.to_string()))? {
-            if (bytes.len() + chunk.len()) as u64 > MAX_TEMPLATE_BYTES {
-                return Err(Download::Refused(format!("it is over {MAX_TEMPLATE_BYTES} bytes")));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        Ok(bytes)
     }
 
     async fn build_job(&self, payload: &Value) -> Result<(), JobError> {
@@ -365,7 +334,7 @@ impl Module for CampaignsModule {
                         true,
                     ));
                 }
-                if !downloadable(&file.url, &self.extra_hosts) {
+                if !self.attachments.allows(&file.url) {
                     return Some(Reaction::reply("den only downloads attachments from Discord.", true));
                 }
                 let payload =
@@ -503,37 +472,6 @@ impl CampaignsModule {
     }
 }
 
-/// Why a download did not give a template.
-enum Download {
-    /// A passing failure: try again later.
-    Retry(String),
-    /// Den will not use it (said to the person).
-    Refused(String),
-}
-
-/// The client attachments are downloaded with: 10 s, and redirects only
-/// between hosts den downloads from.
-fn download_client(extra_hosts: &[String]) -> reqwest::Client {
-    let hosts = extra_hosts.to_vec();
-    let policy = reqwest::redirect::Policy::custom(move |attempt| {
-        if attempt.previous().len() < 3 && downloadable(attempt.url().as_str(), &hosts) {
-            attempt.follow()
-        } else {
-            attempt.stop()
-        }
-    });
-    reqwest::Client::builder().timeout(Duration::from_secs(10)).redirect(policy).build().unwrap_or_default()
-}
-
-/// Whether den may download from `url`: Discord's attachment hosts over
-/// HTTPS, or a configured stand-in for Discord (`host:port`).
-fn downloadable(url: &str, extra_hosts: &[String]) -> bool {
-    let Ok(u) = reqwest::Url::parse(url) else { return false };
-    let host = u.host_str().unwrap_or_default();
-    let with_port = u.port().map_or_else(|| host.to_owned(), |p| format!("{host}:{p}"));
-    (u.scheme() == "https" && ATTACHMENT_HOSTS.contains(&host)) || extra_hosts.contains(&with_port)
-}
-
 /// Runs the module's jobs.
 pub struct CampaignJobs(pub Arc<CampaignsModule>);
 
@@ -546,22 +484,5 @@ impl JobHandler for CampaignJobs {
             IMPORT => self.0.import_job(&job.payload).await,
             other => Err(JobError::permanent(format!("campaigns has no job {other}"))),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn templates_download_only_from_discord_or_its_configured_stand_in() {
-        let local = vec!["127.0.0.1:9000".to_owned()];
-        assert!(downloadable("https://cdn.discordapp.com/attachments/1/2/t.toml", &[]));
-        assert!(!downloadable("http://cdn.discordapp.com/attachments/1/2/t.toml", &[]), "HTTPS only");
-        assert!(!downloadable("https://evil.example/t.toml", &[]));
-        assert!(!downloadable("https://cdn.discordapp.com.evil.example/t.toml", &[]));
-        assert!(downloadable("http://127.0.0.1:9000/attachments/1/t.md", &local));
-        assert!(!downloadable("http://127.0.0.1:9001/attachments/1/t.md", &local));
-        assert!(!downloadable("not a url", &local));
     }
 }

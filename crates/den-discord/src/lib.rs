@@ -5,6 +5,7 @@
 //! - [`events`]: the small types den parses from Discord's events.
 //! - [`split`]: long text into Discord-sized messages.
 
+pub mod attachments;
 pub mod egress;
 pub mod events;
 pub mod gateway;

@@ -112,6 +112,8 @@ pub async fn module(cx: &crate::roles::ModuleCx<'_>) -> anyhow::Result<std::sync
         clock: cx.clock.clone(),
         ladder: models,
         mcp: mcp(c).await,
+        // A plain-HTTP stand-in for Discord (a proxy, or the test double) also serves attachments.
+        attachments: den_discord::attachments::Attachments::new(c.discord.api_proxy.iter().cloned().collect()),
         sandbox,
         workspaces: den_agent::discord::workspaces::Workspaces::new(dir, &c.agent.base_branch),
         ledger: den_llm::ledger::Ledger::new(cx.store.table(den_llm::ledger::table_spec()).await?, cx.clock.clone()),
@@ -124,6 +126,7 @@ pub async fn module(cx: &crate::roles::ModuleCx<'_>) -> anyhow::Result<std::sync
             lease: std::time::Duration::from_secs(c.agent.lease_secs.max(1)),
             first_uid: c.agent.first_uid.max(1000),
             channels: c.agent.channels.clone(),
+            seed_roots: c.agent.seed_roots.clone(),
             ..AgentSettings::default()
         },
     };

@@ -144,6 +144,8 @@ pub struct AgentSection {
     pub first_uid: u32,
     /// Channels where the agent takes tasks from the start (besides those enabled with `/agent-channel`).
     pub channels: Vec<u64>,
+    /// Folders under which `/workspace seed path:` may read (none: seeding from a path is off).
+    pub seed_roots: Vec<PathBuf>,
     /// MCP servers whose tools the agent is offered (`[[agent.mcp]]`: `name`, and `command` or `url`).
     pub mcp: Vec<den_agent::mcp::McpServer>,
 }
@@ -164,6 +166,7 @@ impl Default for AgentSection {
             lease_secs: 60,
             first_uid: 100_000,
             channels: vec![],
+            seed_roots: vec![],
             mcp: vec![],
         }
     }

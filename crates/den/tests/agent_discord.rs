@@ -310,3 +310,89 @@ fn a_run_whose_worker_is_killed_mid_command_resumes_in_the_next_process_and_comm
         .any(|p| std::fs::read_to_string(p.path().join("cmdline")).is_ok_and(|c| c.contains("sleep\u{0}120")));
     assert!(!sleeping, "the killed worker's command was killed before the run went on");
 }
+
+/// Runs `/workspace seed` with `options` as the test's user; den's answer.
+fn seed(discord: &Discord, options: Vec<CommandOption>) -> String {
+    let token = discord.fake.invoke_command(
+        discord.user,
+        discord.channel,
+        "workspace",
+        &[CommandOption::sub(1, "seed", options)],
+    );
+    discord.wait_until("the seed's answer", WAIT, |f| {
+        f.interaction(&token).and_then(|i| i.original).and_then(|m| f.message(m)).is_some_and(|m| !m.content.is_empty())
+    });
+    let i = discord.fake.interaction(&token).unwrap();
+    discord.fake.message(i.original.unwrap()).unwrap().content
+}
+
+#[test]
+fn an_admin_seeds_the_workspace_from_a_zip_or_an_allowed_folder_and_nothing_lands_outside_it() {
+    let discord = Discord::start();
+    let llm = discord.rt.block_on(FakeLlm::start(Wire::OpenAi, None)).unwrap();
+    let allowed = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(allowed.path().join("app/src")).unwrap();
+    std::fs::write(allowed.path().join("app/src/main.sh"), "echo from a folder\n").unwrap();
+    let more = format!("[agent]\nseed_roots = [\"{}\"]\n", allowed.path().display());
+    let (scratch, _den, base) = start(&discord, &llm, &more);
+
+    // A repository's "Download ZIP": one top folder, which becomes the workspace's root.
+    let zip = scratch.path().join("repo.zip");
+    let made = Command::new("python3")
+        .args(["-c", "import sys, zipfile\nwith zipfile.ZipFile(sys.argv[1], 'w') as z:\n    z.writestr('repo-main/hello.txt', 'hi\\n')\n    z.writestr('repo-main/docs/a.md', '# a\\n')", zip.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let archive = discord.fake.add_attachment("repo.zip", &std::fs::read(&zip).unwrap());
+    let answer = seed(&discord, vec![CommandOption::attachment("archive", archive)]);
+    assert!(answer.contains("seeded"), "{answer}");
+    assert_eq!(git(&base, &["show", "main:hello.txt"]), "hi\n");
+    assert!(
+        git(&base, &["ls-tree", "-r", "--name-only", "main"]).lines().eq(["docs/a.md", "hello.txt"]),
+        "only the seed's files"
+    );
+    assert!(git(&base, &["log", "-1", "--format=%s", "main"]).contains("Seed the workspace from repo.zip"));
+
+    // A zip whose entry climbs out of the folder is refused whole.
+    let evil = scratch.path().join("evil.zip");
+    let made = Command::new("python3")
+        .args(["-c", "import sys, zipfile\nwith zipfile.ZipFile(sys.argv[1], 'w') as z:\n    z.writestr('ok.txt', 'x')\n    z.writestr('../../escaped.txt', 'x')", evil.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let archive = discord.fake.add_attachment("evil.zip", &std::fs::read(&evil).unwrap());
+    let answer = seed(&discord, vec![CommandOption::attachment("archive", archive)]);
+    assert!(answer.contains("outside the workspace"), "{answer}");
+    assert!(!scratch.path().join("den-data/escaped.txt").exists() && !scratch.path().join("escaped.txt").exists());
+    assert_eq!(git(&base, &["show", "main:hello.txt"]), "hi\n", "the base is as it was");
+
+    // A .tar.gz unpacks the same way.
+    let tree = scratch.path().join("tree/proj-1.0");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("VERSION"), "1.0\n").unwrap();
+    let tgz = scratch.path().join("proj.tar.gz");
+    let made =
+        Command::new("tar").arg("-czf").arg(&tgz).arg("-C").arg(scratch.path().join("tree")).arg("proj-1.0").status();
+    assert!(made.unwrap().success());
+    let archive = discord.fake.add_attachment("proj.tar.gz", &std::fs::read(&tgz).unwrap());
+    let answer = seed(&discord, vec![CommandOption::attachment("archive", archive)]);
+    assert!(answer.contains("seeded"), "{answer}");
+    assert_eq!(git(&base, &["ls-tree", "-r", "--name-only", "main"]).trim(), "VERSION");
+
+    // Folders: only under the allowed roots.
+    let answer = seed(&discord, vec![CommandOption::string("path", "/etc")]);
+    assert!(answer.contains("not a folder under one the operator allows"), "{answer}");
+    let inside = allowed.path().join("app");
+    let answer = seed(&discord, vec![CommandOption::string("path", inside.to_str().unwrap())]);
+    assert!(answer.contains("seeded"), "{answer}");
+    assert_eq!(git(&base, &["show", "main:src/main.sh"]), "echo from a folder\n");
+
+    // Someone without Manage Server may not.
+    let member = discord.fake.add_user("ben");
+    discord.fake.add_member(discord.guild, member);
+    let token =
+        discord.fake.invoke_command(member, discord.channel, "workspace", &[CommandOption::sub(1, "seed", vec![])]);
+    discord.wait_until("refused", WAIT, |f| f.interaction(&token).is_some_and(|i| i.callback.is_some()));
+    let (_, data) = discord.fake.interaction(&token).unwrap().callback.unwrap();
+    assert!(data["content"].as_str().unwrap().contains("Manage Server"), "{data}");
+}

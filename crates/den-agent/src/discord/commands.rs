@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use den_core::Job;
+use den_discord::attachments::Download;
 use den_discord::events::{InboundInteraction, MANAGE_CHANNELS, MANAGE_GUILD};
 use den_discord::router::{Fallback, finish_interaction_or};
 use den_discord::{CommandSpec, IngressCx, InteractionRef, OptionKind, OptionSpec, Outgoing, Reaction};
@@ -52,11 +53,20 @@ pub(super) fn specs() -> Vec<CommandSpec> {
             .option(sub("enable", "Mentioning den here starts a task in a thread"))
             .option(sub("disable", "den no longer takes tasks here"))
     };
+    let mut seed = sub("seed", "Replace the server's workspace files with an archive or an allowed folder");
+    seed.options.push(OptionSpec::new("archive", "A .zip, .tar, .tar.gz or .tgz", OptionKind::Attachment, false));
+    seed.options.push(OptionSpec::new(
+        "path",
+        "A folder on den's machine the operator allows",
+        OptionKind::String,
+        false,
+    ));
     let workspace = CommandSpec::new("workspace", "The agent's workspace on this server")
         .option(sub("list", "Sessions, their branches and where they stand"))
         .option(sub("files", "Files on this thread's branch (or the base)"))
         .option(sub("download", "A zip of this thread's branch (or the base)"))
-        .option(sub("clean", "Remove this thread's clone of the workspace"));
+        .option(sub("clean", "Remove this thread's clone of the workspace"))
+        .option(seed);
     vec![agent, channel, workspace]
 }
 
@@ -79,6 +89,7 @@ pub(super) fn on_command(m: &Arc<AgentModule>, i: &InboundInteraction, cx: &Ingr
     let needs = match name.as_str() {
         "agent-channel enable" | "agent-channel disable" => Some((MANAGE_CHANNELS, "Manage Channels")),
         "agent settings" if i.options.len() > 1 => Some((MANAGE_GUILD, "Manage Server")),
+        "workspace seed" => Some((MANAGE_GUILD, "Manage Server")),
         _ => None,
     };
     if let Some((bit, what)) = needs
@@ -86,8 +97,10 @@ pub(super) fn on_command(m: &Arc<AgentModule>, i: &InboundInteraction, cx: &Ingr
     {
         return Some(Reaction::reply(format!("You need {what} for `/{name}`."), true));
     }
+    let attachment = i.resolved_attachments.first().map(|a| json!({"url": a.url, "filename": a.filename}));
     let payload = json!({"name": name, "options": i.options, "user": i.user.as_ref().map(|u| u.id),
-        "roles": i.roles, "permissions": i.permissions, "interaction": InteractionRef::of(i, cx.now)});
+        "roles": i.roles, "permissions": i.permissions, "interaction": InteractionRef::of(i, cx.now),
+        "attachment": attachment});
     let job = m.job(kinds::COMMAND, i.guild_id, payload);
     // A task is answered in public (the thread link); the rest only to the person asking.
     Some(Reaction::defer(job, name != "agent task"))
@@ -111,6 +124,7 @@ const COMMANDS: &[(&str, CommandHandler)] = &[
     ("workspace files", |m, a| Box::pin(workspace_files(m, a))),
     ("workspace download", |m, a| Box::pin(workspace_download(m, a))),
     ("workspace clean", |m, a| Box::pin(workspace_clean(m, a))),
+    ("workspace seed", |m, a| Box::pin(workspace_seed(m, a))),
 ];
 
 /// A command as its job carries it.
@@ -120,6 +134,8 @@ pub(super) struct Asked {
     channel: u64,
     user: u64,
     options: serde_json::Map<String, Value>,
+    /// The file attached to the command, when there is one: its URL and name.
+    attachment: Option<(String, String)>,
 }
 
 impl Asked {
@@ -137,6 +153,9 @@ pub(super) async fn command(m: &Arc<AgentModule>, job: &Job) -> Result<(), JobEr
         channel: iref.channel_id.unwrap_or(0),
         user: iref.user_id.unwrap_or(0),
         options: job.payload["options"].as_object().cloned().unwrap_or_default(),
+        attachment: job.payload["attachment"]["url"]
+            .as_str()
+            .map(|u| (u.to_owned(), job.payload["attachment"]["filename"].as_str().unwrap_or("archive").to_owned())),
         iref,
     };
     let Some((_, handler)) = COMMANDS.iter().find(|(n, _)| *n == name) else {
@@ -721,4 +740,45 @@ async fn workspace_clean(m: &Arc<AgentModule>, a: &Asked) -> Result<String, JobE
         "This thread has no workspace."
     }
     .into())
+}
+
+/// Largest archive den downloads to seed a workspace.
+const MAX_SEED_ARCHIVE: u64 = 25 * 1024 * 1024;
+
+async fn workspace_seed(m: &Arc<AgentModule>, a: &Asked) -> Result<String, JobError> {
+    use super::workspaces::Seed;
+    let p = &m.parts;
+    let path = a.options.get("seed.path").and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty());
+    let seed = match (&a.attachment, path) {
+        (Some((url, filename)), None) => match p.attachments.get(url, MAX_SEED_ARCHIVE).await {
+            Ok(bytes) => Seed::Archive(filename.clone(), bytes),
+            Err(Download::Retry(e)) => return Err(JobError::retry(e)),
+            Err(Download::Refused(why)) => return Ok(format!("Cannot use {filename}: {why}.")),
+        },
+        (None, Some(path)) => match allowed_path(&p.settings.seed_roots, path) {
+            Some(folder) => Seed::Path(folder),
+            None => {
+                return Ok(format!(
+                    "`{path}` is not a folder under one the operator allows for seeding ([agent] seed_roots)."
+                ));
+            }
+        },
+        _ => return Ok("Give an `archive` or a `path`, one of the two.".into()),
+    };
+    match p.workspaces.seed(a.guild, seed).await {
+        Ok(Some(commit)) => Ok(format!(
+            "🌱 The workspace is seeded (`{}` on `{}`); threads take it up at their next run.",
+            &commit[..commit.len().min(10)],
+            p.workspaces.base_branch()
+        )),
+        Ok(None) => Ok("The workspace already holds exactly those files.".into()),
+        Err(e @ (crate::ToolError::BadInput(_) | crate::ToolError::Refused(_))) => Ok(format!("Cannot seed: {e}")),
+        Err(e) => Err(retry(e)),
+    }
+}
+
+/// `path` when it is a folder inside one of `roots` (both resolved, so `..` and links cannot leave them).
+fn allowed_path(roots: &[std::path::PathBuf], path: &str) -> Option<std::path::PathBuf> {
+    let folder = std::fs::canonicalize(path).ok().filter(|f| f.is_dir())?;
+    roots.iter().filter_map(|r| std::fs::canonicalize(r).ok()).any(|r| folder.starts_with(&r)).then_some(folder)
 }

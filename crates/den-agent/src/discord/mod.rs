@@ -78,6 +78,8 @@ pub struct AgentSettings {
     pub first_uid: u32,
     /// Channels where the agent takes tasks from the start (the operator's).
     pub channels: Vec<u64>,
+    /// Folders under which `/workspace seed path:` may read.
+    pub seed_roots: Vec<std::path::PathBuf>,
 }
 
 impl Default for AgentSettings {
@@ -92,6 +94,7 @@ impl Default for AgentSettings {
             lease: Duration::from_secs(60),
             first_uid: 100_000,
             channels: vec![],
+            seed_roots: vec![],
         }
     }
 }
@@ -120,6 +123,8 @@ pub struct AgentParts {
     pub settings: AgentSettings,
     /// Tools of the operator's MCP servers.
     pub mcp: Option<crate::mcp::SharedMcp>,
+    /// Downloads files people attach (archives to seed from).
+    pub attachments: den_discord::attachments::Attachments,
 }
 
 /// The agent module.

@@ -16,6 +16,20 @@ pub struct Workspaces {
     base: String,
 }
 
+/// What a server's workspace is seeded from.
+#[derive(Clone, Debug)]
+pub enum Seed {
+    /// An uploaded archive (`.zip`, `.tar`, `.tar.gz`, `.tgz`): its name and bytes.
+    Archive(String, Vec<u8>),
+    /// A folder on den's machine, under one of the roots the operator allows.
+    Path(PathBuf),
+}
+
+/// Most bytes an archive may unpack to.
+const MAX_UNPACKED: u64 = 256 * 1024 * 1024;
+/// Most files an archive may hold.
+const MAX_FILES: usize = 20_000;
+
 /// What a merge did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Merge {
@@ -138,8 +152,138 @@ impl Workspaces {
         }
     }
 
+    /// Replaces the files of `guild`'s base with `seed`'s, in one commit on
+    /// the base branch; threads take it up at their next run. Returns the commit.
+    pub async fn seed(&self, guild: u64, seed: Seed) -> Result<Option<String>, ToolError> {
+        let base = self.base(guild).await?;
+        let staging = self.root.join(guild.to_string()).join(format!("seed-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&staging).map_err(|e| ToolError::Failed(format!("seed: {e}")))?;
+        let result = self.seed_from(&base, &staging, &seed).await;
+        let _ = std::fs::remove_dir_all(&staging);
+        result
+    }
+
+    async fn seed_from(&self, base: &Git, staging: &Path, seed: &Seed) -> Result<Option<String>, ToolError> {
+        let (what, root) = match seed {
+            Seed::Archive(name, bytes) => {
+                unpack(name, bytes, staging).await?;
+                // An archive of one folder (a repository's "Download ZIP") seeds with that folder's contents.
+                let mut top: Vec<PathBuf> = read_dir(staging)?;
+                let root = if top.len() == 1 && top[0].is_dir() { top.remove(0) } else { staging.to_owned() };
+                (name.clone(), root)
+            }
+            Seed::Path(path) => (path.display().to_string(), path.clone()),
+        };
+        base.run(&["checkout", "--quiet", "--force", &self.base]).await?;
+        base.run(&["rm", "-r", "-q", "--ignore-unmatch", "."]).await?;
+        let dir = base_dir_of(base);
+        copy_tree(&root, &dir, &mut 0)?;
+        base.commit_all(&format!("Seed the workspace from {what}")).await
+    }
+
     /// A zip of `rev` of the base repository or of a thread's clone.
     pub async fn archive(&self, git: &Git, rev: &str) -> Result<Vec<u8>, ToolError> {
         git.run_bytes(&["archive", "--format=zip", rev]).await
     }
+}
+
+fn base_dir_of(git: &Git) -> PathBuf {
+    git.dir().to_owned()
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, ToolError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| ToolError::Failed(format!("seed: {e}")))?;
+    Ok(entries.filter_map(Result::ok).map(|e| e.path()).collect())
+}
+
+/// Copies the files and folders of `from` into `to`, leaving out `.git` and
+/// symbolic links (a seed must not point den at files outside it).
+fn copy_tree(from: &Path, to: &Path, files: &mut usize) -> Result<(), ToolError> {
+    let fail = |e: std::io::Error| ToolError::Failed(format!("seed: {e}"));
+    std::fs::create_dir_all(to).map_err(fail)?;
+    for entry in std::fs::read_dir(from).map_err(fail)? {
+        let entry = entry.map_err(fail)?;
+        let kind = entry.file_type().map_err(fail)?;
+        let name = entry.file_name();
+        if name == ".git" || kind.is_symlink() {
+            continue;
+        }
+        *files += 1;
+        if *files > MAX_FILES {
+            return Err(ToolError::Refused(format!("the seed has more than {MAX_FILES} files")));
+        }
+        let target = to.join(&name);
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &target, files)?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &target).map_err(fail)?;
+        }
+    }
+    Ok(())
+}
+
+/// Unpacks an archive into `into`: zip by den, tar (compressed or not) by `tar`.
+async fn unpack(name: &str, bytes: &[u8], into: &Path) -> Result<(), ToolError> {
+    let lower = name.to_lowercase();
+    if lower.ends_with(".zip") {
+        return unzip(bytes, into);
+    }
+    if !(lower.ends_with(".tar") || lower.ends_with(".tar.gz") || lower.ends_with(".tgz")) {
+        return Err(ToolError::BadInput(format!("{name}: den unpacks .zip, .tar, .tar.gz and .tgz archives")));
+    }
+    let file = into.with_extension("tar");
+    std::fs::write(&file, bytes).map_err(|e| ToolError::Failed(format!("seed: {e}")))?;
+    // GNU tar keeps members inside the folder (no absolute paths, no ..) and here owns nothing it unpacks.
+    let out = tokio::process::Command::new("tar")
+        .args(["-x", "--no-same-owner", "--no-same-permissions", "-f"])
+        .arg(&file)
+        .arg("-C")
+        .arg(into)
+        .output()
+        .await;
+    let _ = std::fs::remove_file(&file);
+    let out = out.map_err(|e| ToolError::Failed(format!("cannot run tar: {e}")))?;
+    if !out.status.success() {
+        return Err(ToolError::BadInput(format!("{name}: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(())
+}
+
+fn unzip(bytes: &[u8], into: &Path) -> Result<(), ToolError> {
+    let bad = |e: zip::result::ZipError| ToolError::BadInput(format!("not a zip archive den can read: {e}"));
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(bad)?;
+    if archive.len() > MAX_FILES {
+        return Err(ToolError::Refused(format!("the archive has more than {MAX_FILES} files")));
+    }
+    let mut unpacked = 0u64;
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).map_err(bad)?;
+        // Names that would leave the folder (absolute, `..`) are refused by the zip reader's own check.
+        let Some(relative) = entry.enclosed_name() else {
+            return Err(ToolError::Refused(format!(
+                "{} would land outside the workspace",
+                entry.name().unwrap_or_default()
+            )));
+        };
+        let target = into.join(relative);
+        if entry.is_dir() {
+            std::fs::create_dir_all(&target).map_err(|e| ToolError::Failed(format!("seed: {e}")))?;
+            continue;
+        }
+        if entry.is_symlink() {
+            continue;
+        }
+        unpacked += entry.size();
+        if unpacked > MAX_UNPACKED {
+            return Err(ToolError::Refused(format!("the archive unpacks to more than {} MiB", MAX_UNPACKED >> 20)));
+        }
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| ToolError::Failed(format!("seed: {e}")))?;
+        }
+        let mut file = std::fs::File::create(&target).map_err(|e| ToolError::Failed(format!("seed: {e}")))?;
+        // Counted as it is written, so a size the archive lies about is caught too.
+        let mut limited = std::io::Read::take(&mut entry, MAX_UNPACKED + 1);
+        std::io::copy(&mut limited, &mut file).map_err(|e| ToolError::BadInput(format!("seed: {e}")))?;
+    }
+    Ok(())
 }
