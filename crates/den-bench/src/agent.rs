@@ -1,5 +1,8 @@
 //! `den-bench agent`: den's own time per agent turn (tool dispatch, sandbox
 //! start, bookkeeping; the model answers at once) and the sandbox's start.
+//! Turns are measured twice: in one process without a store, and as the
+//! Discord module runs them, the run's state and turn log saved to den's
+//! SQLite store after the model's answer and after each call.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +28,7 @@ pub struct AgentOptions {
     starts: u32,
 }
 
-/// A model that answers at once, alternating a file read and a sandboxed `true`.
+/// A model that answers at once, cycling a file read, a sandboxed `true` and a file write.
 struct Instant0 {
     calls: AtomicU64,
 }
@@ -38,10 +41,12 @@ impl ChatModel for Instant0 {
 
     async fn stream(&self, _: &ChatRequest) -> Result<ChatStream, LlmError> {
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
-        let (name, input) = if n.is_multiple_of(2) {
-            ("read_file", json!({"path": "src/lib.rs", "limit": 50}))
-        } else {
-            ("run", json!({"command": "true"}))
+        // Inputs differ every turn and a file changes every third, as in real work: den's escalation
+        // rules (the same call four times, five turns without a change) would otherwise end the run.
+        let (name, input) = match n % 3 {
+            0 => ("read_file", json!({"path": "src/lib.rs", "offset": n % 100, "limit": 50})),
+            1 => ("run", json!({"command": format!("true {n}")})),
+            _ => ("write_file", json!({"path": format!("notes/{n}.txt"), "content": "x\n"})),
         };
         let call = ToolCall { id: format!("c{n}"), name: name.into(), input };
         let events = vec![
@@ -106,20 +111,80 @@ pub fn run(o: &AgentOptions) -> anyhow::Result<Value> {
         den_agent::run::run(&[&model], &tools, &config, vec![], "bench", &stamps, &stop).await?;
         let total = began.elapsed();
         let stamps = stamps.0.into_inner().unwrap_or_default();
+        let kept = turns_with_state_saved(&tools, o.turns, dir.path()).await?;
         let turns: Vec<f64> = stamps.windows(2).map(|w| ms(w[1] - w[0])).collect();
-        // Turn i runs call i: even ones read a file, odd ones run `true` in the sandbox.
-        let of_kind = |even: bool| -> Vec<f64> {
-            turns.iter().enumerate().filter(|(i, _)| i.is_multiple_of(2) == even).map(|(_, t)| *t).collect()
+        // The window from call i to call i + 1 holds call i: reads, runs and writes in turn.
+        let of_kind = |kind: usize| -> Vec<f64> {
+            turns.iter().enumerate().filter(|(i, _)| i % 3 == kind).map(|(_, t)| *t).collect()
         };
         Ok(json!({
             "scenario": "agent",
             "sandbox": sandbox.describe(),
             "sandbox_start": summary(starts),
             "turn": summary(turns.clone()),
-            "turn_reading_a_file": summary(of_kind(true)),
-            "turn_running_true_in_the_sandbox": summary(of_kind(false)),
+            "turn_reading_a_file": summary(of_kind(0)),
+            "turn_running_true_in_the_sandbox": summary(of_kind(1)),
+            "turn_writing_a_file": summary(of_kind(2)),
+            "turn_with_state_saved": summary(kept),
             "turns": o.turns,
             "total_ms": ms(total),
         }))
     })
+}
+
+/// Keeps the state and each call's log line in den's store, as a thread's turns do.
+struct Kept {
+    sessions: den_agent::discord::sessions::Sessions,
+    records: den_agent::records::Records,
+}
+
+#[async_trait]
+impl den_agent::run::Checkpoint for Kept {
+    async fn save(
+        &self,
+        state: &den_agent::run::RunState,
+        call: Option<&den_agent::run::CallRecord>,
+    ) -> Result<(), String> {
+        if let Some(call) = call {
+            self.records.log_call("bench-1", state.calls.len() - 1, call).await.map_err(|e| e.to_string())?;
+        }
+        self.sessions.save_state(1, "bench-1", state).await.map_err(|e| e.to_string())
+    }
+}
+
+/// Times `turns` turns stepped one by one with their state saved to a SQLite store in `dir`.
+async fn turns_with_state_saved(tools: &Tools, turns: u32, dir: &std::path::Path) -> anyhow::Result<Vec<f64>> {
+    let clock: std::sync::Arc<dyn den_core::Clock> = std::sync::Arc::new(den_core::SystemClock);
+    let options = den_storage::sqlite::SqliteOptions::new(dir.join("den.db"));
+    let store = den_storage::sqlite::SqliteStore::open(&options, clock.clone())?;
+    let kept = Kept {
+        sessions: den_agent::discord::sessions::Sessions::open(&store).await?,
+        records: den_agent::records::Records::open(&store, clock).await?,
+    };
+    let config = RunConfig { max_turns: turns, max_tokens: 100, ..RunConfig::new("den/bench-kept", "main") };
+    tools.git.checkout(&config.branch, &config.base).await?;
+    let model = Instant0 { calls: AtomicU64::new(0) };
+    let ladder: [&dyn ChatModel; 1] = [&model];
+    let controls = den_agent::controls::Controls::default();
+    let mut state = den_agent::run::RunState::start(vec![], "bench", den_agent::run::now_ms());
+    let mut took = Vec::new();
+    loop {
+        let step = den_agent::run::Step {
+            ladder: &ladder,
+            tools,
+            config: &config,
+            progress: &den_agent::run::Quiet,
+            controls: &controls,
+            checkpoint: &kept,
+            now_ms: den_agent::run::now_ms(),
+        };
+        let began = Instant::now();
+        let ended = step.turn(&mut state).await?;
+        took.push(ms(began.elapsed()));
+        if ended.is_some() {
+            break;
+        }
+    }
+    store.close().await?;
+    Ok(took)
 }

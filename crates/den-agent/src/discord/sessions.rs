@@ -273,14 +273,17 @@ impl Sessions {
     /// Saves the state of `run`, shortening old tool results when it grows past what a store item holds.
     pub async fn save_state(&self, thread: u64, run: &str, state: &RunState) -> StoreResult<()> {
         let mut text = serde_json::to_string(state).unwrap_or_default();
-        if text.len() > MAX_STATE_BYTES {
+        // Past the limit, older tool results are shortened (the turn log has their digests): first all but
+        // the last ten messages', then every one's. Two passes at most, whatever the run's length.
+        for (keep, cut) in [(10, 1024), (0, 256)] {
+            if text.len() <= MAX_STATE_BYTES {
+                break;
+            }
             let mut smaller = state.clone();
-            for i in 0..smaller.messages.len() {
-                for r in &mut smaller.messages[i].tool_results {
-                    r.content = crate::output::cut(&r.content, 1024);
-                }
-                if serde_json::to_string(&smaller).map_or(0, |t| t.len()) <= MAX_STATE_BYTES {
-                    break;
+            let older = smaller.messages.len().saturating_sub(keep);
+            for m in &mut smaller.messages[..older] {
+                for r in &mut m.tool_results {
+                    r.content = crate::output::cut(&r.content, cut);
                 }
             }
             text = serde_json::to_string(&smaller).unwrap_or_default();
