@@ -152,6 +152,7 @@ impl Records {
                 ("aborted", vec![(EventKind::ExecutionAborted, json!({"reason": limit.to_string()}))])
             }
             End::Stopped => ("aborted", vec![(EventKind::ExecutionAborted, json!({"reason": "stopped by the user"}))]),
+            End::Failed { reason } => ("failed", vec![(EventKind::ExecutionAborted, json!({"reason": reason}))]),
             End::OutOfTurns => ("aborted", vec![(EventKind::ExecutionAborted, json!({"reason": "max turns"}))]),
             End::AskedUser { question } => (
                 "waiting",

@@ -93,6 +93,11 @@ pub enum End {
     Stopped,
     /// A limit cut it short; nothing was committed.
     Aborted(Limit),
+    /// The model or den's git kept failing; nothing was committed.
+    Failed {
+        /// What failed, in words.
+        reason: String,
+    },
 }
 
 /// One tool call of a turn, for the turn log.
@@ -251,6 +256,19 @@ impl RunState {
             confidence: self.confidence.clone(),
             escalations: self.escalations.clone(),
         }
+    }
+
+    /// Ends the run as failed: calls of a turn cut short are answered `why`,
+    /// so the session's history stays one a provider accepts.
+    pub fn fail(&mut self, why: &str) {
+        if let Some(p) = self.pending.take() {
+            let mut results = p.results;
+            for c in p.calls.iter().skip(results.len()) {
+                results.push(ToolResult::error(&c.id, format!("not run: {why}")));
+            }
+            self.messages.push(ChatMessage::results(results));
+        }
+        self.end = Some(End::Failed { reason: why.to_owned() });
     }
 
     fn ended(&mut self, end: End) -> Option<End> {

@@ -45,6 +45,8 @@ pub struct Tools {
     pub session_uid: u32,
     /// Tools of the operator's MCP servers, beside den's own.
     pub mcp: Option<crate::mcp::SharedMcp>,
+    /// Longest a command may run ([`MAX_RUN`] at most): under a worker's job timeout when turns are jobs.
+    pub run_limit: Duration,
 }
 
 type Reply<'a> = Pin<Box<dyn Future<Output = Result<String, ToolError>> + Send + 'a>>;
@@ -263,7 +265,8 @@ impl Tools {
 
     async fn run(&self, input: &Value) -> Result<String, ToolError> {
         let command = text(input, "command")?;
-        let timeout = Duration::from_secs(number(input, "timeout").unwrap_or(120).clamp(1, MAX_RUN.as_secs()));
+        let most = self.run_limit.min(MAX_RUN).as_secs().max(1);
+        let timeout = Duration::from_secs(number(input, "timeout").unwrap_or(120).clamp(1, most));
         let ran = self.sandbox.run(self.workspace.root(), self.session_uid, command, timeout).await?;
         if ran.timed_out {
             return Err(ToolError::Failed(format!("killed after {} s (the timeout)", timeout.as_secs())));

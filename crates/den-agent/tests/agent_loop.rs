@@ -30,7 +30,14 @@ async fn repository() -> (tempfile::TempDir, Git) {
 
 /// The tools of the test's workspace, running commands in `sandbox` as `uid`.
 fn tools(dir: &tempfile::TempDir, git: &Git, sandbox: Sandbox, uid: u32) -> Tools {
-    Tools { workspace: Workspace::open(dir.path()).unwrap(), git: git.clone(), sandbox, session_uid: uid, mcp: None }
+    Tools {
+        workspace: Workspace::open(dir.path()).unwrap(),
+        git: git.clone(),
+        sandbox,
+        session_uid: uid,
+        mcp: None,
+        run_limit: den_agent::tools::MAX_RUN,
+    }
 }
 
 fn provider(wire: Wire, fake: &FakeLlm) -> Box<dyn ChatModel> {

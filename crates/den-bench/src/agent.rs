@@ -102,6 +102,7 @@ pub fn run(o: &AgentOptions) -> anyhow::Result<Value> {
             sandbox: sandbox.clone(),
             session_uid: 64_501,
             mcp: None,
+            run_limit: den_agent::tools::MAX_RUN,
         };
         let config = RunConfig { max_turns: o.turns, max_tokens: 100, ..RunConfig::new("den/bench", "main") };
         let stamps = Stamps(Mutex::new(Vec::new()));

@@ -95,8 +95,22 @@ pub async fn module(cx: &crate::roles::ModuleCx<'_>) -> anyhow::Result<std::sync
     let c = cx.config;
     let sandbox = Sandbox::probe(Limits::default()).await;
     tracing::info!(sandbox = %sandbox.describe(), "agent: sandbox chosen");
+    let git = tokio::process::Command::new("git").arg("--version").output().await;
+    // A model without its key (or no git) leaves den running: the agent says why it takes no task.
+    let (models, no_model) = match ladder(c, cx.env).await {
+        Ok(models) if !models.is_empty() => (models, None),
+        Ok(_) => (vec![], Some("no model is configured for it (`[agent] tiers`)".to_owned())),
+        Err(e) => (vec![], Some(format!("its model is not usable: {e}"))),
+    };
+    let unavailable = if git.is_ok_and(|o| o.status.success()) {
+        no_model
+    } else {
+        Some("git is not installed where den runs (see `den agent doctor`)".to_owned())
+    };
+    if let Some(why) = &unavailable {
+        tracing::warn!(reason = %why, "agent: tasks will be refused");
+    }
     let dir = c.agent.workspaces_dir.clone().unwrap_or_else(|| c.beside_store("agent-workspaces"));
-    let models = ladder(c, cx.env).await?;
     let tiers = models.len();
     let aliases = c
         .agent
@@ -127,6 +141,9 @@ pub async fn module(cx: &crate::roles::ModuleCx<'_>) -> anyhow::Result<std::sync
             first_uid: c.agent.first_uid.max(1000),
             channels: c.agent.channels.clone(),
             seed_roots: c.agent.seed_roots.clone(),
+            // A turn is a job: its commands end in time for the model call and bookkeeping around them.
+            command_limit: std::time::Duration::from_secs(c.worker.job_timeout_secs.saturating_sub(30).max(5)),
+            unavailable,
             ..AgentSettings::default()
         },
     };
@@ -156,6 +173,7 @@ async fn run(
         sandbox,
         session_uid: CLI_SESSION_UID,
         mcp: mcp(c).await,
+        run_limit: den_agent::tools::MAX_RUN,
     };
     let config = RunConfig { max_turns, ..RunConfig::new(&branch, &base) };
     // Ctrl-C stops the model call or the command under way, and the run with it.
@@ -196,6 +214,7 @@ async fn run(
             anyhow::bail!("the agent used its {max_turns} turns without finishing; nothing was committed")
         }
         End::Stopped => anyhow::bail!("stopped; the changes so far are in the workspace, uncommitted"),
+        End::Failed { reason } => anyhow::bail!("the run failed: {reason}"),
         End::Aborted(limit) => {
             anyhow::bail!("aborted at {limit}; the changes so far are in the workspace, uncommitted")
         }

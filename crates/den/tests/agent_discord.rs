@@ -85,7 +85,11 @@ fn wait_for(discord: &Discord, thread: u64, needle: &str) -> den_testkit::discor
             return m.clone();
         }
         let shown: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
-        assert!(Instant::now() < deadline, "no message with {needle:?} in the thread: {shown:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "no message with {needle:?} in the thread: {shown:#?}\nbreaches of Discord's spec: {:#?}",
+            discord.fake.violations()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -147,6 +151,29 @@ fn a_mention_opens_a_thread_where_the_agent_fixes_a_test_and_thumbs_up_merges_it
     wait_for(&discord, thread, "no finished branch");
     assert_eq!(git(&base, &["rev-list", "--count", "--merges", "main"]).trim(), "1", "merged once");
 
+    // What people ask about the session, in its thread.
+    let status = ask(&discord, thread, "agent", "status", vec![]);
+    assert!(status.contains("**Closed**") && status.contains(&branch) && status.contains("bubblewrap"), "{status}");
+    let logs = ask(&discord, thread, "agent", "logs", vec![CommandOption::of(4, "count", json!(2))]);
+    assert_eq!(logs.lines().count(), 2, "{logs}");
+    assert!(logs.contains("✅ `edit_file`") && logs.contains("✅ `run`"), "{logs}");
+    let confidence = ask(&discord, thread, "agent", "confidence", vec![]);
+    assert!(confidence.contains("Last turns:") && confidence.matches('→').count() == 3, "{confidence}");
+    assert!(ask(&discord, thread, "agent", "escalations", vec![]).contains("No escalations"));
+    assert!(ask(&discord, thread, "agent", "stop", vec![]).contains("Nothing is running"));
+    let listed = ask(&discord, discord.channel, "workspace", "list", vec![]);
+    assert!(listed.contains(&format!("<#{thread}>")) && listed.contains("Closed"), "{listed}");
+    let files = ask(&discord, thread, "workspace", "files", vec![]);
+    assert!(files.contains("`add.sh`") && files.contains("`test.sh`"), "{files}");
+    assert!(ask(&discord, thread, "workspace", "download", vec![]).contains("as a zip"));
+    let zip =
+        discord.fake.messages(thread).into_iter().find(|m| m.attachments.iter().any(|a| a.filename.ends_with(".zip")));
+    assert!(zip.is_some(), "the zip was posted in the thread");
+    let capped = ask(&discord, thread, "agent", "settings", vec![CommandOption::of(4, "max_turns", json!(5))]);
+    assert!(capped.contains("Saved.") && capped.contains("capped at 5 here"), "{capped}");
+    assert!(ask(&discord, thread, "workspace", "clean", vec![]).contains("is removed"));
+    assert!(!clone.exists(), "the thread's clone is gone");
+
     // Each event reached the default sink (a log line and a metric) once.
     let (scrape, done) = (Instant::now(), "den_agent_events_total{kind=\"branch_merged\"} 1");
     let metrics = loop {
@@ -181,7 +208,8 @@ fn a_stop_reaction_cancels_a_long_command_within_five_seconds_and_the_thread_goe
     let discord = Discord::start();
     let llm = discord.rt.block_on(FakeLlm::start(Wire::OpenAi, None)).unwrap();
     llm.push(Script::call("Waiting.", "run", json!({"command": "sleep 120", "timeout": 300})));
-    llm.push(Script::call("", "write_file", json!({"path": "notes.txt", "content": "kept\n"})));
+    // Long enough that the diff goes as a file.
+    llm.push(Script::call("", "write_file", json!({"path": "notes.txt", "content": "kept\n".repeat(400)})));
     llm.push(Script::call("Done.", "finish", json!({"summary": "Notes", "confidence": 70})));
     let hook = Webhook::start();
     let (scratch, _den, base) = start(&discord, &llm, &format!("[agent]\nevents_webhook = \"{}\"\n", hook.url));
@@ -198,6 +226,11 @@ fn a_stop_reaction_cancels_a_long_command_within_five_seconds_and_the_thread_goe
     // The next message in the thread continues the session, its history included.
     discord.fake.post_as(discord.user, thread, "write notes instead");
     let result = wait_for(&discord, thread, "Done");
+    assert!(
+        result.attachments.iter().any(|a| a.filename == format!("den-{thread}.diff")),
+        "a long diff is attached: {:?}",
+        result.attachments
+    );
     let history = llm.requests().last().unwrap().body.to_string();
     assert!(history.contains("cancelled by the user") && history.contains("write notes instead"), "{history}");
     discord.fake.react(discord.user, thread, result.id, "👎").unwrap();
@@ -311,15 +344,24 @@ fn a_run_whose_worker_is_killed_mid_command_resumes_in_the_next_process_and_comm
     assert!(!sleeping, "the killed worker's command was killed before the run went on");
 }
 
+/// A zip at `path` holding `entries` (name, text) as written, climbing names included; its path.
+fn zip_of(path: &Path, entries: &[(&str, &str)]) -> std::path::PathBuf {
+    let script = "import json, sys, zipfile\nwith zipfile.ZipFile(sys.argv[1], 'w') as z:\n    for name, text in json.loads(sys.argv[2]):\n        z.writestr(name, text)";
+    let list = serde_json::to_string(entries).unwrap();
+    let made = Command::new("python3").args(["-c", script, path.to_str().unwrap(), &list]).status().unwrap();
+    assert!(made.success(), "python3 made no zip");
+    path.to_owned()
+}
+
 /// Runs `/workspace seed` with `options` as the test's user; den's answer.
 fn seed(discord: &Discord, options: Vec<CommandOption>) -> String {
-    let token = discord.fake.invoke_command(
-        discord.user,
-        discord.channel,
-        "workspace",
-        &[CommandOption::sub(1, "seed", options)],
-    );
-    discord.wait_until("the seed's answer", WAIT, |f| {
+    ask(discord, discord.channel, "workspace", "seed", options)
+}
+
+/// Runs `/command sub` with `options` in `channel` as the test's user; den's answer.
+fn ask(discord: &Discord, channel: u64, command: &str, sub: &str, options: Vec<CommandOption>) -> String {
+    let token = discord.fake.invoke_command(discord.user, channel, command, &[CommandOption::sub(1, sub, options)]);
+    discord.wait_until(&format!("den's answer to /{command} {sub}"), WAIT, |f| {
         f.interaction(&token).and_then(|i| i.original).and_then(|m| f.message(m)).is_some_and(|m| !m.content.is_empty())
     });
     let i = discord.fake.interaction(&token).unwrap();
@@ -337,12 +379,8 @@ fn an_admin_seeds_the_workspace_from_a_zip_or_an_allowed_folder_and_nothing_land
     let (scratch, _den, base) = start(&discord, &llm, &more);
 
     // A repository's "Download ZIP": one top folder, which becomes the workspace's root.
-    let zip = scratch.path().join("repo.zip");
-    let made = Command::new("python3")
-        .args(["-c", "import sys, zipfile\nwith zipfile.ZipFile(sys.argv[1], 'w') as z:\n    z.writestr('repo-main/hello.txt', 'hi\\n')\n    z.writestr('repo-main/docs/a.md', '# a\\n')", zip.to_str().unwrap()])
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let zip =
+        zip_of(&scratch.path().join("repo.zip"), &[("repo-main/hello.txt", "hi\n"), ("repo-main/docs/a.md", "# a\n")]);
     let archive = discord.fake.add_attachment("repo.zip", &std::fs::read(&zip).unwrap());
     let answer = seed(&discord, vec![CommandOption::attachment("archive", archive)]);
     assert!(answer.contains("seeded"), "{answer}");
@@ -354,12 +392,7 @@ fn an_admin_seeds_the_workspace_from_a_zip_or_an_allowed_folder_and_nothing_land
     assert!(git(&base, &["log", "-1", "--format=%s", "main"]).contains("Seed the workspace from repo.zip"));
 
     // A zip whose entry climbs out of the folder is refused whole.
-    let evil = scratch.path().join("evil.zip");
-    let made = Command::new("python3")
-        .args(["-c", "import sys, zipfile\nwith zipfile.ZipFile(sys.argv[1], 'w') as z:\n    z.writestr('ok.txt', 'x')\n    z.writestr('../../escaped.txt', 'x')", evil.to_str().unwrap()])
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let evil = zip_of(&scratch.path().join("evil.zip"), &[("ok.txt", "x"), ("../../escaped.txt", "x")]);
     let archive = discord.fake.add_attachment("evil.zip", &std::fs::read(&evil).unwrap());
     let answer = seed(&discord, vec![CommandOption::attachment("archive", archive)]);
     assert!(answer.contains("outside the workspace"), "{answer}");
@@ -395,4 +428,57 @@ fn an_admin_seeds_the_workspace_from_a_zip_or_an_allowed_folder_and_nothing_land
     discord.wait_until("refused", WAIT, |f| f.interaction(&token).is_some_and(|i| i.callback.is_some()));
     let (_, data) = discord.fake.interaction(&token).unwrap().callback.unwrap();
     assert!(data["content"].as_str().unwrap().contains("Manage Server"), "{data}");
+}
+
+#[test]
+fn a_model_that_keeps_failing_ends_the_run_with_a_message_instead_of_leaving_it_hanging() {
+    let discord = Discord::start();
+    let llm = discord.rt.block_on(FakeLlm::start(Wire::OpenAi, None)).unwrap();
+    llm.set_default(Script::fault(den_testkit::llm::Fault::Status(400)));
+    let (_scratch, _den, _base) = start(&discord, &llm, "[worker]\nbackoff_base_ms = 100\n");
+    let bot = discord.fake.bot_user_id();
+    discord.fake.post_as(discord.user, discord.channel, &format!("<@{bot}> do something"));
+    let thread = thread_of(&discord);
+    let failed = wait_for(&discord, thread, "execution_aborted");
+    assert!(failed.content.contains("the model failed"), "{}", failed.content);
+    // The session is free again: the next message starts a new run.
+    llm.set_default(Script::call("Done.", "finish", json!({"summary": "Nothing to do", "confidence": 60})));
+    discord.fake.post_as(discord.user, thread, "try again");
+    wait_for(&discord, thread, "Done");
+}
+
+#[test]
+fn a_servers_daily_token_budget_ends_a_run_and_says_so() {
+    let discord = Discord::start();
+    let llm = discord.rt.block_on(FakeLlm::start(Wire::OpenAi, None)).unwrap();
+    llm.push(Script::call("", "write_file", json!({"path": "a.txt", "content": "a\n"})));
+    llm.push(Script::call("Done.", "finish", json!({"summary": "never reached", "confidence": 90})));
+    let (_scratch, _den, _base) = start(&discord, &llm, "[agent]\ndaily_tokens = 10\n");
+    let bot = discord.fake.bot_user_id();
+    discord.fake.post_as(discord.user, discord.channel, &format!("<@{bot}> write a"));
+    let thread = thread_of(&discord);
+    let aborted = wait_for(&discord, thread, "execution_aborted");
+    assert!(aborted.content.contains("the server's daily token budget"), "{}", aborted.content);
+    assert_eq!(llm.requests().len(), 1, "no model call after the budget was spent");
+}
+
+#[test]
+fn without_a_usable_model_den_still_starts_and_the_agent_says_why_it_takes_no_task() {
+    let discord = Discord::start();
+    let llm = discord.rt.block_on(FakeLlm::start(Wire::OpenAi, None)).unwrap();
+    let scratch = Scratch::new();
+    // The agent's only tier names a provider that is not configured.
+    scratch.use_model(&llm.base_url(), "coder", "[personas]\nenabled = false\n\n[agent]\ntiers = [[\"missing\"]]\n");
+    let den = scratch.start_with(&discord, "run", &[("FAKE_LLM_KEY", "k")]);
+    den.wait_ready(WAIT);
+    let task = CommandOption::sub(1, "task", vec![CommandOption::string("task", "fix it")]);
+    let enable = CommandOption::sub(1, "enable", vec![]);
+    discord.fake.invoke_command(discord.user, discord.channel, "agent-channel", &[enable]);
+    let token = discord.fake.invoke_command(discord.user, discord.channel, "agent", &[task]);
+    discord.wait_until("the refusal", WAIT, |f| {
+        f.interaction(&token).and_then(|i| i.original).and_then(|m| f.message(m)).is_some_and(|m| !m.content.is_empty())
+    });
+    let answer = discord.fake.message(discord.fake.interaction(&token).unwrap().original.unwrap()).unwrap().content;
+    assert!(answer.contains("cannot work on this den") && answer.contains("missing"), "{answer}");
+    assert!(llm.requests().is_empty());
 }

@@ -214,6 +214,9 @@ async fn task(m: &Arc<AgentModule>, a: &Asked) -> Result<String, JobError> {
     if task.is_empty() {
         return Ok("Give the task in words: `/agent task task: fix the failing test`.".into());
     }
+    if let Some(why) = &p.settings.unavailable {
+        return Ok(format!("The agent cannot work on this den: {why}."));
+    }
     // In a session's thread, the task continues the session.
     if let Some((session, _)) = p.sessions.get(a.channel).await.map_err(retry)? {
         if session.status == Status::Running {
@@ -258,6 +261,10 @@ pub(super) async fn message(m: &Arc<AgentModule>, job: &Job) -> Result<(), JobEr
     }
     if !(p.settings.channels.contains(&channel) || p.sessions.channel_enabled(guild, channel).await.map_err(retry)?) {
         return Ok(()); // Mentions of den elsewhere are other modules' business.
+    }
+    if let Some(why) = &p.settings.unavailable {
+        let said = Outgoing::text(format!("The agent cannot work on this den: {why}."));
+        return p.egress.post(channel, &said, &format!("unavailable:{message}")).await.map(|_| ()).map_err(retry);
     }
     let thread = p.egress.start_thread(channel, message, &thread_name(&text)).await.map_err(retry)?;
     let (session, _) = open_session(m, guild, thread, user).await?;
@@ -487,6 +494,12 @@ pub(super) async fn finished(
                 "⏹️ execution_aborted: the run used its {} turns without finishing; nothing was committed.",
                 state.turns
             )),
+            None,
+        ),
+        End::Failed { reason } => (
+            Status::Idle,
+            "❌ Failed".into(),
+            Outgoing::text(format!("❌ execution_aborted: {reason}. Nothing was committed; say what to do next.")),
             None,
         ),
         End::Aborted(limit) => (

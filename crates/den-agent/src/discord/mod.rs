@@ -80,6 +80,10 @@ pub struct AgentSettings {
     pub channels: Vec<u64>,
     /// Folders under which `/workspace seed path:` may read.
     pub seed_roots: Vec<std::path::PathBuf>,
+    /// Longest a command may run: a turn is a job, and must end within the worker's job timeout.
+    pub command_limit: Duration,
+    /// Why the agent cannot work on this host (git missing), said to whoever asks for a task.
+    pub unavailable: Option<String>,
 }
 
 impl Default for AgentSettings {
@@ -95,6 +99,8 @@ impl Default for AgentSettings {
             first_uid: 100_000,
             channels: vec![],
             seed_roots: vec![],
+            command_limit: Duration::from_secs(90),
+            unavailable: None,
         }
     }
 }

@@ -26,8 +26,12 @@ const INLINE_DIFF: usize = 1400;
 
 /// The model a task asks for by `@alias`, and the task without it.
 fn alias<'t>(m: &AgentModule, task: &'t str) -> (Option<usize>, &'t str) {
+    alias_in(&m.parts.settings.aliases, task)
+}
+
+fn alias_in<'t>(aliases: &[(String, usize)], task: &'t str) -> (Option<usize>, &'t str) {
     let t = task.trim_start();
-    for (name, rung) in &m.parts.settings.aliases {
+    for (name, rung) in aliases {
         if let Some(rest) = t.strip_prefix('@').and_then(|r| r.strip_prefix(name.as_str()))
             && (rest.is_empty() || rest.starts_with(char::is_whitespace))
         {
@@ -37,9 +41,10 @@ fn alias<'t>(m: &AgentModule, task: &'t str) -> (Option<usize>, &'t str) {
     (None, task)
 }
 
-/// Starts a run of `task` in `session` (already stored at `version`), by
-/// `message` (the message or interaction that asked: a redelivery finds the
-/// run already started). Posts the progress message and queues the first turn.
+/// Starts a run of `task` in `session` for `asked_by`: its state saved, the
+/// session marked running (a session already running keeps its run, so a
+/// redelivered job starts nothing new), the progress message posted and the
+/// first turn queued. Returns the run's id.
 pub(super) async fn start(
     m: &Arc<AgentModule>,
     mut session: Session,
@@ -177,12 +182,21 @@ pub(super) async fn turn(m: &Arc<AgentModule>, job: &Job) -> Result<(), JobError
     if !p.sessions.take_lease(thread, &owner, now_ms(), p.settings.lease).await.map_err(retry)? {
         return Err(JobError::retry("another worker holds this thread's run"));
     }
-    let result = turn_under_lease(m, session, &run, &owner).await;
+    let result = turn_under_lease(m, session, &run, &owner, job.attempt).await;
     p.sessions.release(thread, &owner).await.map_err(retry)?;
     result
 }
 
-async fn turn_under_lease(m: &Arc<AgentModule>, session: Session, run: &str, owner: &str) -> Result<(), JobError> {
+/// Deliveries of a turn that fails before the run ends as failed.
+const GIVE_UP_AFTER: u32 = 3;
+
+async fn turn_under_lease(
+    m: &Arc<AgentModule>,
+    session: Session,
+    run: &str,
+    owner: &str,
+    attempt: u32,
+) -> Result<(), JobError> {
     let p = &m.parts;
     let thread = session.thread;
     let Some(mut state) = p.sessions.state(thread, run).await.map_err(retry)? else {
@@ -197,7 +211,14 @@ async fn turn_under_lease(m: &Arc<AgentModule>, session: Session, run: &str, own
         .map_err(|e| JobError::permanent(e.to_string()))?;
     // A worker that died mid-command may have left it running: it goes before the run goes on.
     let _ = p.sandbox.kill_leftovers(session.uid);
-    let tools = Tools { workspace, git, sandbox: p.sandbox.clone(), session_uid: session.uid, mcp: p.mcp.clone() };
+    let tools = Tools {
+        workspace,
+        git,
+        sandbox: p.sandbox.clone(),
+        session_uid: session.uid,
+        mcp: p.mcp.clone(),
+        run_limit: p.settings.command_limit,
+    };
 
     let controls = Controls::default();
     let heard = hear(m, thread, &session.heard, &controls).await?;
@@ -218,7 +239,11 @@ async fn turn_under_lease(m: &Arc<AgentModule>, session: Session, run: &str, own
     let watcher = tokio::spawn(watch_stop(m.clone(), thread, heard.clone(), owner.to_owned(), controls.clone()));
     let before = state.usage;
     let calls_before = state.calls.len();
-    let ended = if over_budget {
+    let ended = if attempt > GIVE_UP_AFTER {
+        // Earlier deliveries ran out of the job's time without a word: the run ends here.
+        state.fail("a turn did not finish within the worker's job timeout, three times");
+        Ok(state.end.clone())
+    } else if over_budget {
         state.end = Some(End::Aborted(Limit::ServerBudget));
         Ok(state.end.clone())
     } else {
@@ -235,7 +260,16 @@ async fn turn_under_lease(m: &Arc<AgentModule>, session: Session, run: &str, own
     };
     watcher.abort();
     shown.abort();
-    let ended = ended.map_err(|e| JobError::retry(e.to_string()))?;
+    let ended = match ended {
+        Ok(ended) => ended,
+        // Tried enough: the run ends, said in the thread, rather than waiting in the dead-letter queue.
+        Err(e) if attempt >= GIVE_UP_AFTER => {
+            tracing::warn!(error = %e, thread, "agent: a turn keeps failing; the run ends");
+            state.fail(&e.to_string());
+            state.end.clone()
+        }
+        Err(e) => return Err(JobError::retry(e.to_string())),
+    };
     p.sessions.save_state(thread, run, &state).await.map_err(retry)?;
     let used = Usage {
         input_tokens: state.usage.input_tokens - before.input_tokens,
@@ -389,4 +423,16 @@ pub(super) fn result_message(
 
 fn text_footer(message: &mut Outgoing, base: &str) {
     message.content.push_str(&format!("👍 merges into `{base}` if it merges cleanly; 👎 drops the branch."));
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_alias_must_be_a_whole_word_at_the_start() {
+        let aliases = vec![("opus".to_owned(), 2), ("fast".to_owned(), 0)];
+        assert_eq!(super::alias_in(&aliases, "@opus fix the parser"), (Some(2), "fix the parser"));
+        assert_eq!(super::alias_in(&aliases, "  @fast\tadd a test"), (Some(0), "add a test"));
+        assert_eq!(super::alias_in(&aliases, "@opusx fix it"), (None, "@opusx fix it"));
+        assert_eq!(super::alias_in(&aliases, "fix @opus"), (None, "fix @opus"));
+    }
 }

@@ -143,7 +143,7 @@ impl Egress {
         }
         let mut call = Call::new(Method::POST, format!("/channels/{channel}/messages"));
         if let Some((name, bytes)) = &message.file {
-            body["attachments"] = json!([{"id": 0, "filename": name}]);
+            body["attachments"] = json!([{"id": "0", "filename": name}]);
             call = call.file(name, bytes);
         }
         let v = self.call("post message", call.json(&body)).await?;
