@@ -12,12 +12,17 @@
 //!
 //! - [`sessions`]: the tables (sessions, enabled channels, saved runs, controls) and the thread's lease.
 //! - [`workspaces`]: the server's base repository and the threads' clones; merges and rejections.
-//! - `turns`: starting a run, one turn, the progress message, the result.
-//! - `commands`: slash commands, buttons, reactions and words in a thread.
+//! - `turns`: starting a run, one turn, the progress message; `results`: how a run ends in its thread.
+//! - `commands` (the table of slash commands), `info`, `workspace_commands`; `steering`: messages,
+//!   reactions and buttons, merge and reject.
 
 mod commands;
+mod info;
+mod results;
 pub mod sessions;
+mod steering;
 mod turns;
+mod workspace_commands;
 pub mod workspaces;
 
 use std::collections::HashSet;
@@ -248,9 +253,9 @@ type Handler = for<'a> fn(&'a Arc<AgentModule>, &'a Job) -> futures_util::future
 
 /// Every job kind and its handler.
 const HANDLERS: &[(&str, Handler)] = &[
-    (kinds::MESSAGE, |m, j| Box::pin(commands::message(m, j))),
-    (kinds::REACTION, |m, j| Box::pin(commands::reaction(m, j))),
-    (kinds::BUTTON, |m, j| Box::pin(commands::button(m, j))),
+    (kinds::MESSAGE, |m, j| Box::pin(steering::message(m, j))),
+    (kinds::REACTION, |m, j| Box::pin(steering::reaction(m, j))),
+    (kinds::BUTTON, |m, j| Box::pin(steering::button(m, j))),
     (kinds::COMMAND, |m, j| Box::pin(commands::command(m, j))),
     (kinds::TURN, |m, j| Box::pin(turns::turn(m, j))),
 ];

@@ -21,9 +21,6 @@ use crate::run::{CallRecord, Checkpoint, End, Limit, Progress, RunConfig, RunSta
 use crate::size::Size;
 use crate::tools::Tools;
 
-/// Longest diff shown in the message itself; longer ones are attached.
-const INLINE_DIFF: usize = 1400;
-
 /// The model a task asks for by `@alias`, and the task without it.
 fn alias<'t>(m: &AgentModule, task: &'t str) -> (Option<usize>, &'t str) {
     alias_in(&m.parts.settings.aliases, task)
@@ -306,7 +303,7 @@ async fn turn_under_lease(
         None => queue_turn(m, &updated, run, state.turns + 1).await,
         Some(end) => {
             p.records.finish(&thread.to_string(), run, &report).await.map_err(retry)?;
-            super::commands::finished(m, &updated, run, &state, &end, &model).await
+            super::results::finished(m, &updated, run, &state, &end, &model).await
         }
     }
 }
@@ -383,46 +380,6 @@ pub(super) async fn edit_progress(
     if let Err(e) = m.parts.egress.edit(s.thread, message, &text, &buttons).await {
         tracing::warn!(error = %e, thread = s.thread, "agent: cannot edit the progress message");
     }
-}
-
-/// The message that ends a finished run: summary, diffstat, diff (attached when long).
-pub(super) fn result_message(
-    s: &Session,
-    state: &RunState,
-    summary: &str,
-    confidence: u8,
-    commit: Option<&str>,
-    diff: &str,
-) -> Outgoing {
-    let tokens = state.usage.input_tokens + state.usage.output_tokens;
-    let mut text = format!(
-        "✅ **Done** in {} turns ({tokens} tokens), confidence {confidence}%\n> {}\n",
-        state.turns,
-        summary.lines().collect::<Vec<_>>().join("\n> ")
-    );
-    let Some(commit) = commit else {
-        text.push_str("Nothing changed, so there is nothing to commit.");
-        return Outgoing::text(text);
-    };
-    let short = &commit[..commit.len().min(10)];
-    text.push_str(&format!("Committed `{short}` on `{}`:\n```\n{}```\n", s.branch, state.diffstat));
-    let mut message = if diff.len() <= INLINE_DIFF && text.len() + diff.len() < 1900 {
-        text.push_str(&format!("```diff\n{diff}```\n"));
-        Outgoing::text(text)
-    } else {
-        Outgoing::text(text).file(format!("{}.diff", s.branch.replace('/', "-")), diff.as_bytes().to_vec())
-    };
-    text_footer(&mut message, &s.base);
-    message.buttons(vec![
-        Button::new(format!("agent:merge:{}", s.thread), format!("Merge into {}", s.base))
-            .emoji("👍")
-            .style(ButtonStyle::Success),
-        Button::new(format!("agent:reject:{}", s.thread), "Reject").emoji("👎").style(ButtonStyle::Danger),
-    ])
-}
-
-fn text_footer(message: &mut Outgoing, base: &str) {
-    message.content.push_str(&format!("👍 merges into `{base}` if it merges cleanly; 👎 drops the branch."));
 }
 
 #[cfg(test)]
