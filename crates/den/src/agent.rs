@@ -73,18 +73,36 @@ impl Progress for Lines {
     }
 }
 
-/// The models of the agent's ladder: each tier's first provider, weakest
-/// first; without tiers, the primary and then the fallback.
-async fn ladder(c: &Config, env: &[(String, String)]) -> anyhow::Result<Vec<std::sync::Arc<dyn den_llm::ChatModel>>> {
-    let names: Vec<String> = if c.agent.tiers.is_empty() {
-        std::iter::once(c.llm.primary.clone()).chain(c.llm.fallback.clone()).collect()
+/// The models of the agent's ladder, weakest first: each tier's providers
+/// behind the resilience layer (retries before the first token, a breaker,
+/// the tier's next provider as its fallback); without tiers, the primary and
+/// then the fallback, one tier each.
+async fn ladder(
+    c: &Config,
+    env: &[(String, String)],
+    metrics: Option<&den_ops::Metrics>,
+) -> anyhow::Result<Vec<std::sync::Arc<dyn den_llm::ChatModel>>> {
+    let tiers: Vec<Vec<String>> = if c.agent.tiers.is_empty() {
+        std::iter::once(c.llm.primary.clone()).chain(c.llm.fallback.clone()).map(|n| vec![n]).collect()
     } else {
-        c.agent.tiers.iter().filter_map(|t| t.first().cloned()).collect()
+        c.agent.tiers.clone()
     };
-    let mut ladder = Vec::new();
-    for name in names {
-        let section = c.llm.provider(&name).map_err(anyhow::Error::msg)?;
-        ladder.push(crate::llm::provider(section, env, &c.models_dir()).await?);
+    let clock: std::sync::Arc<dyn den_core::Clock> = std::sync::Arc::new(den_core::SystemClock);
+    let mut ladder: Vec<std::sync::Arc<dyn den_llm::ChatModel>> = Vec::new();
+    for tier in tiers.iter().filter(|t| !t.is_empty()) {
+        let mut built = Vec::new();
+        for name in tier.iter().take(2) {
+            let section = c.llm.provider(name).map_err(anyhow::Error::msg)?;
+            built.push(crate::llm::provider(section, env, &c.models_dir()).await?);
+        }
+        let mut built = built.into_iter();
+        let Some(first) = built.next() else { continue };
+        let mut resilient =
+            den_llm::resilience::Resilient::new(first, built.next(), crate::personas::policy(c), clock.clone());
+        if let Some(m) = metrics {
+            resilient = resilient.with_observer(std::sync::Arc::new(crate::llm::LlmMetrics(m.clone())));
+        }
+        ladder.push(std::sync::Arc::new(resilient));
     }
     Ok(ladder)
 }
@@ -97,7 +115,7 @@ pub async fn module(cx: &crate::roles::ModuleCx<'_>) -> anyhow::Result<std::sync
     tracing::info!(sandbox = %sandbox.describe(), "agent: sandbox chosen");
     let git = tokio::process::Command::new("git").arg("--version").output().await;
     // A model without its key (or no git) leaves den running: the agent says why it takes no task.
-    let (models, no_model) = match ladder(c, cx.env).await {
+    let (models, no_model) = match ladder(c, cx.env, Some(cx.metrics)).await {
         Ok(models) if !models.is_empty() => (models, None),
         Ok(_) => (vec![], Some("no model is configured for it (`[agent] tiers`)".to_owned())),
         Err(e) => (vec![], Some(format!("its model is not usable: {e}"))),
@@ -158,7 +176,7 @@ async fn run(
     max_turns: u32,
     task: &str,
 ) -> anyhow::Result<()> {
-    let ladder = self::ladder(c, env).await?;
+    let ladder = self::ladder(c, env, None).await?;
     let ladder: Vec<&dyn den_llm::ChatModel> = ladder.iter().map(AsRef::as_ref).collect();
     std::fs::create_dir_all(workspace).with_context(|| format!("cannot create {}", workspace.display()))?;
     let git = den_agent::git::Git::open(workspace).await?;

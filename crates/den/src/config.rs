@@ -131,8 +131,8 @@ pub struct AgentSection {
     pub daily_tokens: Option<u64>,
     /// Members of this role may merge or reject any session's branch.
     pub approver_role: Option<u64>,
-    /// Tiers of models, weakest first, each a list of `[llm.providers]` names
-    /// (the first one of a tier is used). Default: the primary, then the fallback.
+    /// Tiers of models, weakest first, each a list of `[[llm.provider]]` names: the first is
+    /// the tier's model, the second its fallback. Default: the primary, then the fallback.
     pub tiers: Vec<Vec<String>>,
     /// `@alias` → the tier (1-based) a task starting with it runs on.
     pub aliases: std::collections::BTreeMap<String, usize>,
