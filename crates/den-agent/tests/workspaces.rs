@@ -46,3 +46,27 @@ async fn a_clean_branch_merges_and_a_conflicting_one_leaves_the_base_untouched()
     w.reject(1, 30, "den/30").await.unwrap();
     assert!(thirty.run(&["branch", "--list", "den/30"]).await.unwrap().trim().is_empty());
 }
+
+#[tokio::test]
+async fn with_a_workspace_per_thread_a_merge_stays_in_its_thread_and_the_server_seed_starts_each() {
+    use den_agent::discord::workspaces::{Scope, Seed};
+    let dir = tempfile::tempdir().unwrap();
+    let w = Workspaces::new(dir.path(), "main").scoped(Scope::Thread);
+    let seed = tempfile::tempdir().unwrap();
+    std::fs::write(seed.path().join("seed.txt"), "from the server\n").unwrap();
+    w.seed(1, Seed::Path(seed.path().to_owned())).await.unwrap();
+
+    let ten = w.thread(1, 10).await.unwrap();
+    assert_eq!(std::fs::read_to_string(ten.dir().join("seed.txt")).unwrap(), "from the server\n");
+    ten.checkout("den/10", "main").await.unwrap();
+    commit_file(&ten, "ten.txt", "ten\n").await;
+    let Merge::Merged(_) = w.merge(1, 10, "den/10", "Merge den/10").await.unwrap() else { panic!("merged") };
+
+    let home = w.home(1, 10).await.unwrap();
+    assert_eq!(home.run(&["show", "main:ten.txt"]).await.unwrap(), "ten\n", "merged into the thread's own base");
+    let server = w.base(1).await.unwrap();
+    assert!(server.run(&["show", "main:ten.txt"]).await.is_err(), "the server's base never sees it");
+    let twenty = w.thread(1, 20).await.unwrap();
+    assert!(!twenty.dir().join("ten.txt").exists(), "another thread starts from the server's base");
+    assert!(twenty.dir().join("seed.txt").exists());
+}

@@ -73,38 +73,50 @@ impl Progress for Lines {
     }
 }
 
-/// The models of the agent's ladder, weakest first: each tier's providers
-/// behind the resilience layer (retries before the first token, a breaker,
-/// the tier's next provider as its fallback); without tiers, the primary and
-/// then the fallback, one tier each.
-async fn ladder(
-    c: &Config,
-    env: &[(String, String)],
-    metrics: Option<&den_ops::Metrics>,
-) -> anyhow::Result<Vec<std::sync::Arc<dyn den_llm::ChatModel>>> {
+type Model = std::sync::Arc<dyn den_llm::ChatModel>;
+
+/// The agent's models, each provider built once: the ladder (weakest first,
+/// each tier behind the resilience layer with its second provider as
+/// fallback; without `[agent] tiers`, the primary then the fallback) and every
+/// configured model a server's admins may pick for their tiers.
+struct Models {
+    ladder: Vec<Model>,
+    pickable: Vec<Model>,
+}
+
+async fn models(c: &Config, env: &[(String, String)], metrics: Option<&den_ops::Metrics>) -> anyhow::Result<Models> {
     let tiers: Vec<Vec<String>> = if c.agent.tiers.is_empty() {
         std::iter::once(c.llm.primary.clone()).chain(c.llm.fallback.clone()).map(|n| vec![n]).collect()
     } else {
         c.agent.tiers.clone()
     };
-    let clock: std::sync::Arc<dyn den_core::Clock> = std::sync::Arc::new(den_core::SystemClock);
-    let mut ladder: Vec<std::sync::Arc<dyn den_llm::ChatModel>> = Vec::new();
-    for tier in tiers.iter().filter(|t| !t.is_empty()) {
-        let mut built = Vec::new();
-        for name in tier.iter().take(2) {
-            let section = c.llm.provider(name).map_err(anyhow::Error::msg)?;
-            built.push(crate::llm::provider(section, env, &c.models_dir()).await?);
-        }
-        let mut built = built.into_iter();
-        let Some(first) = built.next() else { continue };
-        let mut resilient =
-            den_llm::resilience::Resilient::new(first, built.next(), crate::personas::policy(c), clock.clone());
-        if let Some(m) = metrics {
-            resilient = resilient.with_observer(std::sync::Arc::new(crate::llm::LlmMetrics(m.clone())));
-        }
-        ladder.push(std::sync::Arc::new(resilient));
+    let mut raw: Vec<(String, Result<Model, String>)> = Vec::new();
+    for section in &c.llm.provider {
+        let built = crate::llm::provider(section, env, &c.models_dir()).await.map_err(|e| format!("{e:#}"));
+        raw.push((section.name.clone(), built));
     }
-    Ok(ladder)
+    let get = |name: &str| -> anyhow::Result<Model> {
+        match raw.iter().find(|(n, _)| n == name) {
+            Some((_, Ok(m))) => Ok(m.clone()),
+            Some((_, Err(e))) => anyhow::bail!("{e}"),
+            None => anyhow::bail!("no provider called {name:?} in [[llm.provider]]"),
+        }
+    };
+    let clock: std::sync::Arc<dyn den_core::Clock> = std::sync::Arc::new(den_core::SystemClock);
+    let wrap = |first: Model, fallback: Option<Model>| -> Model {
+        let mut r = den_llm::resilience::Resilient::new(first, fallback, crate::personas::policy(c), clock.clone());
+        if let Some(m) = metrics {
+            r = r.with_observer(std::sync::Arc::new(crate::llm::LlmMetrics(m.clone())));
+        }
+        std::sync::Arc::new(r)
+    };
+    let mut ladder = Vec::new();
+    for tier in tiers.iter().filter(|t| !t.is_empty()) {
+        let fallback = tier.get(1).map(|n| get(n)).transpose()?;
+        ladder.push(wrap(get(&tier[0])?, fallback));
+    }
+    let pickable = raw.iter().filter_map(|(_, m)| m.as_ref().ok().map(|m| wrap(m.clone(), None))).collect();
+    Ok(Models { ladder, pickable })
 }
 
 /// The agent's Discord module.
@@ -115,10 +127,10 @@ pub async fn module(cx: &crate::roles::ModuleCx<'_>) -> anyhow::Result<std::sync
     tracing::info!(sandbox = %sandbox.describe(), "agent: sandbox chosen");
     let git = tokio::process::Command::new("git").arg("--version").output().await;
     // A model without its key (or no git) leaves den running: the agent says why it takes no task.
-    let (models, no_model) = match ladder(c, cx.env, Some(cx.metrics)).await {
-        Ok(models) if !models.is_empty() => (models, None),
-        Ok(_) => (vec![], Some("no model is configured for it (`[agent] tiers`)".to_owned())),
-        Err(e) => (vec![], Some(format!("its model is not usable: {e}"))),
+    let (models, pickable, no_model) = match self::models(c, cx.env, Some(cx.metrics)).await {
+        Ok(m) if !m.ladder.is_empty() => (m.ladder, m.pickable, None),
+        Ok(m) => (vec![], m.pickable, Some("no model is configured for it (`[agent] tiers`)".to_owned())),
+        Err(e) => (vec![], vec![], Some(format!("its model is not usable: {e}"))),
     };
     let unavailable = if git.is_ok_and(|o| o.status.success()) {
         no_model
@@ -143,11 +155,13 @@ pub async fn module(cx: &crate::roles::ModuleCx<'_>) -> anyhow::Result<std::sync
         jobs: cx.jobs.clone(),
         clock: cx.clock.clone(),
         ladder: models,
+        models: pickable,
         mcp: mcp(c).await,
         // A plain-HTTP stand-in for Discord (a proxy, or the test double) also serves attachments.
         attachments: den_discord::attachments::Attachments::new(c.discord.api_proxy.iter().cloned().collect()),
         sandbox,
-        workspaces: den_agent::discord::workspaces::Workspaces::new(dir, &c.agent.base_branch),
+        workspaces: den_agent::discord::workspaces::Workspaces::new(dir, &c.agent.base_branch)
+            .scoped(c.agent.workspace),
         ledger: den_llm::ledger::Ledger::new(cx.store.table(den_llm::ledger::table_spec()).await?, cx.clock.clone()),
         settings: AgentSettings {
             turns: c.agent.max_turns,
@@ -176,7 +190,7 @@ async fn run(
     max_turns: u32,
     task: &str,
 ) -> anyhow::Result<()> {
-    let ladder = self::ladder(c, env, None).await?;
+    let ladder = self::models(c, env, None).await?.ladder;
     let ladder: Vec<&dyn den_llm::ChatModel> = ladder.iter().map(AsRef::as_ref).collect();
     std::fs::create_dir_all(workspace).with_context(|| format!("cannot create {}", workspace.display()))?;
     let git = den_agent::git::Git::open(workspace).await?;

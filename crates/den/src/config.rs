@@ -123,6 +123,9 @@ pub struct AgentSection {
     pub workspaces_dir: Option<PathBuf>,
     /// The branch sessions start from and merge into.
     pub base_branch: String,
+    /// What a thread's branch merges into: `server` (one workspace per server, the default) or `thread` (each
+    /// thread a workspace of its own, started from the server's).
+    pub workspace: den_agent::discord::workspaces::Scope,
     /// Turns per run at most, by the task's size (`{ small = 10, medium = 20, large = 35 }`).
     pub max_turns: den_agent::size::Turns,
     /// Longest a run may take, in minutes.
@@ -156,6 +159,7 @@ impl Default for AgentSection {
             enabled: true,
             workspaces_dir: None,
             base_branch: "main".into(),
+            workspace: den_agent::discord::workspaces::Scope::Server,
             max_turns: den_agent::size::Turns::default(),
             max_minutes: 30,
             daily_tokens: None,

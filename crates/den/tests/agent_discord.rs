@@ -171,6 +171,10 @@ fn a_mention_opens_a_thread_where_the_agent_fixes_a_test_and_thumbs_up_merges_it
     assert!(zip.is_some(), "the zip was posted in the thread");
     let capped = ask(&discord, thread, "agent", "settings", vec![CommandOption::of(4, "max_turns", json!(5))]);
     assert!(capped.contains("Saved.") && capped.contains("capped at 5 here"), "{capped}");
+    let unknown = ask(&discord, thread, "agent", "settings", vec![CommandOption::string("tiers", "fake, nope")]);
+    assert!(unknown.contains("no model `nope`") && unknown.contains("fake"), "{unknown}");
+    let picked = ask(&discord, thread, "agent", "settings", vec![CommandOption::string("tiers", "fake, fake")]);
+    assert!(picked.contains("tier 1: `fake`, tier 2: `fake`"), "this server's own tiers: {picked}");
     assert!(ask(&discord, thread, "workspace", "clean", vec![]).contains("is removed"));
     assert!(!clone.exists(), "the thread's clone is gone");
 

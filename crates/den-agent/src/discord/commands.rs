@@ -31,6 +31,12 @@ pub(super) fn specs() -> Vec<CommandSpec> {
         1_000_000_000,
     ));
     settings.options.push(OptionSpec::new(
+        "tiers",
+        "Models per tier, weakest first, by name (\"fast, strong\"; \"default\" for den's)",
+        OptionKind::String,
+        false,
+    ));
+    settings.options.push(OptionSpec::new(
         "approver_role",
         "A role whose members may merge any session",
         OptionKind::Role,

@@ -96,9 +96,17 @@ pub(super) async fn stop(m: &Arc<AgentModule>, a: &Asked) -> Result<String, JobE
 pub(super) async fn settings(m: &Arc<AgentModule>, a: &Asked) -> Result<String, JobError> {
     let p = &m.parts;
     let mut server = p.sessions.settings(a.guild).await.map_err(retry)?;
-    let changed = ["settings.max_turns", "settings.daily_tokens", "settings.approver_role"]
+    let changed = ["settings.max_turns", "settings.daily_tokens", "settings.approver_role", "settings.tiers"]
         .iter()
         .any(|k| a.options.contains_key(*k));
+    if let Some(tiers) = a.options.get("settings.tiers").and_then(Value::as_str) {
+        let names: Vec<String> = tiers.split(',').map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect();
+        let known: Vec<&str> = p.models.iter().map(|m| m.name()).collect();
+        if let Some(unknown) = names.iter().find(|n| *n != "default" && !known.contains(&n.as_str())) {
+            return Ok(format!("There is no model `{unknown}` here; den has: {}.", known.join(", ")));
+        }
+        server.tiers = if names.iter().any(|n| n == "default") { vec![] } else { names };
+    }
     if changed {
         if let Some(t) = a.int("settings.max_turns") {
             server.max_turns = u32::try_from(t).ok();
@@ -113,7 +121,7 @@ pub(super) async fn settings(m: &Arc<AgentModule>, a: &Asked) -> Result<String, 
     }
     let t = p.settings.turns;
     let ladder: Vec<String> =
-        p.ladder.iter().enumerate().map(|(i, l)| format!("tier {}: `{}`", i + 1, l.name())).collect();
+        m.ladder_for(&server).iter().enumerate().map(|(i, l)| format!("tier {}: `{}`", i + 1, l.name())).collect();
     let aliases: Vec<String> = p.settings.aliases.iter().map(|(a, r)| format!("`@{a}` → tier {}", r + 1)).collect();
     let daily = server.daily_tokens.map_or(p.settings.daily_tokens, |t| (t > 0).then_some(t));
     let approver = server.approver_role.or(p.settings.approver_role);

@@ -124,6 +124,8 @@ pub struct AgentParts {
     pub clock: Arc<dyn Clock>,
     /// Models, weakest first.
     pub ladder: Vec<Arc<dyn ChatModel>>,
+    /// Every configured model a server may pick for its tiers, by name.
+    pub models: Vec<Arc<dyn ChatModel>>,
     /// Where commands run.
     pub sandbox: Sandbox,
     /// The servers' workspaces.
@@ -181,6 +183,16 @@ impl AgentModule {
     /// Ingress learns a new channel or thread at once in this process.
     fn learn(&self, channel: u64) {
         self.known.lock().unwrap_or_else(PoisonError::into_inner).0.insert(channel);
+    }
+
+    /// The ladder of a server: the models its admins picked, else den's.
+    fn ladder_for(&self, server: &sessions::ServerSettings) -> Vec<Arc<dyn ChatModel>> {
+        let picked: Vec<Arc<dyn ChatModel>> = server
+            .tiers
+            .iter()
+            .filter_map(|name| self.parts.models.iter().find(|m| m.name() == name).cloned())
+            .collect();
+        if picked.is_empty() { self.parts.ladder.clone() } else { picked }
     }
 
     fn job(&self, kind: &str, guild: Option<u64>, payload: Value) -> Job {

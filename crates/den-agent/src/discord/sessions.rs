@@ -86,6 +86,9 @@ pub struct ServerSettings {
     pub daily_tokens: Option<u64>,
     /// Members of this role may merge or reject any session.
     pub approver_role: Option<u64>,
+    /// The models of each tier, weakest first, by provider name (empty: den.toml's).
+    #[serde(default)]
+    pub tiers: Vec<String>,
 }
 
 /// A control a person sent a thread.

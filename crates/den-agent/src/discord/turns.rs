@@ -61,10 +61,11 @@ pub(super) async fn start(
     let run = format!("{thread}-{}", session.runs + 1);
     let size = Size::of(task);
     let server = p.sessions.settings(session.guild).await.map_err(retry)?;
+    let ladder = m.ladder_for(&server);
     let mut state = RunState::start(history, task, now_ms());
     let limit = p.settings.turns.of(size);
     state.max_turns = Some(server.max_turns.map_or(limit, |cap| limit.min(cap)));
-    state.rung = rung.unwrap_or_else(|| size.start_tier(p.ladder.len())).min(p.ladder.len().saturating_sub(1));
+    state.rung = rung.unwrap_or_else(|| size.start_tier(ladder.len())).min(ladder.len().saturating_sub(1));
     p.sessions.save_state(thread, &run, &state).await.map_err(retry)?;
     // Controls sent to earlier runs are not this run's.
     let earlier = p.sessions.controls_after(thread, &session.heard).await.map_err(retry)?;
@@ -89,7 +90,7 @@ pub(super) async fn start(
         // Someone else's run started first.
         return Ok(session.run);
     }
-    let model = p.ladder.get(state.rung).map(|l| l.name().to_owned()).unwrap_or_default();
+    let model = ladder.get(state.rung).map(|l| l.name().to_owned()).unwrap_or_default();
     let text = progress_text(&session, &state, &model, &format!("starting ({size:?} task)"));
     let progress = p.egress.post(thread, &Outgoing::text(text).buttons(controls(thread)), &run).await.map_err(retry)?;
     p.sessions.update(thread, |s| s.progress_message = Some(progress)).await.map_err(retry)?;
@@ -201,7 +202,7 @@ async fn turn_under_lease(
     };
     let git = p.workspaces.thread(session.guild, thread).await.map_err(retry)?;
     if state.turns == 0 && state.pending.is_none() {
-        p.workspaces.refresh(session.guild, &git).await.map_err(retry)?;
+        p.workspaces.refresh(session.guild, thread, &git).await.map_err(retry)?;
     }
     git.checkout(&session.branch, &session.base).await.map_err(retry)?;
     let workspace = crate::workspace::Workspace::open(&p.workspaces.thread_dir(session.guild, thread))
@@ -225,14 +226,16 @@ async fn turn_under_lease(
     let over_budget =
         matches!(p.ledger.check(session.guild, "agent", &budget).await.map_err(retry)?, BudgetCheck::Exhausted);
 
-    let ladder: Vec<&dyn ChatModel> = p.ladder.iter().map(AsRef::as_ref).collect();
+    let models = m.ladder_for(&server);
+    let ladder: Vec<&dyn ChatModel> = models.iter().map(AsRef::as_ref).collect();
     let config = RunConfig {
         max_turns: state.max_turns.unwrap_or(p.settings.turns.medium),
         wall_time: p.settings.wall_time,
         ..RunConfig::new(&session.branch, &session.base)
     };
     let (tx, rx) = watch::channel(None);
-    let shown = tokio::spawn(show_progress(m.clone(), session.clone(), rx, state.clone()));
+    let in_use = ladder.get(state.rung).map(|l| l.name().to_owned()).unwrap_or_default();
+    let shown = tokio::spawn(show_progress(m.clone(), session.clone(), rx, state.clone(), in_use));
     let watcher = tokio::spawn(watch_stop(m.clone(), thread, heard.clone(), owner.to_owned(), controls.clone()));
     let before = state.usage;
     let calls_before = state.calls.len();
@@ -350,8 +353,8 @@ async fn show_progress(
     session: Session,
     mut rx: watch::Receiver<Option<(u32, String)>>,
     mut state: RunState,
+    model: String,
 ) {
-    let model = m.parts.ladder.get(state.rung).map(|l| l.name().to_owned()).unwrap_or_default();
     while rx.changed().await.is_ok() {
         let Some((turn, doing)) = rx.borrow_and_update().clone() else { continue };
         state.turns = turn;

@@ -14,6 +14,18 @@ use crate::git::Git;
 pub struct Workspaces {
     root: PathBuf,
     base: String,
+    scope: Scope,
+}
+
+/// What a thread's branch merges into.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// The server's base: threads share their merged work (the default).
+    #[default]
+    Server,
+    /// A base of the thread's own, started from the server's (seeded) base: threads never see each other's work.
+    Thread,
 }
 
 /// What a server's workspace is seeded from.
@@ -47,7 +59,36 @@ impl Workspaces {
     pub fn new(root: impl Into<PathBuf>, base: &str) -> Self {
         let root = root.into();
         // Absolute, because git runs in each repository's own folder.
-        Self { root: std::path::absolute(&root).unwrap_or(root), base: base.into() }
+        Self { root: std::path::absolute(&root).unwrap_or(root), base: base.into(), scope: Scope::Server }
+    }
+
+    /// With threads merging into `scope`.
+    #[must_use]
+    pub fn scoped(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// The folder of what `thread`'s branch merges into.
+    fn home_dir(&self, guild: u64, thread: u64) -> PathBuf {
+        match self.scope {
+            Scope::Server => self.base_dir(guild),
+            Scope::Thread => self.root.join(guild.to_string()).join("bases").join(thread.to_string()),
+        }
+    }
+
+    /// What `thread`'s branch merges into: the server's base, or the thread's own (made from the server's).
+    pub async fn home(&self, guild: u64, thread: u64) -> Result<Git, ToolError> {
+        match self.scope {
+            Scope::Server => self.base(guild).await,
+            Scope::Thread => {
+                let dir = self.home_dir(guild, thread);
+                if !dir.join(".git").is_dir() {
+                    clone_into(&self.base(guild).await?, &self.base, &dir).await?;
+                }
+                Git::open(&dir).await
+            }
+        }
     }
 
     /// The branch sessions start from.
@@ -87,22 +128,14 @@ impl Workspaces {
     pub async fn thread(&self, guild: u64, thread: u64) -> Result<Git, ToolError> {
         let dir = self.thread_dir(guild, thread);
         if !dir.join(".git").is_dir() {
-            let base = self.base(guild).await?;
-            if let Some(parent) = dir.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| ToolError::Failed(format!("workspace: {e}")))?;
-            }
-            // Cloned aside and moved into place, so a clone cut short is never taken for a workspace.
-            let partial = dir.with_extension(format!("partial-{:08x}", rand::random::<u32>()));
-            let target = partial.to_string_lossy().into_owned();
-            base.run(&["clone", "--quiet", "--no-hardlinks", "--branch", &self.base, ".", &target]).await?;
-            std::fs::rename(&partial, &dir).map_err(|e| ToolError::Failed(format!("workspace: {e}")))?;
+            clone_into(&self.home(guild, thread).await?, &self.base, &dir).await?;
         }
         Git::open(&dir).await
     }
 
-    /// Brings the thread's base branch up to the server's base (after another thread merged).
-    pub async fn refresh(&self, guild: u64, thread: &Git) -> Result<(), ToolError> {
-        let base = self.base_dir(guild).to_string_lossy().into_owned();
+    /// Brings the thread's base branch up to what it merges into (after another thread merged).
+    pub async fn refresh(&self, guild: u64, thread_id: u64, thread: &Git) -> Result<(), ToolError> {
+        let base = self.home_dir(guild, thread_id).to_string_lossy().into_owned();
         let spec = format!("+refs/heads/{0}:refs/heads/{0}", self.base);
         // The thread is on its own branch while it works, so the base branch can be moved under it.
         if thread.branch().await? != self.base {
@@ -111,9 +144,9 @@ impl Workspaces {
         Ok(())
     }
 
-    /// Merges `branch` of `thread` into the server's base when the merge is clean.
+    /// Merges `branch` of `thread` into what it merges into when the merge is clean.
     pub async fn merge(&self, guild: u64, thread: u64, branch: &str, message: &str) -> Result<Merge, ToolError> {
-        let base = self.base(guild).await?;
+        let base = self.home(guild, thread).await?;
         let dir = self.thread_dir(guild, thread).to_string_lossy().into_owned();
         // Reopened first: its config is den's again, whatever happened to it.
         Git::open(Path::new(&dir)).await?;
@@ -185,6 +218,18 @@ impl Workspaces {
     pub async fn archive(&self, git: &Git, rev: &str) -> Result<Vec<u8>, ToolError> {
         git.run_bytes(&["archive", "--format=zip", rev]).await
     }
+}
+
+/// Clones `branch` of `from` into `dir`: aside first, then moved into place,
+/// so a clone cut short is never taken for a workspace.
+async fn clone_into(from: &Git, branch: &str, dir: &Path) -> Result<(), ToolError> {
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| ToolError::Failed(format!("workspace: {e}")))?;
+    }
+    let partial = dir.with_extension(format!("partial-{:08x}", rand::random::<u32>()));
+    let target = partial.to_string_lossy().into_owned();
+    from.run(&["clone", "--quiet", "--no-hardlinks", "--branch", branch, ".", &target]).await?;
+    std::fs::rename(&partial, dir).map_err(|e| ToolError::Failed(format!("workspace: {e}")))
 }
 
 fn base_dir_of(git: &Git) -> PathBuf {
