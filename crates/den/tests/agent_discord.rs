@@ -486,3 +486,44 @@ fn without_a_usable_model_den_still_starts_and_the_agent_says_why_it_takes_no_ta
     assert!(answer.contains("cannot work on this den") && answer.contains("missing"), "{answer}");
     assert!(llm.requests().is_empty());
 }
+
+#[test]
+fn a_runs_turns_land_on_two_workers_sharing_the_store_and_the_workspaces() {
+    let discord = Discord::start();
+    let llm = discord.rt.block_on(FakeLlm::start(Wire::OpenAi, None)).unwrap();
+    llm.push(Script::call("", "run", json!({"command": "echo one >> ran.log"})));
+    // Long enough for the second worker to start and the first to be told to stop while it holds this turn.
+    llm.push(Script::call("", "run", json!({"command": "sleep 4 && echo two >> ran.log"})));
+    llm.push(Script::call("", "run", json!({"command": "echo three >> ran.log"})));
+    llm.push(Script::call("Done.", "finish", json!({"summary": "Logged three times", "confidence": 80})));
+    let scratch = Scratch::new();
+    let base = seed_workspace(&scratch, discord.guild);
+    scratch.use_model(&llm.base_url(), "coder", "[personas]\nenabled = false\n\n[agent]\nfirst_uid = 290000\n");
+    let env = [("FAKE_LLM_KEY", "k")];
+    let gateway = scratch.start_with(&discord, "gateway", &env);
+    gateway.wait_ready(WAIT);
+    let mut first = scratch.start_with(&discord, "worker", &env);
+    first.wait_ready(WAIT);
+    let enable = CommandOption::sub(1, "enable", vec![]);
+    discord.fake.invoke_command(discord.user, discord.channel, "agent-channel", &[enable]);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let bot = discord.fake.bot_user_id();
+    discord.fake.post_as(discord.user, discord.channel, &format!("<@{bot}> log three times"));
+    let thread = thread_of(&discord);
+    wait_for(&discord, thread, "sleep 4");
+    // A second worker joins; the first leaves, finishing the turn it holds: the next turns are the second's.
+    let joined = Instant::now();
+    let second = scratch.start_with(&discord, "worker", &env);
+    second.wait_ready(WAIT);
+    first.signal("TERM");
+    assert!(joined.elapsed() < Duration::from_secs(3), "the first worker was told to stop during turn 2");
+    assert!(first.wait(WAIT).success());
+    let result = wait_for(&discord, thread, "Done");
+    assert!(result.content.contains("ran.log"), "{}", result.content);
+    let clone = base.parent().unwrap().join("threads").join(thread.to_string());
+    assert_eq!(std::fs::read_to_string(clone.join("ran.log")).unwrap(), "one\ntwo\nthree\n");
+    assert_eq!(git(&clone, &["rev-list", "--count", &format!("main..den/{thread}")]).trim(), "1");
+    drop(second);
+    drop(gateway);
+}
