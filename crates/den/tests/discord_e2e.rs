@@ -282,6 +282,7 @@ fn den_run_registers_commands_at_start_when_configured() {
             ("DEN_DISCORD__SYNC_GUILD", &guild),
             ("DEN_PERSONAS__ENABLED", "false"),
             ("DEN_CAMPAIGNS__ENABLED", "false"),
+            ("DEN_AGENT__ENABLED", "false"),
         ],
     );
     den.wait_ready(WAIT);
