@@ -40,9 +40,7 @@ fn seed_workspace(scratch: &Scratch, guild: u64) -> std::path::PathBuf {
 fn start(discord: &Discord, llm: &FakeLlm, more: &str) -> (Scratch, support::Running, std::path::PathBuf) {
     let scratch = Scratch::new();
     let base = seed_workspace(&scratch, discord.guild);
-    // Each test's sessions get sandbox users of their own, as two dens on one machine would.
-    static RANGE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let first_uid = 200_000 + 10_000 * RANGE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let first_uid = uid_range();
     let more = if more.contains("[agent]") {
         more.replace("[agent]\n", &format!("[agent]\nfirst_uid = {first_uid}\n"))
     } else {
@@ -60,6 +58,21 @@ fn start(discord: &Discord, llm: &FakeLlm, more: &str) -> (Scratch, support::Run
             .is_some_and(|m| m.content.contains("takes tasks here"))
     });
     (scratch, den, base)
+}
+
+/// Sandbox users of this test's own, as two dens on one machine need: by process (two test runs at
+/// once) and by test; a test opens fewer than 100 sessions.
+fn uid_range() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let test = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    1_000_000 + (std::process::id() % 10_000) * 1_000 + test * 100
+}
+
+/// Mentions den with `task` in the test's channel as its user; the thread den opens.
+fn mention(discord: &Discord, task: &str) -> u64 {
+    let bot = discord.fake.bot_user_id();
+    discord.fake.post_as(discord.user, discord.channel, &format!("<@{bot}> {task}"));
+    thread_of(discord)
 }
 
 /// The thread den opened in the test's channel.
@@ -114,9 +127,7 @@ fn a_mention_opens_a_thread_where_the_agent_fixes_a_test_and_thumbs_up_merges_it
     llm.push(Script::call("Done.", "finish", json!({"summary": "Fix add.sh: it subtracted", "confidence": 92})));
     let (scratch, mut den, base) = start(&discord, &llm, "");
 
-    let bot = discord.fake.bot_user_id();
-    discord.fake.post_as(discord.user, discord.channel, &format!("<@{bot}> make test.sh pass"));
-    let thread = thread_of(&discord);
+    let thread = mention(&discord, "make test.sh pass");
     let result = wait_for(&discord, thread, "Done");
 
     // One progress message, edited as the run went, and finished without its buttons.
@@ -218,9 +229,7 @@ fn a_stop_reaction_cancels_a_long_command_within_five_seconds_and_the_thread_goe
     let hook = Webhook::start();
     let (scratch, _den, base) = start(&discord, &llm, &format!("[agent]\nevents_webhook = \"{}\"\n", hook.url));
 
-    let bot = discord.fake.bot_user_id();
-    discord.fake.post_as(discord.user, discord.channel, &format!("<@{bot}> wait a while"));
-    let thread = thread_of(&discord);
+    let thread = mention(&discord, "wait a while");
     let progress = wait_for(&discord, thread, "`sleep 120`");
     let asked = Instant::now();
     discord.fake.react(discord.user, thread, progress.id, "🛑").unwrap();
@@ -319,9 +328,7 @@ fn a_run_whose_worker_is_killed_mid_command_resumes_in_the_next_process_and_comm
     // Short job timeouts and leases, so the killed worker's turn comes back within the test.
     let more = "[worker]\njob_timeout_secs = 5\n\n[agent]\nlease_secs = 2\n";
     let (scratch, mut first, _base) = start(&discord, &llm, more);
-    let bot = discord.fake.bot_user_id();
-    discord.fake.post_as(discord.user, discord.channel, &format!("<@{bot}> log twice"));
-    let thread = thread_of(&discord);
+    let thread = mention(&discord, "log twice");
     wait_for(&discord, thread, "started");
     std::thread::sleep(Duration::from_millis(500));
     first.signal("KILL");
@@ -440,9 +447,7 @@ fn a_model_that_keeps_failing_ends_the_run_with_a_message_instead_of_leaving_it_
     let llm = discord.rt.block_on(FakeLlm::start(Wire::OpenAi, None)).unwrap();
     llm.set_default(Script::fault(den_testkit::llm::Fault::Status(400)));
     let (_scratch, _den, _base) = start(&discord, &llm, "[worker]\nbackoff_base_ms = 100\n");
-    let bot = discord.fake.bot_user_id();
-    discord.fake.post_as(discord.user, discord.channel, &format!("<@{bot}> do something"));
-    let thread = thread_of(&discord);
+    let thread = mention(&discord, "do something");
     let failed = wait_for(&discord, thread, "execution_aborted");
     assert!(failed.content.contains("the model failed"), "{}", failed.content);
     // The session is free again: the next message starts a new run.
@@ -458,9 +463,7 @@ fn a_servers_daily_token_budget_ends_a_run_and_says_so() {
     llm.push(Script::call("", "write_file", json!({"path": "a.txt", "content": "a\n"})));
     llm.push(Script::call("Done.", "finish", json!({"summary": "never reached", "confidence": 90})));
     let (_scratch, _den, _base) = start(&discord, &llm, "[agent]\ndaily_tokens = 10\n");
-    let bot = discord.fake.bot_user_id();
-    discord.fake.post_as(discord.user, discord.channel, &format!("<@{bot}> write a"));
-    let thread = thread_of(&discord);
+    let thread = mention(&discord, "write a");
     let aborted = wait_for(&discord, thread, "execution_aborted");
     assert!(aborted.content.contains("the server's daily token budget"), "{}", aborted.content);
     assert_eq!(llm.requests().len(), 1, "no model call after the budget was spent");
@@ -475,14 +478,9 @@ fn without_a_usable_model_den_still_starts_and_the_agent_says_why_it_takes_no_ta
     scratch.use_model(&llm.base_url(), "coder", "[personas]\nenabled = false\n\n[agent]\ntiers = [[\"missing\"]]\n");
     let den = scratch.start_with(&discord, "run", &[("FAKE_LLM_KEY", "k")]);
     den.wait_ready(WAIT);
-    let task = CommandOption::sub(1, "task", vec![CommandOption::string("task", "fix it")]);
     let enable = CommandOption::sub(1, "enable", vec![]);
     discord.fake.invoke_command(discord.user, discord.channel, "agent-channel", &[enable]);
-    let token = discord.fake.invoke_command(discord.user, discord.channel, "agent", &[task]);
-    discord.wait_until("the refusal", WAIT, |f| {
-        f.interaction(&token).and_then(|i| i.original).and_then(|m| f.message(m)).is_some_and(|m| !m.content.is_empty())
-    });
-    let answer = discord.fake.message(discord.fake.interaction(&token).unwrap().original.unwrap()).unwrap().content;
+    let answer = ask(&discord, discord.channel, "agent", "task", vec![CommandOption::string("task", "fix it")]);
     assert!(answer.contains("cannot work on this den") && answer.contains("missing"), "{answer}");
     assert!(llm.requests().is_empty());
 }
@@ -498,7 +496,8 @@ fn a_runs_turns_land_on_two_workers_sharing_the_store_and_the_workspaces() {
     llm.push(Script::call("Done.", "finish", json!({"summary": "Logged three times", "confidence": 80})));
     let scratch = Scratch::new();
     let base = seed_workspace(&scratch, discord.guild);
-    scratch.use_model(&llm.base_url(), "coder", "[personas]\nenabled = false\n\n[agent]\nfirst_uid = 290000\n");
+    let more = format!("[personas]\nenabled = false\n\n[agent]\nfirst_uid = {}\n", uid_range());
+    scratch.use_model(&llm.base_url(), "coder", &more);
     let env = [("FAKE_LLM_KEY", "k")];
     let gateway = scratch.start_with(&discord, "gateway", &env);
     gateway.wait_ready(WAIT);
@@ -508,9 +507,7 @@ fn a_runs_turns_land_on_two_workers_sharing_the_store_and_the_workspaces() {
     discord.fake.invoke_command(discord.user, discord.channel, "agent-channel", &[enable]);
     std::thread::sleep(Duration::from_millis(500));
 
-    let bot = discord.fake.bot_user_id();
-    discord.fake.post_as(discord.user, discord.channel, &format!("<@{bot}> log three times"));
-    let thread = thread_of(&discord);
+    let thread = mention(&discord, "log three times");
     wait_for(&discord, thread, "sleep 4");
     // A second worker joins; the first leaves, finishing the turn it holds: the next turns are the second's.
     let joined = Instant::now();
