@@ -117,7 +117,8 @@ impl CampaignsSection {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentSection {
-    /// Run the agent module (it answers only in channels an admin enables).
+    /// Run the agent module. Off by default: it runs model-written code (in a sandbox) and needs git,
+    /// bubblewrap and its own queue; the playground turns it on.
     pub enabled: bool,
     /// Where the servers' workspaces live (default: `agent-workspaces` beside the store).
     pub workspaces_dir: Option<PathBuf>,
@@ -156,7 +157,7 @@ pub struct AgentSection {
 impl Default for AgentSection {
     fn default() -> Self {
         Self {
-            enabled: true,
+            enabled: false,
             workspaces_dir: None,
             base_branch: "main".into(),
             workspace: den_agent::discord::workspaces::Scope::Server,

@@ -172,6 +172,7 @@ fn den_config(
     c.ops.emf_namespace = None;
     c.campaigns.manager_role = Some(cast.game_masters);
     // The agent takes tasks in #workshop from the start, and keeps its workspaces with the playground.
+    c.agent.enabled = true;
     c.agent.channels = cast.workshop.into_iter().collect();
     c.agent.workspaces_dir = Some(dir.join("agent-workspaces"));
     if !has_personas(&c.personas.dir) {

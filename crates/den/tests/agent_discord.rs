@@ -42,9 +42,9 @@ fn start(discord: &Discord, llm: &FakeLlm, more: &str) -> (Scratch, support::Run
     let base = seed_workspace(&scratch, discord.guild);
     let first_uid = uid_range();
     let more = if more.contains("[agent]") {
-        more.replace("[agent]\n", &format!("[agent]\nfirst_uid = {first_uid}\n"))
+        more.replace("[agent]\n", &format!("[agent]\nenabled = true\nfirst_uid = {first_uid}\n"))
     } else {
-        format!("{more}\n[agent]\nfirst_uid = {first_uid}\n")
+        format!("{more}\n[agent]\nenabled = true\nfirst_uid = {first_uid}\n")
     };
     scratch.use_model(&llm.base_url(), "coder", &format!("[personas]\nenabled = false\n\n{more}"));
     let den = scratch.start_with(discord, "run", &[("FAKE_LLM_KEY", "k")]);
@@ -475,7 +475,8 @@ fn without_a_usable_model_den_still_starts_and_the_agent_says_why_it_takes_no_ta
     let llm = discord.rt.block_on(FakeLlm::start(Wire::OpenAi, None)).unwrap();
     let scratch = Scratch::new();
     // The agent's only tier names a provider that is not configured.
-    scratch.use_model(&llm.base_url(), "coder", "[personas]\nenabled = false\n\n[agent]\ntiers = [[\"missing\"]]\n");
+    let more = "[personas]\nenabled = false\n\n[agent]\nenabled = true\ntiers = [[\"missing\"]]\n";
+    scratch.use_model(&llm.base_url(), "coder", more);
     let den = scratch.start_with(&discord, "run", &[("FAKE_LLM_KEY", "k")]);
     den.wait_ready(WAIT);
     let enable = CommandOption::sub(1, "enable", vec![]);
@@ -496,7 +497,7 @@ fn a_runs_turns_land_on_two_workers_sharing_the_store_and_the_workspaces() {
     llm.push(Script::call("Done.", "finish", json!({"summary": "Logged three times", "confidence": 80})));
     let scratch = Scratch::new();
     let base = seed_workspace(&scratch, discord.guild);
-    let more = format!("[personas]\nenabled = false\n\n[agent]\nfirst_uid = {}\n", uid_range());
+    let more = format!("[personas]\nenabled = false\n\n[agent]\nenabled = true\nfirst_uid = {}\n", uid_range());
     scratch.use_model(&llm.base_url(), "coder", &more);
     let env = [("FAKE_LLM_KEY", "k")];
     let gateway = scratch.start_with(&discord, "gateway", &env);
