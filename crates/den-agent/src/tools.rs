@@ -23,7 +23,8 @@ pub const MAX_RUN: Duration = Duration::from_secs(600);
 /// What a tool answered: what the model sees, and the whole of it for the turn log.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
-    /// Cut to [`output::LIMIT`].
+    /// Cut to [`output::LIMIT`]. Not kept in a saved run: the conversation holds it already.
+    #[serde(skip)]
     pub shown: String,
     /// Everything (not kept in a saved run: the turn log has its size and digest).
     #[serde(skip)]

@@ -45,6 +45,13 @@ async fn a_long_runs_saved_state_is_cut_to_fit_a_store_item_keeping_its_latest_t
     for i in 0..100 {
         let big = format!("{i}:{}", "x".repeat(8_000));
         state.messages.push(ChatMessage::results(vec![ToolResult::ok(format!("c{i}"), &big)]));
+        // The calls' records are saved without what the model saw: the conversation has it.
+        let outcome = den_agent::tools::Outcome { shown: big.clone(), full: String::new(), ok: true };
+        state.calls.push(den_agent::run::CallRecord {
+            tool: "read_file".into(),
+            input: serde_json::json!({}),
+            outcome,
+        });
     }
     sessions.save_state(7, "7-1", &state).await.unwrap();
     let back = sessions.state(7, "7-1").await.unwrap().unwrap();

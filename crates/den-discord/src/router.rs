@@ -187,19 +187,25 @@ impl Router {
                 jobs.push(job);
             }
         }
+        self.send_jobs(&jobs, "message", m.id).await
+    }
+
+    /// Enqueues the jobs an event (`what` `id`) caused; how many were new.
+    /// An error means nothing was enqueued for sure: route the event again.
+    async fn send_jobs(&self, jobs: &[Job], what: &str, id: u64) -> StoreResult<usize> {
         if jobs.is_empty() {
             return Ok(0);
         }
-        let result = self.jobs.send_all(&jobs).await;
+        let result = self.jobs.send_all(jobs).await;
         self.enqueued(&result);
         match result {
             Ok(sent) => {
                 let fresh = sent.iter().filter(|s| !s.duplicate).count();
-                tracing::debug!(message_id = m.id, jobs = jobs.len(), fresh, "message routed");
+                tracing::debug!(what, id, jobs = jobs.len(), fresh, "event routed");
                 Ok(fresh)
             }
             Err(e) => {
-                tracing::warn!(error = %e, message_id = m.id, "could not enqueue the jobs of a message; will retry");
+                tracing::warn!(error = %e, what, id, "could not enqueue the jobs of an event; will retry");
                 Err(e)
             }
         }
@@ -220,12 +226,7 @@ impl Router {
                 jobs.push(job);
             }
         }
-        if jobs.is_empty() {
-            return Ok(0);
-        }
-        let result = self.jobs.send_all(&jobs).await;
-        self.enqueued(&result);
-        result.map(|sent| sent.iter().filter(|s| !s.duplicate).count())
+        self.send_jobs(&jobs, "reaction", r.message_id).await
     }
 
     /// Time left of Discord's 3 s for the first response to interaction `id`

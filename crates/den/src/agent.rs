@@ -90,9 +90,15 @@ async fn models(c: &Config, env: &[(String, String)], metrics: Option<&den_ops::
     } else {
         c.agent.tiers.clone()
     };
+    // Models in den's process cannot call tools well, and loading one again beside the personas' would cost
+    // its whole size: the agent leaves them out.
     let mut raw: Vec<(String, Result<Model, String>)> = Vec::new();
     for section in &c.llm.provider {
-        let built = crate::llm::provider(section, env, &c.models_dir()).await.map_err(|e| format!("{e:#}"));
+        let built = if section.is_in_process() {
+            Err(format!("{} runs in den's process and is too small to use tools", section.name))
+        } else {
+            crate::llm::provider(section, env, &c.models_dir()).await.map_err(|e| format!("{e:#}"))
+        };
         raw.push((section.name.clone(), built));
     }
     let get = |name: &str| -> anyhow::Result<Model> {

@@ -284,10 +284,8 @@ impl Sessions {
             }
             let mut smaller = state.clone();
             let older = smaller.messages.len().saturating_sub(keep);
-            for m in &mut smaller.messages[..older] {
-                for r in &mut m.tool_results {
-                    r.content = crate::output::cut(&r.content, cut);
-                }
+            for r in smaller.messages[..older].iter_mut().flat_map(|m| m.tool_results.iter_mut()) {
+                r.content = crate::output::cut(&r.content, cut);
             }
             text = serde_json::to_string(&smaller).unwrap_or_default();
         }
