@@ -6,9 +6,9 @@
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
-# SQLite is compiled from source (rusqlite's bundled build): a C compiler is enough.
+# SQLite and libopus are compiled from source and linked statically (rusqlite's bundled build; .cargo/config.toml).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && apt-get install -y --no-install-recommends gcc g++ libc6-dev cmake make \
  && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cargo build --release --locked -p den --features aws \

@@ -97,6 +97,9 @@ pub struct InboundMessage {
     /// The message replied to, when Discord includes it.
     #[serde(default)]
     pub referenced_message: Option<Box<ReferencedMessage>>,
+    /// Files attached to it.
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
     /// Ids of users mentioned.
     #[serde(default, skip_serializing)]
     mentions: Vec<Value>,
@@ -230,7 +233,7 @@ pub struct InboundInteraction {
     pub resolved_attachments: Vec<Attachment>,
 }
 
-/// A file attached to an interaction.
+/// A file attached to a message or an interaction.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
     /// Attachment id (the option's value).
@@ -377,5 +380,105 @@ mod tests {
         assert_eq!(i.app_lacks(MANAGE_CHANNELS | MANAGE_ROLES), MANAGE_ROLES);
         let admin = d.replace(r#""type":2,"#, r#""type":2,"app_permissions":"8","#);
         assert_eq!(InboundInteraction::parse(&admin).unwrap().app_lacks(MANAGE_ROLES), 0);
+    }
+}
+
+/// A voice event of den's own connection or of anyone's presence in voice:
+/// what a voice driver needs to connect, and who listens where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VoiceEvent {
+    /// VOICE_STATE_UPDATE: `user` is now in `channel` of `guild` (`None`: left voice).
+    State {
+        /// The guild.
+        guild: u64,
+        /// The voice channel, or `None` when the user left.
+        channel: Option<u64>,
+        /// Whose state.
+        user: u64,
+        /// The voice session id (den's own is what its voice connection identifies with).
+        session_id: String,
+        /// Whether the user is a bot, when Discord says.
+        bot: bool,
+    },
+    /// GUILD_CREATE: den's gateway session holds `guild` (at start, after a
+    /// reconnect, or on joining it); its voice states follow.
+    GuildAvailable {
+        /// The guild.
+        guild: u64,
+    },
+    /// VOICE_SERVER_UPDATE: where den's voice connection for `guild` goes.
+    Server {
+        /// The guild.
+        guild: u64,
+        /// The voice token.
+        token: String,
+        /// `host:port`; `None` while Discord picks a new server.
+        endpoint: Option<String>,
+    },
+}
+
+impl VoiceEvent {
+    /// Parses a VOICE_STATE_UPDATE's `d`; states outside guilds are `None`.
+    ///
+    /// # Errors
+    /// When the JSON lacks the user or the session.
+    pub fn parse_state(d: &str) -> Result<Option<Self>, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(default, deserialize_with = "opt_snowflake")]
+            guild_id: Option<u64>,
+            #[serde(default, deserialize_with = "opt_snowflake")]
+            channel_id: Option<u64>,
+            #[serde(deserialize_with = "snowflake")]
+            user_id: u64,
+            session_id: String,
+            #[serde(default)]
+            member: Value,
+        }
+        let r: Raw = serde_json::from_str(d)?;
+        Ok(r.guild_id.map(|guild| Self::State {
+            guild,
+            channel: r.channel_id,
+            user: r.user_id,
+            session_id: r.session_id,
+            bot: r.member["user"]["bot"].as_bool().unwrap_or(false),
+        }))
+    }
+
+    /// What a GUILD_CREATE's `d` says of voice: the guild is available, then
+    /// the voice states it lists (they carry no guild id: the guild's own id
+    /// is theirs); nothing when it is malformed.
+    #[must_use]
+    pub fn parse_guild_states(d: &str) -> Vec<Self> {
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(deserialize_with = "snowflake")]
+            id: u64,
+            #[serde(default)]
+            voice_states: Vec<Value>,
+        }
+        let Ok(r) = serde_json::from_str::<Raw>(d) else { return Vec::new() };
+        let states = r.voice_states.into_iter().filter_map(|mut v| {
+            v["guild_id"] = r.id.to_string().into();
+            Self::parse_state(&v.to_string()).ok().flatten()
+        });
+        std::iter::once(Self::GuildAvailable { guild: r.id }).chain(states).collect()
+    }
+
+    /// Parses a VOICE_SERVER_UPDATE's `d`.
+    ///
+    /// # Errors
+    /// When the JSON lacks the guild or the token.
+    pub fn parse_server(d: &str) -> Result<Self, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(deserialize_with = "snowflake")]
+            guild_id: u64,
+            token: String,
+            #[serde(default)]
+            endpoint: Option<String>,
+        }
+        let r: Raw = serde_json::from_str(d)?;
+        Ok(Self::Server { guild: r.guild_id, token: r.token, endpoint: r.endpoint })
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::Ack;
-use crate::events::{InboundInteraction, InboundMessage, InboundReaction};
+use crate::events::{InboundInteraction, InboundMessage, InboundReaction, VoiceEvent};
 
 /// The type of a slash-command option.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -260,6 +260,10 @@ pub trait Module: Send + Sync {
     async fn on_interaction(&self, _interaction: &InboundInteraction, _cx: &IngressCx) -> Option<Reaction> {
         None
     }
+
+    /// A voice state or voice server update, on the gateway process that
+    /// received it. It must not block: a voice driver takes it from here.
+    fn on_voice(&self, _event: &VoiceEvent) {}
 
     /// The handlers of its job kinds.
     fn handlers(self: Arc<Self>) -> Vec<(String, Arc<dyn JobHandler>)> {

@@ -13,7 +13,7 @@ use den_worker::JobQueue;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::events::{InboundInteraction, InboundMessage, InboundReaction, InteractionKind};
+use crate::events::{InboundInteraction, InboundMessage, InboundReaction, InteractionKind, VoiceEvent};
 use crate::module::{IngressCx, InteractionRef, Module, Reaction};
 use crate::{Ack, Egress};
 
@@ -46,6 +46,8 @@ pub struct GatewayPayload<'a> {
 pub struct Router {
     modules: Vec<Arc<dyn Module>>,
     jobs: JobQueue,
+    /// Queues of their own for jobs whose kind starts with a prefix.
+    routes: Vec<(&'static str, JobQueue)>,
     clock: Arc<dyn Clock>,
     bot_user_id: AtomicU64,
     metrics: Metrics,
@@ -72,6 +74,8 @@ pub enum Routed {
     Interaction,
     /// READY: den learned its user id.
     Ready,
+    /// A voice state or voice server update, handed to the modules.
+    Voice,
     /// Malformed, logged and dropped.
     Malformed,
 }
@@ -79,7 +83,38 @@ pub enum Routed {
 impl Router {
     /// A router over `modules`, enqueueing to `jobs`.
     pub fn new(modules: Vec<Arc<dyn Module>>, jobs: JobQueue, clock: Arc<dyn Clock>, metrics: Metrics) -> Self {
-        Self { modules, jobs, clock, bot_user_id: AtomicU64::new(0), metrics, enqueue_failing_since: Mutex::new(None) }
+        Self {
+            modules,
+            jobs,
+            routes: Vec::new(),
+            clock,
+            bot_user_id: AtomicU64::new(0),
+            metrics,
+            enqueue_failing_since: Mutex::new(None),
+        }
+    }
+
+    /// Sends jobs whose kind starts with `prefix` to `queue` instead of the
+    /// job queue (music's jobs go where the voice connections are).
+    #[must_use]
+    pub fn route_kind(mut self, prefix: &'static str, queue: JobQueue) -> Self {
+        self.routes.push((prefix, queue));
+        self
+    }
+
+    /// Enqueues `jobs`, each on its kind's queue.
+    async fn enqueue(&self, jobs: &[Job]) -> StoreResult<Vec<den_storage::Sent>> {
+        let queue_of = |job: &Job| {
+            self.routes.iter().find(|(prefix, _)| job.kind.starts_with(prefix)).map_or(&self.jobs, |(_, q)| q)
+        };
+        if jobs.iter().all(|j| std::ptr::eq(queue_of(j), &self.jobs)) {
+            return self.jobs.send_all(jobs).await;
+        }
+        let mut sent = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            sent.push(queue_of(job).send(job).await?);
+        }
+        Ok(sent)
     }
 
     /// How long enqueueing has been failing, if it is (for `/ready`).
@@ -153,6 +188,35 @@ impl Router {
                     Routed::Malformed
                 }
             },
+            Some(t @ ("VOICE_STATE_UPDATE" | "VOICE_SERVER_UPDATE")) => {
+                let event = if t == "VOICE_STATE_UPDATE" {
+                    VoiceEvent::parse_state(d.get())
+                } else {
+                    VoiceEvent::parse_server(d.get()).map(Some)
+                };
+                match event {
+                    Ok(Some(e)) => {
+                        for module in &self.modules {
+                            module.on_voice(&e);
+                        }
+                        Routed::Voice
+                    }
+                    Ok(None) => Routed::Ignored,
+                    Err(e) => {
+                        tracing::warn!(error = %e, event = t, "malformed voice event dropped");
+                        Routed::Malformed
+                    }
+                }
+            }
+            Some("GUILD_CREATE") => {
+                // Who is already in voice when den (re)connects.
+                for e in VoiceEvent::parse_guild_states(d.get()) {
+                    for module in &self.modules {
+                        module.on_voice(&e);
+                    }
+                }
+                Routed::Ignored
+            }
             Some("READY") => {
                 #[derive(Deserialize)]
                 struct Ready {
@@ -196,7 +260,7 @@ impl Router {
         if jobs.is_empty() {
             return Ok(0);
         }
-        let result = self.jobs.send_all(jobs).await;
+        let result = self.enqueue(jobs).await;
         self.enqueued(&result);
         match result {
             Ok(sent) => {
@@ -276,7 +340,7 @@ impl Router {
         let give_up = tokio::time::Instant::now() + self.time_left_to_ack(i.id).saturating_sub(Duration::from_secs(1));
         let mut attempt = 0;
         let result = loop {
-            let result = self.jobs.send_all(&reaction.jobs).await;
+            let result = self.enqueue(&reaction.jobs).await;
             self.enqueued(&result);
             attempt += 1;
             let wait = ENQUEUE_RETRY.delay(attempt);

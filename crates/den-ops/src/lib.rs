@@ -7,6 +7,7 @@
 pub mod emf;
 mod logging;
 mod metrics;
+mod music;
 mod server;
 
 pub use logging::{LogFormat, init_logging};

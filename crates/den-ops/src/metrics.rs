@@ -50,10 +50,10 @@ pub enum JobOutcome {
 /// Cheap to clone; clones share the same series.
 #[derive(Clone)]
 pub struct Metrics {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     registry: Registry,
     heartbeat: Gauge<f64, std::sync::atomic::AtomicU64>,
     jobs_sent: Family<JobLabels, Counter>,
@@ -74,6 +74,7 @@ struct Inner {
     agent_events: Family<KindLabels, Counter>,
     agent_tool_calls: Family<OutcomeLabels, Counter>,
     agent_tokens: Counter,
+    pub(crate) music: crate::music::MusicFamilies,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -210,6 +211,7 @@ impl Metrics {
         );
         let agent_tokens = Counter::default();
         registry.register("agent_tokens", "Tokens the coding agent's models read and wrote", agent_tokens.clone());
+        let music = crate::music::MusicFamilies::register(&mut registry);
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -232,6 +234,7 @@ impl Metrics {
                 agent_events,
                 agent_tool_calls,
                 agent_tokens,
+                music,
             }),
         }
     }

@@ -34,6 +34,8 @@ pub enum Part {
     Members,
     /// Registered commands.
     Commands,
+    /// Who is in which voice channel.
+    Voice,
     /// Everything (a reset or a load).
     All,
 }

@@ -205,6 +205,22 @@ pub fn member(world: &World, guild: u64, user_id: u64) -> Value {
     m
 }
 
+/// A voice state as VOICE_STATE_UPDATE and GUILD_CREATE carry it; `channel` `None`: left.
+#[must_use]
+pub fn voice_state(world: &World, guild: u64, user: u64, channel: Option<u64>, session_id: &str) -> Value {
+    json!({
+        "guild_id": guild.to_string(), "channel_id": channel.map(|c| c.to_string()), "user_id": user.to_string(),
+        "member": member(world, guild, user), "session_id": session_id, "deaf": false, "mute": false,
+        "self_deaf": false, "self_mute": false, "self_video": false, "suppress": false,
+        "request_to_speak_timestamp": null,
+    })
+}
+
+fn voice_states(world: &World, guild: u64) -> Vec<Value> {
+    let states = world.voice_states.get(&guild).into_iter().flatten();
+    states.map(|(user, s)| voice_state(world, guild, *user, Some(s.channel), &s.session_id)).collect()
+}
+
 /// A guild as GUILD_CREATE shows it.
 #[must_use]
 pub fn guild_create(world: &World, guild: u64) -> Value {
@@ -230,6 +246,6 @@ pub fn guild_create(world: &World, guild: u64) -> Value {
         "public_updates_channel_id": null, "nsfw_level": 0, "premium_progress_bar_enabled": false,
         "joined_at": iso8601(world.now()), "large": false, "unavailable": false,
         "member_count": g.members.len(), "members": members, "channels": channels, "threads": threads,
-        "presences": [], "voice_states": [], "stage_instances": [], "guild_scheduled_events": [],
+        "presences": [], "voice_states": voice_states(world, guild), "stage_instances": [], "guild_scheduled_events": [],
     })
 }

@@ -25,10 +25,13 @@ mod rest;
 mod server;
 mod setup;
 pub mod view;
+pub mod voice;
 pub mod world;
 
 pub use events::{Direction, Event, Part};
-pub use gateway::{GUILD_MEMBERS, GUILD_MESSAGES, GUILD_PRESENCES, GUILDS, GatewayMode, MESSAGE_CONTENT};
+pub use gateway::{
+    GUILD_MEMBERS, GUILD_MESSAGES, GUILD_PRESENCES, GUILD_VOICE_STATES, GUILDS, GatewayMode, MESSAGE_CONTENT,
+};
 pub use interact::{CommandOption, SignedInteraction};
 pub use people::Upload;
 pub use ratelimit::{Bucket, RateLimits};

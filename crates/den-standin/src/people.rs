@@ -195,4 +195,25 @@ impl Standin {
         self.shared.touch(Part::Messages, Some(channel));
         Ok(())
     }
+
+    /// Puts `user` in voice `channel` of `guild` (`None`: out of voice), as
+    /// if they joined it in their client.
+    ///
+    /// # Errors
+    /// When `channel` is not a voice channel of `guild`.
+    pub fn join_voice(&self, user: u64, guild: u64, channel: Option<u64>) -> Result<(), String> {
+        let session = format!("{:032x}", rand::random::<u128>());
+        if crate::gateway::voice::set_state(&self.shared, guild, user, channel, &session) {
+            Ok(())
+        } else {
+            Err(format!("{channel:?} is not a voice channel of guild {guild}"))
+        }
+    }
+
+    /// Who is in which voice channel of `guild`: (user, channel).
+    #[must_use]
+    pub fn voice_members(&self, guild: u64) -> Vec<(u64, u64)> {
+        let w = self.shared.world();
+        w.voice_states.get(&guild).map(|s| s.iter().map(|(u, v)| (*u, v.channel)).collect()).unwrap_or_default()
+    }
 }

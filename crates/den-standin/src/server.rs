@@ -137,6 +137,8 @@ pub(crate) struct Shared {
     pub feed: Feed,
     /// The world changed since it was last saved.
     dirty: AtomicBool,
+    /// The voice server bots are sent to when they join a voice channel.
+    pub voice: crate::voice::VoiceServer,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -244,7 +246,9 @@ impl Standin {
         let rest_addr = rest.local_addr()?;
         let gateway_url = format!("ws://{}", gw.local_addr()?);
         let signing_key = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+        let voice = crate::voice::VoiceServer::start().await?;
         let shared = Arc::new(Shared {
+            voice,
             public_key_hex: hex::encode(signing_key.verifying_key().to_bytes()),
             signing_key,
             config,
@@ -282,6 +286,12 @@ impl Standin {
             }),
         ];
         Ok(Self { shared, rest_addr, tasks })
+    }
+
+    /// The voice server: the calls bots made, and what they sent.
+    #[must_use]
+    pub fn voice(&self) -> &crate::voice::VoiceServer {
+        &self.shared.voice
     }
 
     /// `127.0.0.1:PORT` of the REST API (den's `discord.api_proxy`).

@@ -57,6 +57,15 @@ pub struct Guild {
     pub members: BTreeMap<u64, Vec<u64>>,
 }
 
+/// Someone in a voice channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VoiceState {
+    /// The voice channel.
+    pub channel: u64,
+    /// The voice session (for a bot: what its voice connection identifies with).
+    pub session_id: String,
+}
+
 /// A role.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Role {
@@ -274,6 +283,9 @@ pub struct World {
     /// How far stand-in time is ahead of the wall clock.
     #[serde(skip)]
     pub time_offset: Duration,
+    /// Who is in which voice channel, by guild and user (not saved: calls end with the stand-in).
+    #[serde(skip)]
+    pub voice_states: BTreeMap<u64, BTreeMap<u64, VoiceState>>,
     /// The application's permissions as interactions report them (`app_permissions`); `None`: all.
     pub app_permissions: Option<u64>,
     /// Files people and bots attached, by attachment id: name and bytes.
@@ -361,6 +373,7 @@ impl World {
             commands: Commands::default(),
             interactions: HashMap::new(),
             time_offset: Duration::ZERO,
+            voice_states: BTreeMap::new(),
             app_permissions: None,
             files: BTreeMap::new(),
         };

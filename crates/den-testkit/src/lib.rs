@@ -1,8 +1,10 @@
 //! In-process fakes for den's tests and benchmarks, on 127.0.0.1: Discord
 //! (the [`den_standin`] stand-in, strict about Discord's OpenAPI spec) and
-//! LLM servers (Anthropic, OpenAI-compatible and Bedrock wire formats), and
-//! a store that fails on demand.
+//! its voice server (which decrypts and decodes what a bot plays), LLM
+//! servers (Anthropic, OpenAI-compatible and Bedrock wire formats), tone
+//! files, and a store that fails on demand.
 
+pub mod audio;
 pub mod faults;
 pub mod llm;
 
@@ -14,7 +16,9 @@ pub mod discord {
     pub type FakeDiscord = Standin;
     /// How a test's stand-in is set up.
     pub type FakeConfig = StandinConfig;
+    /// The stand-in's voice server: the voice gateway and the UDP peer that hears what a bot sends.
+    pub type FakeVoice = voice::VoiceServer;
 }
 
-pub use discord::{FakeConfig, FakeDiscord};
+pub use discord::{FakeConfig, FakeDiscord, FakeVoice};
 pub use faults::StoreFaults;

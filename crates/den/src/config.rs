@@ -45,6 +45,8 @@ pub struct Config {
     pub campaigns: CampaignsSection,
     /// The coding agent.
     pub agent: AgentSection,
+    /// Music (TimmyBot).
+    pub music: MusicSection,
     /// AWS: DynamoDB, SQS, Secrets Manager (with the `aws` cargo feature).
     pub aws: AwsSection,
 }
@@ -110,6 +112,28 @@ impl CampaignsSection {
             }
         }
         (ok, bad)
+    }
+}
+
+/// `[music]`: TimmyBot, per-server queues played in voice channels.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MusicSection {
+    /// Run the music module. Off by default: it declares a queue of its own
+    /// (`music`), which a deployment's permissions must allow.
+    pub enabled: bool,
+    /// A folder of audio files people can search with `/play words`.
+    pub library: Option<PathBuf>,
+    /// Let links reach private and loopback addresses (a radio on the LAN; tests).
+    /// Off: den refuses links into its own network.
+    pub allow_private_urls: bool,
+    /// Leave a voice channel after this long with nothing playing or nobody listening (0 stays).
+    pub leave_after_secs: u64,
+}
+
+impl Default for MusicSection {
+    fn default() -> Self {
+        Self { enabled: false, library: None, allow_private_urls: false, leave_after_secs: 300 }
     }
 }
 

@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod llm;
 mod model;
+mod music;
 mod personas;
 mod playground;
 mod roles;

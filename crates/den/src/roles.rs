@@ -92,6 +92,10 @@ pub struct ModuleCx<'a> {
     pub clock: &'a Arc<dyn Clock>,
     /// Metrics.
     pub metrics: &'a Metrics,
+    /// The senders of the gateway shards, in a process that runs them.
+    pub shards: Option<&'a den_discord::gateway::ShardSenders>,
+    /// Cancelled when the process shuts down.
+    pub shutdown: &'a CancellationToken,
 }
 
 /// Every module den runs, wired to the process's egress and queue.
@@ -121,6 +125,9 @@ pub async fn modules(cx: &ModuleCx<'_>) -> anyhow::Result<Vec<Arc<dyn Module>>> 
     }
     if cx.config.agent.enabled {
         modules.push(crate::agent::module(cx).await?);
+    }
+    if cx.config.music.enabled {
+        modules.push(crate::music::module(cx, cx.shards, cx.shutdown).await?);
     }
     Ok(modules)
 }
@@ -290,10 +297,26 @@ async fn serve(
     queue.create_queue(&spec).await.context("cannot create the job queue")?;
     let (egress, public_key) = egress(c, token.clone(), store).await?;
     let jobs = JobQueue::new(queue.clone(), spec.name.clone(), metrics.clone());
-    let modules =
-        modules(&ModuleCx { config: c, env, store, egress: &egress, jobs: &jobs, queue: &queue, clock, metrics })
-            .await?;
-    let router = Arc::new(Router::new(modules.clone(), jobs, clock.clone(), metrics.clone()));
+    let senders = den_discord::gateway::ShardSenders::default();
+    let cx = ModuleCx {
+        config: c,
+        env,
+        store,
+        egress: &egress,
+        jobs: &jobs,
+        queue: &queue,
+        clock,
+        metrics,
+        shards: role.runs_gateway().then_some(&senders),
+        shutdown,
+    };
+    let modules = modules(&cx).await?;
+    let music_jobs = crate::music::jobs(&cx);
+    let mut router = Router::new(modules.clone(), jobs.clone(), clock.clone(), metrics.clone());
+    if c.music.enabled {
+        router = router.route_kind(MUSIC_KINDS, music_jobs);
+    }
+    let router = Arc::new(router);
 
     if role == Role::All && c.discord.sync_commands {
         let commands: Vec<_> = modules.iter().flat_map(|m| m.commands()).collect();
@@ -364,7 +387,7 @@ async fn serve(
             router: router.clone(),
             egress: egress.clone(),
             status: shard_status.clone(),
-            senders: den_discord::gateway::ShardSenders::default(),
+            senders: senders.clone(),
         };
         tracing::info!(shards = total, first, last = last - 1, max_concurrency, "connecting to the gateway");
         gateway = Some(tokio::spawn(gw.run(shutdown.clone())));
@@ -393,13 +416,15 @@ async fn serve(
             }
         });
     }
+    if role.runs_gateway() && c.music.enabled {
+        // Music plays where the voice connections are: its jobs run beside the shards.
+        let handlers = handlers_of(&modules, |kind| kind.starts_with(MUSIC_KINDS));
+        let config = den_worker::WorkerConfig { concurrency: 16, ..c.worker.pool_config() };
+        let pool = WorkerPool::new(queue.clone(), den_music::queue_spec(), handlers, metrics.clone(), config);
+        tasks.spawn(pool.run(shutdown.clone()));
+    }
     if role.runs_workers() {
-        let mut handlers = Handlers::new();
-        for module in &modules {
-            for (kind, handler) in module.clone().handlers() {
-                handlers = handlers.with(kind, handler);
-            }
-        }
+        let handlers = handlers_of(&modules, |kind| !kind.starts_with(MUSIC_KINDS));
         let pool = WorkerPool::new(queue.clone(), spec.clone(), handlers, metrics.clone(), c.worker.pool_config());
         tasks.spawn(pool.run(shutdown.clone()));
         if c.agent.enabled {
@@ -444,6 +469,15 @@ async fn serve(
         Err(e) => tracing::warn!(error = %e, "ops server task failed"),
     }
     result
+}
+
+/// Job kinds that travel on music's own queue.
+const MUSIC_KINDS: &str = "music.";
+
+/// The modules' handlers of the job kinds `wanted` picks.
+fn handlers_of(modules: &[Arc<dyn Module>], wanted: impl Fn(&str) -> bool) -> Handlers {
+    let all = modules.iter().flat_map(|m| m.clone().handlers());
+    all.filter(|(kind, _)| wanted(kind)).fold(Handlers::new(), |h, (kind, handler)| h.with(kind, handler))
 }
 
 async fn sweep_periodically(store: Arc<dyn Store>, every: Duration, shutdown: CancellationToken) {

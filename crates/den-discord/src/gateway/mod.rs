@@ -232,16 +232,23 @@ impl ShardSenders {
         g.1.insert(shard, tx);
     }
 
+    fn sender_of(&self, guild: u64) -> Option<mpsc::Sender<Value>> {
+        let g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let total = u64::from(g.0.max(1));
+        let shard = u32::try_from((guild >> 22) % total).unwrap_or(0);
+        g.1.get(&shard).cloned()
+    }
+
     /// Queues `payload` (a whole gateway frame, `{"op": 4, "d": ...}`) on the
     /// shard of `guild`; `false` when this process does not run that shard.
     pub fn send(&self, guild: u64, payload: Value) -> bool {
-        let tx = {
-            let g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-            let total = u64::from(g.0.max(1));
-            let shard = u32::try_from((guild >> 22) % total).unwrap_or(0);
-            g.1.get(&shard).cloned()
-        };
-        tx.is_some_and(|tx| tx.try_send(payload).is_ok())
+        self.sender_of(guild).is_some_and(|tx| tx.try_send(payload).is_ok())
+    }
+
+    /// Whether this process runs the shard of `guild`.
+    #[must_use]
+    pub fn holds(&self, guild: u64) -> bool {
+        self.sender_of(guild).is_some()
     }
 }
 

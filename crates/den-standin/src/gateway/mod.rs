@@ -3,6 +3,7 @@
 //! compression, sessions of any bot account, and injected faults.
 
 mod hub;
+pub(crate) mod voice;
 mod zlib;
 
 use std::collections::HashMap;
@@ -28,6 +29,8 @@ pub const GUILDS: u64 = 1;
 pub const GUILD_MEMBERS: u64 = 1 << 1;
 /// GUILD_PRESENCES (privileged).
 pub const GUILD_PRESENCES: u64 = 1 << 8;
+/// GUILD_VOICE_STATES.
+pub const GUILD_VOICE_STATES: u64 = 1 << 7;
 /// GUILD_MESSAGES.
 pub const GUILD_MESSAGES: u64 = 1 << 9;
 /// GUILD_MESSAGE_REACTIONS.
@@ -172,7 +175,15 @@ async fn run(shared: Arc<Shared>, socket: WebSocket, compressed: bool) {
                         Ok(None) => {}
                         Err(code) => { let _ = tx.send(Ctl::Close(code)); }
                     },
-                    Some(3 | 4 | 8) => {}
+                    Some(4) => {
+                        if let Some((id, _)) = &session {
+                            let account = shared.hub().sessions.iter().find(|s| &s.id == id).map(|s| s.account);
+                            if let Some(account) = account {
+                                voice::bot_update(&shared, id, account, &payload["d"]);
+                            }
+                        }
+                    }
+                    Some(3 | 8) => {}
                     _ => { let _ = tx.send(Ctl::Close(4001)); }
                 }
             }

@@ -1,0 +1,464 @@
+//! Running a command: the queue changed once per job (a redelivered job
+//! finds its change made and answers as before), the player told, and the
+//! answer sent where the command came from.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use den_core::{Clock, Job};
+use den_discord::router::finish_interaction;
+use den_discord::{Egress, InteractionRef};
+use den_worker::{JobContext, JobError, JobHandler, JobQueue};
+use serde::{Deserialize, Serialize};
+
+use crate::commands::{Attached, Command};
+use crate::player::{PlayError, Player};
+use crate::queue::{LoopMode, Queue};
+use crate::sources::ResolveError;
+use crate::track::{Track, clock};
+
+/// Where a command came from, so the answer goes back there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "via", rename_all = "snake_case")]
+pub enum Origin {
+    /// A slash command or a button: the deferred response is edited.
+    Interaction,
+    /// A `!` message: den replies to it.
+    Message {
+        /// Its channel.
+        channel: u64,
+        /// The message.
+        message: u64,
+    },
+}
+
+/// A command with who asked, where.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// The server.
+    pub guild: u64,
+    /// The text channel it was asked in.
+    pub channel: u64,
+    /// Who asked.
+    pub user: u64,
+    /// Their roles.
+    #[serde(default)]
+    pub roles: Vec<u64>,
+    /// Whether they may manage the server.
+    #[serde(default)]
+    pub manager: bool,
+    /// The command, or the line explaining why it could not be read.
+    pub command: Result<Command, String>,
+    /// Where to answer.
+    pub origin: Origin,
+    /// Times it was passed on to find the process holding the server's voice.
+    #[serde(default)]
+    pub hops: u32,
+}
+
+impl Request {
+    /// A request with no roles and no management rights.
+    #[must_use]
+    pub fn new(guild: u64, channel: u64, user: u64, command: Result<Command, String>, origin: Origin) -> Self {
+        Self { guild, channel, user, roles: Vec::new(), manager: false, command, origin, hops: 0 }
+    }
+}
+
+/// Passes on a command whose server is on another gateway process at most this often.
+const MAX_HOPS: u32 = 16;
+/// Answers a request remembers, so a redelivered job answers as the first delivery did.
+const REMEMBERED: usize = 32;
+
+/// Runs music's jobs in a process that holds gateway shards.
+pub struct Music {
+    player: Arc<Player>,
+    egress: Arc<Egress>,
+    clock: Arc<dyn Clock>,
+    jobs: JobQueue,
+    metrics: den_ops::Metrics,
+}
+
+impl std::fmt::Debug for Music {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Music").finish_non_exhaustive()
+    }
+}
+
+/// A command's answer, or the line that says why it was refused.
+type Answer = Result<String, String>;
+
+fn store(e: impl std::fmt::Display) -> JobError {
+    JobError::retry(format!("music store: {e}"))
+}
+
+impl Music {
+    /// Music over `player`, answering through `egress`; `jobs` is music's own queue.
+    #[must_use]
+    pub fn new(
+        player: Arc<Player>,
+        egress: Arc<Egress>,
+        clock: Arc<dyn Clock>,
+        jobs: JobQueue,
+        metrics: den_ops::Metrics,
+    ) -> Arc<Self> {
+        Arc::new(Self { player, egress, clock, jobs, metrics })
+    }
+
+    /// The player.
+    #[must_use]
+    pub fn player(&self) -> &Arc<Player> {
+        &self.player
+    }
+
+    async fn command(&self, job: &Job) -> Result<(), JobError> {
+        let request: Request = serde_json::from_value(job.payload["request"].clone())
+            .map_err(|e| JobError::permanent(format!("malformed music request: {e}")))?;
+        if !self.player.voice().holds(request.guild) {
+            return self.pass_on(job, request).await;
+        }
+        let answer = match &request.command {
+            Err(line) => line.clone(),
+            Ok(command) => match self.run(command, &request, &job.id).await? {
+                Ok(text) | Err(text) => text,
+            },
+        };
+        self.answer(job, &request, &answer).await
+    }
+
+    /// Another gateway process holds the server: put the job back for it.
+    async fn pass_on(&self, job: &Job, mut request: Request) -> Result<(), JobError> {
+        if request.hops >= MAX_HOPS {
+            let line = "den's music player for this server is not running right now; try again in a minute.";
+            return self.answer(job, &request, line).await;
+        }
+        request.hops += 1;
+        let mut next = job.clone();
+        next.payload["request"] = serde_json::to_value(&request).unwrap_or_default();
+        next.dedup_key = Some(format!("{}:hop{}", job.id, request.hops));
+        self.jobs.send_delayed(&next, Duration::from_millis(100)).await.map_err(store)?;
+        Ok(())
+    }
+
+    async fn answer(&self, job: &Job, request: &Request, text: &str) -> Result<(), JobError> {
+        let sent = match &request.origin {
+            Origin::Interaction => {
+                let iref =
+                    InteractionRef::from_job(job).ok_or_else(|| JobError::permanent("no interaction in the job"))?;
+                finish_interaction(&self.egress, &*self.clock, &iref, text).await
+            }
+            Origin::Message { channel, message } => {
+                self.egress.send_text_keyed(*channel, text, Some(*message), &job.id).await.map(drop)
+            }
+        };
+        sent.map_err(|e| JobError::retry(e.to_string()).with_source(e))
+    }
+
+    async fn run(&self, command: &Command, request: &Request, key: &str) -> Result<Answer, JobError> {
+        match command {
+            Command::Play { query, file } => self.play(request, key, query.as_deref(), file.as_ref()).await,
+            Command::Queue { page } => Ok(Ok(self.show_queue(request.guild, *page).await?)),
+            Command::NowPlaying => Ok(Ok(self.now_playing(request.guild).await?)),
+            other => self.control(request, key, other).await,
+        }
+    }
+
+    /// Changes the queue once for `key`; a second run finds the answer the first gave.
+    async fn change(
+        &self,
+        guild: u64,
+        key: &str,
+        mut edit: impl FnMut(&mut Queue) -> Answer,
+    ) -> Result<Answer, JobError> {
+        let (answer, _) = self
+            .player
+            .queues()
+            .update(guild, |q| {
+                if let Some((_, earlier)) = q.answered.iter().find(|(k, _)| k == key) {
+                    return Ok(earlier.clone());
+                }
+                let answer = edit(q);
+                if let Ok(text) = &answer {
+                    q.answered.push((key.to_owned(), text.clone()));
+                    let excess = q.answered.len().saturating_sub(REMEMBERED);
+                    q.answered.drain(..excess);
+                }
+                answer
+            })
+            .await
+            .map_err(store)?;
+        Ok(answer)
+    }
+
+    async fn play(
+        &self,
+        req: &Request,
+        key: &str,
+        query: Option<&str>,
+        file: Option<&Attached>,
+    ) -> Result<Answer, JobError> {
+        let Some(channel) = self.player.voice().channel_of(req.guild, req.user) else {
+            return Ok(Err("Join a voice channel first, then ask again.".into()));
+        };
+        let current = self.player.queues().get(req.guild).await.map_err(store)?;
+        if let Some(playing_in) = current.voice_channel.filter(|c| *c != channel && current.current.is_some()) {
+            return Ok(Err(format!("den is playing in <#{playing_in}>: join it there to add music.")));
+        }
+        let track = match self.resolve(query, file).await {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let answer = self
+            .change(req.guild, key, |q| {
+                q.voice_channel = Some(channel);
+                q.text_channel = Some(req.channel);
+                let was_idle = q.current.is_none();
+                q.add(vec![track.clone()], req.user);
+                Ok(if was_idle {
+                    format!("Now playing {}", track.label())
+                } else {
+                    format!("Queued {} at #{}", track.label(), q.upcoming.len())
+                })
+            })
+            .await?;
+        match self.player.sync(req.guild).await {
+            Ok(()) => Ok(answer),
+            Err(PlayError::Join(e)) => Ok(Err(format!(
+                "den could not join <#{channel}> ({e}): check that den may Connect and Speak there. The track is queued."
+            ))),
+            Err(PlayError::Store(e)) => Err(store(e)),
+        }
+    }
+
+    async fn resolve(&self, query: Option<&str>, file: Option<&Attached>) -> Result<Track, ResolveError> {
+        let started = Instant::now();
+        let sources = self.player.sources().clone();
+        let (source, found) = match (file, query) {
+            (Some(f), _) => ("attachment", sources.link(&f.url, Some(&f.filename))),
+            (None, Some(q)) if q.starts_with("http://") || q.starts_with("https://") => ("link", sources.resolve(q)),
+            (None, q) => {
+                let q = q.unwrap_or_default().to_owned();
+                let found = tokio::task::spawn_blocking(move || sources.resolve(&q)).await;
+                ("library", found.unwrap_or(Err(ResolveError::NoLibrary)))
+            }
+        };
+        self.metrics.music_resolved(source, started.elapsed());
+        found
+    }
+
+    async fn control(&self, req: &Request, key: &str, command: &Command) -> Result<Answer, JobError> {
+        let stored = self.player.queues().get(req.guild).await.map_err(store)?;
+        if let Some(channel) = stored.voice_channel
+            && self.player.voice().channel_of(req.guild, req.user) != Some(channel)
+        {
+            return Ok(Err(format!("Join <#{channel}> to control the music.")));
+        }
+        let position = u64::try_from(self.player.position(req.guild, &stored).await.as_millis()).unwrap_or(0);
+        let answer = self.change(req.guild, key, |q| edit(q, command, position)).await?;
+        if answer.is_ok()
+            && let Err(e) = self.player.sync(req.guild).await
+        {
+            tracing::warn!(guild = req.guild, error = %e, "the player did not follow the queue");
+        }
+        Ok(answer)
+    }
+
+    async fn show_queue(&self, guild: u64, page: usize) -> Result<String, JobError> {
+        let q = self.player.queues().get(guild).await.map_err(store)?;
+        let Some(current) = &q.current else { return Ok("Nothing is playing, and the queue is empty.".into()) };
+        let position = self.player.position(guild, &q).await;
+        let pages = q.upcoming.len().div_ceil(10).max(1);
+        let page = page.clamp(1, pages);
+        let mut lines = vec![format!("Now: {} at {}", current.track.label(), clock(position.as_millis() as u64))];
+        for (n, e) in q.upcoming.iter().enumerate().skip((page - 1) * 10).take(10) {
+            lines.push(format!("{}. {} — <@{}>", n + 1, e.track.label(), e.requested_by));
+        }
+        let total: u64 = q.upcoming.iter().filter_map(|e| e.track.duration_ms).sum();
+        lines.push(format!(
+            "Page {page}/{pages} · {} queued · {} in all · loop: {}",
+            q.upcoming.len(),
+            clock(total),
+            q.loop_mode.as_str()
+        ));
+        Ok(lines.join("\n"))
+    }
+
+    async fn now_playing(&self, guild: u64) -> Result<String, JobError> {
+        let q = self.player.queues().get(guild).await.map_err(store)?;
+        let Some(current) = &q.current else { return Ok("Nothing is playing.".into()) };
+        let at = self.player.position(guild, &q).await.as_millis() as u64;
+        let state = if q.paused { "⏸️ Paused" } else { "▶️ Playing" };
+        Ok(format!(
+            "{state} {}\n`{}` · loop: {} · volume {}%\nAsked for by <@{}> · {} more queued",
+            current.track.label(),
+            bar(at, current.track.duration_ms),
+            q.loop_mode.as_str(),
+            q.volume,
+            current.requested_by,
+            q.upcoming.len()
+        ))
+    }
+
+    async fn resume(&self, job: &Job) -> Result<(), JobError> {
+        let Some(guild) = job.guild else { return Err(JobError::permanent("a resume without a server")) };
+        if !self.player.voice().holds(guild) {
+            return Ok(());
+        }
+        let q = self.player.queues().get(guild).await.map_err(store)?;
+        if q.voice_channel.is_none() || q.current.is_none() {
+            return Ok(());
+        }
+        tracing::info!(guild, at_ms = q.position_ms, "resuming the server's music");
+        self.player.sync(guild).await.map_err(|e| JobError::retry(format!("resuming music: {e}")))
+    }
+}
+
+/// `1:23 ▬▬▬🔘▬▬▬▬▬ 3:05`, or the time alone for a stream.
+fn bar(at_ms: u64, length: Option<u64>) -> String {
+    let Some(length) = length.filter(|l| *l > 0) else { return format!("{} (live)", clock(at_ms)) };
+    let knob = usize::try_from((at_ms.min(length) * 12) / length).unwrap_or(0).min(11);
+    let line: String = (0..12).map(|i| if i == knob { '🔘' } else { '▬' }).collect();
+    format!("{} {line} {}", clock(at_ms), clock(length))
+}
+
+/// Changes a queue for one control command; `position` is where the current track is now.
+fn edit(q: &mut Queue, command: &Command, position: u64) -> Answer {
+    let playing = q.current.clone();
+    let need_current = || playing.clone().ok_or_else(|| "Nothing is playing.".to_owned());
+    match command {
+        Command::Skip => {
+            let skipped = need_current()?;
+            q.skip();
+            Ok(match &q.current {
+                Some(next) => format!("Skipped {}. Now playing {}", skipped.track.label(), next.track.label()),
+                None => format!("Skipped {}. The queue is empty.", skipped.track.label()),
+            })
+        }
+        Command::SkipTo { position: n } => {
+            if !q.skip_to(*n) {
+                return Err(format!("There is no #{n} in the queue ({} queued).", q.upcoming.len()));
+            }
+            Ok(format!("Skipped to {}", q.current.as_ref().map(|e| e.track.label()).unwrap_or_default()))
+        }
+        Command::Previous => {
+            if !q.previous() {
+                return Err("Nothing played before this.".into());
+            }
+            Ok(format!("Playing {} again", q.current.as_ref().map(|e| e.track.label()).unwrap_or_default()))
+        }
+        Command::Pause => {
+            need_current()?;
+            if q.paused {
+                return Err("Already paused: `/resume` plays on.".into());
+            }
+            q.paused = true;
+            q.position_ms = position;
+            Ok(format!("Paused at {}.", clock(position)))
+        }
+        Command::Resume => {
+            need_current()?;
+            if !q.paused {
+                return Err("Not paused.".into());
+            }
+            q.paused = false;
+            Ok("Playing on.".into())
+        }
+        Command::Stop => {
+            q.stop();
+            Ok("Stopped, and the queue is cleared.".into())
+        }
+        Command::Leave => {
+            q.position_ms = position;
+            q.voice_channel = None;
+            Ok("Left the voice channel. The queue is kept: `/play` or `/resume` picks it up.".into())
+        }
+        Command::Clear => Ok(format!("Removed {} queued tracks.", q.clear())),
+        Command::Remove { position: n } => {
+            let e = q.remove(*n).ok_or_else(|| format!("There is no #{n} in the queue."))?;
+            Ok(format!("Removed {}", e.track.label()))
+        }
+        Command::Move { from, to } => {
+            let queued = q.upcoming.len();
+            let e = q.move_entry(*from, *to).ok_or_else(|| format!("Both places must be between 1 and {queued}."))?;
+            Ok(format!("Moved {} to #{to}", e.track.label()))
+        }
+        Command::Shuffle => {
+            if q.upcoming.len() < 2 {
+                return Err("There is nothing to shuffle.".into());
+            }
+            q.shuffle();
+            Ok(format!("Shuffled {} tracks.", q.upcoming.len()))
+        }
+        Command::Loop { mode } => {
+            q.loop_mode = mode.unwrap_or(match q.loop_mode {
+                LoopMode::Off => LoopMode::Track,
+                LoopMode::Track => LoopMode::Queue,
+                LoopMode::Queue => LoopMode::Off,
+            });
+            Ok(format!("Loop: {}.", q.loop_mode.as_str()))
+        }
+        Command::Seek { to_ms } => {
+            let e = need_current()?;
+            match e.track.duration_ms {
+                None => return Err("A live stream cannot be seeked.".into()),
+                Some(len) if *to_ms >= len => return Err(format!("The track is {} long.", clock(len))),
+                Some(_) => {}
+            }
+            q.restart(*to_ms);
+            Ok(format!("Jumped to {}.", clock(*to_ms)))
+        }
+        Command::Volume { percent } => {
+            q.volume = *percent;
+            Ok(format!("Volume {percent}%."))
+        }
+        Command::RemoveDupes => Ok(format!("Removed {} tracks queued twice.", q.remove_dupes())),
+        Command::Play { .. } | Command::Queue { .. } | Command::NowPlaying => Err("not a control".into()),
+    }
+}
+
+#[async_trait]
+impl JobHandler for Music {
+    async fn run(&self, job: &Job, _cx: &JobContext) -> Result<(), JobError> {
+        match job.kind.as_str() {
+            crate::COMMAND => self.command(job).await,
+            crate::RESUME => self.resume(job).await,
+            other => Err(JobError::permanent(format!("music has no job {other}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::track::Source;
+
+    fn track(name: &str, ms: Option<u64>) -> Track {
+        Track { title: name.into(), artist: None, duration_ms: ms, source: Source::File { path: name.into() } }
+    }
+
+    #[test]
+    fn controls_change_the_queue_and_say_what_they_did() {
+        let mut q = Queue::default();
+        assert_eq!(edit(&mut q, &Command::Skip, 0), Err("Nothing is playing.".into()));
+        q.add(vec![track("a", Some(60_000)), track("b", None)], 1);
+        assert_eq!(edit(&mut q, &Command::Pause, 12_000), Ok("Paused at 0:12.".into()));
+        assert_eq!(q.position_ms, 12_000);
+        assert!(edit(&mut q, &Command::Pause, 0).is_err());
+        assert!(edit(&mut q, &Command::Resume, 0).is_ok());
+        assert_eq!(edit(&mut q, &Command::Seek { to_ms: 61_000 }, 0), Err("The track is 1:00 long.".into()));
+        let g = q.generation;
+        assert!(edit(&mut q, &Command::Seek { to_ms: 30_000 }, 0).is_ok());
+        assert!(q.generation > g && q.position_ms == 30_000);
+        assert_eq!(edit(&mut q, &Command::Loop { mode: None }, 0), Ok("Loop: track.".into()));
+        assert!(edit(&mut q, &Command::Skip, 0).unwrap().contains("Now playing **b** (live)"));
+        assert_eq!(edit(&mut q, &Command::Seek { to_ms: 1 }, 0), Err("A live stream cannot be seeked.".into()));
+        assert!(edit(&mut q, &Command::Remove { position: 1 }, 0).is_err());
+    }
+
+    #[test]
+    fn the_position_bar_moves_along_the_track() {
+        assert_eq!(bar(0, Some(100_000)), "0:00 🔘▬▬▬▬▬▬▬▬▬▬▬ 1:40");
+        assert_eq!(bar(100_000, Some(100_000)), "1:40 ▬▬▬▬▬▬▬▬▬▬▬🔘 1:40");
+        assert_eq!(bar(5_000, None), "0:05 (live)");
+    }
+}

@@ -1,0 +1,398 @@
+//! Playback: each server's stored queue made audible on its voice
+//! connection. The queue in the store says what should play; [`Player::sync`]
+//! makes the driver agree (join, start the current track at its position,
+//! pause, volume, leave). A track that ends moves the queue on, once: the end
+//! counts only for the generation it played.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use den_discord::Egress;
+use songbird::tracks::{PlayMode, TrackHandle};
+use songbird::{Event, EventContext, EventHandler, TrackEvent};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::{Queue, Queues};
+use crate::sources::Sources;
+use crate::voice::{JoinError, Link, Notice, Voice};
+
+/// How long a join may take before the command says so.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often playing positions are saved (a restart resumes within this).
+pub const SAVE_EVERY: Duration = Duration::from_secs(2);
+
+/// Why playback could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PlayError {
+    /// Joining the voice channel failed.
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    /// The store failed.
+    #[error("den's store failed: {0}")]
+    Store(#[from] den_storage::StoreError),
+}
+
+/// The track a server's driver plays now.
+struct Playing {
+    handle: TrackHandle,
+    generation: u64,
+    paused: bool,
+    volume: u16,
+}
+
+/// A track ended (or failed) in some generation of a server's queue.
+#[derive(Debug)]
+struct Ended {
+    guild: u64,
+    generation: u64,
+    error: Option<String>,
+}
+
+/// Plays servers' queues on this process's voice connections.
+pub struct Player {
+    voice: Arc<Voice>,
+    queues: Queues,
+    sources: Sources,
+    egress: Arc<Egress>,
+    metrics: den_ops::Metrics,
+    playing: Mutex<HashMap<u64, Playing>>,
+    ended: mpsc::UnboundedSender<Ended>,
+    /// Serialises syncs per server, so two commands never start two tracks.
+    syncing: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    /// Since when each joined server has had nothing playing, or nobody listening.
+    idle: Mutex<HashMap<u64, std::time::Instant>>,
+    /// Leave after this long idle or alone; zero stays.
+    leave_after: Duration,
+}
+
+impl std::fmt::Debug for Player {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Player").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Player {
+    /// A player, and the task that moves queues on when tracks end, saves
+    /// positions, follows the voice connections' notices and leaves idle
+    /// channels after `leave_after` (zero: never), until `shutdown`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        voice: Arc<Voice>,
+        notices: mpsc::UnboundedReceiver<Notice>,
+        queues: Queues,
+        sources: Sources,
+        egress: Arc<Egress>,
+        metrics: den_ops::Metrics,
+        leave_after: Duration,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let (ended, rx) = mpsc::unbounded_channel();
+        let player = Arc::new(Self {
+            voice,
+            queues,
+            sources,
+            egress,
+            metrics,
+            playing: Mutex::new(HashMap::new()),
+            ended,
+            syncing: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::new()),
+            leave_after,
+        });
+        tokio::spawn(player.clone().run(rx, notices, shutdown));
+        player
+    }
+
+    /// The sources tracks come from.
+    #[must_use]
+    pub fn sources(&self) -> &Sources {
+        &self.sources
+    }
+
+    /// The voice connections.
+    #[must_use]
+    pub fn voice(&self) -> &Arc<Voice> {
+        &self.voice
+    }
+
+    /// The stored queues.
+    #[must_use]
+    pub fn queues(&self) -> &Queues {
+        &self.queues
+    }
+
+    /// Servers with a track playing or paused now.
+    #[must_use]
+    pub fn active(&self) -> usize {
+        lock(&self.playing).len()
+    }
+
+    /// Where the current track of `guild` is, from the driver (or the stored position).
+    pub async fn position(&self, guild: u64, stored: &Queue) -> Duration {
+        let handle =
+            lock(&self.playing).get(&guild).filter(|p| p.generation == stored.generation).map(|p| p.handle.clone());
+        match handle {
+            Some(h) => h.get_info().await.map_or(Duration::from_millis(stored.position_ms), |i| i.position),
+            None => Duration::from_millis(stored.position_ms),
+        }
+    }
+
+    /// Makes `guild`'s driver agree with its stored queue.
+    ///
+    /// # Errors
+    /// When den cannot join the channel, or the store fails.
+    pub async fn sync(&self, guild: u64) -> Result<(), PlayError> {
+        let gate = lock(&self.syncing).entry(guild).or_default().clone();
+        let _one_at_a_time = gate.lock().await;
+        let queue = self.queues.get(guild).await?;
+        let Some(channel) = queue.voice_channel else {
+            self.stop_track(guild);
+            if self.voice.joined(guild).is_some() {
+                self.voice.leave(guild);
+            }
+            return Ok(());
+        };
+        if self.voice.joined(guild) != Some(channel) || self.voice.link(guild) != Link::Connected {
+            self.voice.join(guild, channel, JOIN_TIMEOUT).await?;
+        }
+        let Some(entry) = &queue.current else {
+            self.stop_track(guild);
+            return Ok(());
+        };
+        let same = lock(&self.playing).get(&guild).is_some_and(|p| p.generation == queue.generation);
+        if !same {
+            self.start_track(guild, &queue, entry);
+        }
+        if let Some(p) = lock(&self.playing).get_mut(&guild) {
+            if p.paused != queue.paused {
+                let _ = if queue.paused { p.handle.pause() } else { p.handle.play() };
+                p.paused = queue.paused;
+            }
+            if p.volume != queue.volume {
+                let _ = p.handle.set_volume(f32::from(queue.volume) / 100.0);
+                p.volume = queue.volume;
+            }
+        }
+        Ok(())
+    }
+
+    fn start_track(&self, guild: u64, queue: &Queue, entry: &crate::queue::Entry) {
+        let input = match self.sources.input(&entry.track) {
+            Ok(input) => input,
+            Err(e) => {
+                let _ = self.ended.send(Ended { guild, generation: queue.generation, error: Some(e.to_string()) });
+                return;
+            }
+        };
+        let handle = self.voice.with_driver(guild, |d| d.play_only_input(input));
+        let _ = handle.set_volume(f32::from(queue.volume) / 100.0);
+        for event in [TrackEvent::End, TrackEvent::Error] {
+            let watch = Watch { guild, generation: queue.generation, ended: self.ended.clone() };
+            let _ = handle.add_event(Event::Track(event), watch);
+        }
+        if queue.position_ms > 0 {
+            // The seek lands while the track starts; its result is not waited for.
+            drop(handle.seek(Duration::from_millis(queue.position_ms)));
+        }
+        if queue.paused {
+            let _ = handle.pause();
+        }
+        self.metrics.music_track(false);
+        tracing::info!(guild, track = %entry.track.title, generation = queue.generation, at_ms = queue.position_ms, "playing");
+        lock(&self.playing).insert(
+            guild,
+            Playing { handle, generation: queue.generation, paused: queue.paused, volume: queue.volume },
+        );
+    }
+
+    fn stop_track(&self, guild: u64) {
+        if let Some(p) = lock(&self.playing).remove(&guild) {
+            let _ = p.handle.stop();
+        }
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        mut ended: mpsc::UnboundedReceiver<Ended>,
+        mut notices: mpsc::UnboundedReceiver<Notice>,
+        shutdown: CancellationToken,
+    ) {
+        let mut save = tokio::time::interval(SAVE_EVERY);
+        save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                Some(e) = ended.recv() => self.on_ended(e).await,
+                Some(n) = notices.recv() => self.on_notice(n).await,
+                _ = save.tick() => {
+                    self.save_positions().await;
+                    self.leave_idle().await;
+                }
+            }
+        }
+        // Positions as of the stop, so the next start resumes where this one was.
+        self.save_positions().await;
+    }
+
+    async fn on_ended(&self, e: Ended) {
+        let Ended { guild, generation, error } = e;
+        if lock(&self.playing).get(&guild).is_some_and(|p| p.generation == generation) {
+            lock(&self.playing).remove(&guild);
+        }
+        let moved = self
+            .queues
+            .update(guild, |q| {
+                let current = (q.generation == generation).then(|| q.current.clone()).flatten();
+                if current.is_some() {
+                    if error.is_some() { q.skip() } else { q.finished() }
+                }
+                current
+            })
+            .await;
+        let (done, queue) = match moved {
+            Ok((Some(done), queue)) => (done, queue),
+            Ok((None, _)) => return,
+            Err(e) => {
+                tracing::warn!(guild, error = %e, "could not move the queue on");
+                return;
+            }
+        };
+        if let Some(why) = &error {
+            self.metrics.music_track(true);
+            tracing::warn!(guild, track = %done.track.title, error = %why, "track failed");
+            self.announce(&queue, &format!("Could not play {}: {why}", done.track.label())).await;
+        }
+        if let Err(e) = self.sync(guild).await {
+            tracing::warn!(guild, error = %e, "could not play the next track");
+        }
+    }
+
+    async fn on_notice(&self, notice: Notice) {
+        match notice {
+            Notice::Connected(guild) => {
+                if let Err(e) = self.sync(guild).await {
+                    tracing::warn!(guild, error = %e, "could not play after connecting");
+                }
+            }
+            Notice::Removed(guild) => {
+                let position = self.current_position(guild).await;
+                self.stop_track(guild);
+                let left = self.queues.update(guild, |q| {
+                    q.voice_channel = None;
+                    q.position_ms = position.unwrap_or(q.position_ms);
+                });
+                match left.await {
+                    Ok(((), q)) => {
+                        self.announce(&q, "den was taken out of the voice channel; the queue is kept.").await
+                    }
+                    Err(e) => tracing::warn!(guild, error = %e, "could not record leaving"),
+                }
+            }
+            Notice::People(_) => {}
+        }
+    }
+
+    async fn current_position(&self, guild: u64) -> Option<u64> {
+        let handle = lock(&self.playing).get(&guild).map(|p| p.handle.clone())?;
+        let info = handle.get_info().await.ok()?;
+        u64::try_from(info.position.as_millis()).ok()
+    }
+
+    /// Leaves the channels where nothing played, or nobody listened, for `leave_after`.
+    async fn leave_idle(&self) {
+        if self.leave_after.is_zero() {
+            return;
+        }
+        let joined: Vec<(u64, u64)> = self.voice.joined_all();
+        let now = std::time::Instant::now();
+        let mut leave = Vec::new();
+        {
+            let playing = lock(&self.playing);
+            let mut idle = lock(&self.idle);
+            idle.retain(|g, _| joined.iter().any(|(j, _)| j == g));
+            for (guild, channel) in &joined {
+                let busy =
+                    playing.get(guild).is_some_and(|p| !p.paused) && !self.voice.listeners(*guild, *channel).is_empty();
+                if busy {
+                    idle.remove(guild);
+                } else if now.duration_since(*idle.entry(*guild).or_insert(now)) >= self.leave_after {
+                    idle.remove(guild);
+                    leave.push(*guild);
+                }
+            }
+        }
+        for guild in leave {
+            let position = self.current_position(guild).await;
+            self.stop_track(guild);
+            self.voice.leave(guild);
+            let left = self.queues.update(guild, |q| {
+                q.voice_channel = None;
+                q.position_ms = position.unwrap_or(q.position_ms);
+            });
+            if let Err(e) = left.await {
+                tracing::warn!(guild, error = %e, "could not record leaving");
+            }
+            tracing::info!(guild, "left an idle voice channel");
+        }
+    }
+
+    async fn announce(&self, queue: &Queue, text: &str) {
+        if let Some(channel) = queue.text_channel
+            && let Err(e) = self.egress.send_text(channel, text, None).await
+        {
+            tracing::warn!(channel, error = %e, "could not post in the music channel");
+        }
+    }
+
+    async fn save_positions(&self) {
+        let handles: Vec<(u64, u64, TrackHandle)> =
+            lock(&self.playing).iter().map(|(g, p)| (*g, p.generation, p.handle.clone())).collect();
+        for (guild, generation, handle) in handles {
+            let Ok(info) = handle.get_info().await else { continue };
+            if matches!(info.playing, PlayMode::End | PlayMode::Stop | PlayMode::Errored(_)) {
+                continue;
+            }
+            let at = u64::try_from(info.position.as_millis()).unwrap_or(u64::MAX);
+            let saved = self
+                .queues
+                .update(guild, |q| {
+                    if q.generation == generation {
+                        q.position_ms = at;
+                    }
+                })
+                .await;
+            if let Err(e) = saved {
+                tracing::warn!(guild, error = %e, "could not save the playing position");
+            }
+        }
+        self.metrics.music_players(self.active());
+    }
+}
+
+/// Hears a track's end or failure.
+struct Watch {
+    guild: u64,
+    generation: u64,
+    ended: mpsc::UnboundedSender<Ended>,
+}
+
+#[async_trait]
+impl EventHandler for Watch {
+    async fn act(&self, cx: &EventContext<'_>) -> Option<Event> {
+        if let EventContext::Track(tracks) = cx {
+            let error = tracks.iter().find_map(|(state, _)| match &state.playing {
+                PlayMode::Errored(e) => Some(e.to_string()),
+                _ => None,
+            });
+            let _ = self.ended.send(Ended { guild: self.guild, generation: self.generation, error });
+        }
+        None
+    }
+}

@@ -1,0 +1,72 @@
+//! The music module from config: in a process that holds gateway shards, a
+//! player on songbird drivers fed by den's gateway; elsewhere, only the part
+//! that reads commands and queues them for such a process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use den_discord::gateway::ShardSenders;
+use den_music::voice::{GatewayCommands, Voice};
+use den_music::{MusicModule, handle, library, player, queue, sources};
+use den_worker::JobQueue;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::roles::ModuleCx;
+
+/// Sends voice state updates on den's own shards.
+struct Shards(ShardSenders);
+
+impl GatewayCommands for Shards {
+    fn send(&self, guild: u64, frame: Value) -> bool {
+        self.0.send(guild, frame)
+    }
+
+    fn holds(&self, guild: u64) -> bool {
+        self.0.holds(guild)
+    }
+}
+
+/// Music's own queue, for the router and the pool that plays.
+#[must_use]
+pub fn jobs(cx: &ModuleCx<'_>) -> JobQueue {
+    JobQueue::new(cx.queue.clone(), den_music::QUEUE, cx.metrics.clone())
+}
+
+/// The module; `shards` is `Some` in a process that runs the gateway (it plays there).
+pub async fn module(
+    cx: &ModuleCx<'_>,
+    shards: Option<&ShardSenders>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<MusicModule>> {
+    cx.queue.create_queue(&den_music::queue_spec()).await.context("cannot create the music queue")?;
+    let Some(shards) = shards else { return Ok(MusicModule::ingress_only(cx.clock.clone())) };
+    let c = &cx.config.music;
+    let library = match &c.library {
+        Some(path) => {
+            let path = path.clone();
+            let opened = tokio::task::spawn_blocking(move || library::Library::open(&path)).await?;
+            let library = opened.context("[music] library")?;
+            tracing::info!(files = library.len(), "music library indexed");
+            Some(Arc::new(library))
+        }
+        None => None,
+    };
+    let (voice, notices) =
+        Voice::new(Arc::new(Shards(shards.clone())), songbird::Config::default(), cx.metrics.clone());
+    voice.set_me(cx.egress.bot_user_id());
+    let queues = queue::Queues::new(cx.store.table(queue::table_spec()).await?, cx.clock.clone());
+    let player = player::Player::start(
+        voice,
+        notices,
+        queues,
+        sources::Sources::new(library, c.allow_private_urls),
+        cx.egress.clone(),
+        cx.metrics.clone(),
+        Duration::from_secs(c.leave_after_secs),
+        shutdown.clone(),
+    );
+    let music = handle::Music::new(player, cx.egress.clone(), cx.clock.clone(), jobs(cx), cx.metrics.clone());
+    Ok(MusicModule::playing(cx.clock.clone(), jobs(cx), music))
+}
