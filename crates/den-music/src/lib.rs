@@ -90,6 +90,23 @@ impl MusicModule {
         Arc::new(Self { clock, jobs: Some(jobs), handler: Some(music) })
     }
 
+    /// Queues a resume for every server whose stored queue was playing on a
+    /// shard this process holds (after a restart); how many.
+    ///
+    /// # Errors
+    /// When the store cannot be read or the jobs not queued.
+    pub async fn resume_active(&self) -> Result<usize, den_storage::StoreError> {
+        let (Some(music), Some(jobs)) = (&self.handler, &self.jobs) else { return Ok(0) };
+        let guilds = music.player().queues().active().await?;
+        let held: Vec<Job> = guilds
+            .into_iter()
+            .filter(|g| music.player().voice().holds(*g))
+            .map(|g| self.job(RESUME, g, json!({})))
+            .collect();
+        jobs.send_all(&held).await?;
+        Ok(held.len())
+    }
+
     fn job(&self, kind: &str, guild: u64, payload: serde_json::Value) -> Job {
         let mut job = Job::builder(kind, self.clock.now()).payload(payload).build();
         job.guild = Some(guild);

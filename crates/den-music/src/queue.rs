@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use den_core::Clock;
-use den_storage::{Condition, Put, StoreErrorKind, StoreResult, Table, TableSpec};
+use den_storage::{Condition, IndexSpec, Put, Query, StoreErrorKind, StoreResult, Table, TableSpec};
 use rand::seq::SliceRandom as _;
 use serde::{Deserialize, Serialize};
 
@@ -247,10 +247,14 @@ impl Queue {
     }
 }
 
-/// The `music` table's spec.
+/// The index of queues den plays (or should play) in a voice channel.
+const ACTIVE_INDEX: &str = "active";
+
+/// The `music` table's spec: queues by server, and the sparse index of the
+/// ones playing, which a restarted process resumes.
 #[must_use]
 pub fn table_spec() -> TableSpec {
-    TableSpec::new("music")
+    TableSpec::new("music").with_index(IndexSpec::new(ACTIVE_INDEX, "active", Some("guild")))
 }
 
 /// Servers' queues in the store.
@@ -291,9 +295,13 @@ impl Queues {
         for _ in 0..32 {
             let (mut queue, version) = self.load(guild).await?;
             let out = change(&mut queue);
-            let serde_json::Value::Object(attrs) = serde_json::to_value(&queue).unwrap_or_default() else {
+            let serde_json::Value::Object(mut attrs) = serde_json::to_value(&queue).unwrap_or_default() else {
                 unreachable!("a queue serializes to an object")
             };
+            if queue.voice_channel.is_some() && queue.current.is_some() {
+                attrs.insert("active".into(), "1".into());
+                attrs.insert("guild".into(), guild.to_string().into());
+            }
             let condition = version.map_or(Condition::Absent, Condition::VersionEquals);
             let expires = self.clock.now().plus(ABANDONED_AFTER);
             let put = Put::new(guild.to_string(), QUEUE_SK, attrs).condition(condition).expires_at(expires);
@@ -306,17 +314,19 @@ impl Queues {
         Err(den_storage::StoreError::new(StoreErrorKind::ConditionFailed, "the queue kept changing"))
     }
 
-    /// Servers whose queue had den in a voice channel with something to play,
-    /// among `guilds` (to resume them after a restart).
-    pub async fn playing(&self, guilds: &[u64]) -> StoreResult<Vec<(u64, Queue)>> {
+    /// Servers whose queue has den in a voice channel with something to play
+    /// (what a restarted process resumes).
+    pub async fn active(&self) -> StoreResult<Vec<u64>> {
         let mut out = Vec::new();
-        for &g in guilds {
-            let q = self.get(g).await?;
-            if q.voice_channel.is_some() && q.current.is_some() {
-                out.push((g, q));
+        let mut cursor = None;
+        loop {
+            let page = self.table.query(Query::pk("1").on_index(ACTIVE_INDEX).cursor(cursor)).await?;
+            out.extend(page.items.iter().filter_map(|i| i.attrs.get("guild")?.as_str()?.parse::<u64>().ok()));
+            cursor = page.cursor;
+            if cursor.is_none() {
+                return Ok(out);
             }
         }
-        Ok(out)
     }
 }
 
@@ -331,6 +341,30 @@ mod tests {
 
     fn titles(q: &Queue) -> (Option<String>, Vec<String>) {
         (q.current.as_ref().map(|e| e.track.title.clone()), q.upcoming.iter().map(|e| e.track.title.clone()).collect())
+    }
+
+    #[tokio::test]
+    async fn playing_queues_are_found_again_and_stopped_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(den_core::SystemClock);
+        let store = den_storage::sqlite::SqliteStore::open(
+            &den_storage::sqlite::SqliteOptions::new(dir.path().join("s.db")),
+            clock.clone(),
+        )
+        .unwrap();
+        let queues = Queues::new(den_storage::Store::table(&store, table_spec()).await.unwrap(), clock);
+        for guild in [1, 2, 3] {
+            queues
+                .update(guild, |q| {
+                    q.voice_channel = Some(9);
+                    q.add(vec![t("a")], 5);
+                })
+                .await
+                .unwrap();
+        }
+        queues.update(2, Queue::stop).await.unwrap();
+        queues.update(3, |q| q.voice_channel = None).await.unwrap();
+        assert_eq!(queues.active().await.unwrap(), [1]);
     }
 
     #[test]

@@ -68,5 +68,23 @@ pub async fn module(
         shutdown.clone(),
     );
     let music = handle::Music::new(player, cx.egress.clone(), cx.clock.clone(), jobs(cx), cx.metrics.clone());
-    Ok(MusicModule::playing(cx.clock.clone(), jobs(cx), music))
+    let module = MusicModule::playing(cx.clock.clone(), jobs(cx), music);
+    tokio::spawn(resume_when_started(module.clone(), shards.clone(), shutdown.clone()));
+    Ok(module)
+}
+
+/// Once the shards start, resumes the queues that were playing when the
+/// process last stopped (a resumed gateway session sends no GUILD_CREATE).
+async fn resume_when_started(module: Arc<MusicModule>, shards: ShardSenders, shutdown: CancellationToken) {
+    while !shards.started() {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    match module.resume_active().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(servers = n, "resuming music that was playing"),
+        Err(e) => tracing::warn!(error = %e, "could not look for music to resume"),
+    }
 }

@@ -116,3 +116,110 @@ fn three_queued_tones_are_heard_in_order_at_their_pitch_and_length() {
     assert_eq!(call.refused, 0, "every packet decrypted: {call:?}");
     assert!(music.discord.fake.violations().is_empty(), "{:?}", music.discord.fake.violations());
 }
+
+/// Milliseconds of the longest stretch without packets after `from_ms`.
+fn longest_gap(frames: &[den_testkit::discord::voice::HeardFrame], from_ms: u64) -> u64 {
+    frames.windows(2).filter(|w| w[0].at_ms >= from_ms).map(|w| w[1].at_ms - w[0].at_ms).max().unwrap_or(0)
+}
+
+#[test]
+fn pause_is_silence_seek_jumps_and_skip_moves_to_the_next_tone() {
+    let music = Music::new(&[("long-440", 440.0, 6000), ("next-660", 660.0, 1000)]);
+    let _den = music.start();
+    let ada = music.discord.user;
+    music.join(ada);
+    music.play(ada, "long 440");
+    music.play(ada, "next 660");
+
+    music.wait_to_hear("a second of 440 Hz", |h| h.iter().any(|(p, n)| *p == Some(440) && *n >= 50));
+    let paused = music.command(ada, "pause", &[]);
+    assert!(paused.starts_with("Paused at 0:0"), "{paused}");
+    let at_pause = music.discord.fake.voice().heard(music.discord.guild).len();
+    std::thread::sleep(Duration::from_millis(1500));
+    let during = music.discord.fake.voice().heard(music.discord.guild).len();
+    // songbird sends five frames of silence before it stops sending.
+    assert!(during <= at_pause + 8, "nothing plays while paused: {at_pause} → {during} frames");
+    assert_eq!(music.command(ada, "resume", &[]), "Playing on.");
+    let frames = music.discord.fake.voice().heard(music.discord.guild);
+    music.wait_to_hear("440 Hz again after the pause", |h| tones(h, 10).iter().filter(|p| **p == 440).count() >= 2);
+    let gap = longest_gap(&music.discord.fake.voice().heard(music.discord.guild), frames.first().unwrap().at_ms);
+    assert!(gap >= 1400, "the pause is a gap of at least 1.4 s: {gap} ms");
+
+    // 5.5 s into a 6 s tone: about half a second of it is left.
+    let before_seek: usize = music.heard().iter().filter(|(p, _)| *p == Some(440)).map(|(_, n)| n).sum();
+    assert_eq!(music.command(ada, "seek", &[CommandOption::string("time", "5")]), "Jumped to 0:05.");
+    music.wait_to_hear("660 Hz after the seek", |h| tones(h, 10).contains(&660));
+    let all_440: usize = music.heard().iter().filter(|(p, _)| *p == Some(440)).map(|(_, n)| n).sum();
+    let after_seek = all_440 - before_seek;
+    assert!(
+        (35..=60).contains(&after_seek),
+        "about one second of 440 Hz after seeking to 5 of 6 s: {after_seek} frames"
+    );
+
+    // The queue is empty after 660: a skip of it says so, and nothing more plays.
+    let skipped = music.command(ada, "skip", &[]);
+    assert!(skipped.starts_with("Skipped **next-660**") && skipped.ends_with("The queue is empty."), "{skipped}");
+    let heard = music.heard();
+    let short_660 = heard.iter().filter(|(p, _)| *p == Some(660)).map(|(_, n)| n).sum::<usize>();
+    assert!(short_660 < 50, "the skipped tone was cut short: {heard:?}");
+    assert!(music.discord.fake.violations().is_empty(), "{:?}", music.discord.fake.violations());
+}
+
+#[test]
+fn a_restarted_den_resumes_the_queue_where_it_was() {
+    let music = Music::new(&[("long-440", 440.0, 8000), ("after-660", 660.0, 1000)]);
+    let ada = music.discord.user;
+    music.join(ada);
+    let den = music.start();
+    music.play(ada, "long 440");
+    music.play(ada, "after 660");
+    music.wait_to_hear("three seconds of 440 Hz", |h| h.iter().any(|(p, n)| *p == Some(440) && *n >= 150));
+    den.signal("KILL");
+    drop(den);
+    let killed_at: usize = music.heard().iter().filter(|(p, _)| *p == Some(440)).map(|(_, n)| n).sum();
+
+    let _den = music.start();
+    music.wait_to_hear("660 Hz after the rest of 440 Hz", |h| tones(h, 10).contains(&660));
+    let total_440: usize = music.heard().iter().filter(|(p, _)| *p == Some(440)).map(|(_, n)| n).sum();
+    let replayed = total_440 as i64 - 400; // 8 s is 400 frames; what was heard twice came from the last saved position
+    assert!(
+        (0..=150).contains(&replayed),
+        "resumed within 3 s of where it was (killed after {killed_at} frames; heard {total_440} frames of 440 Hz in all)"
+    );
+    let call = music.discord.fake.voice().call(music.discord.guild).unwrap();
+    assert!(call.connections >= 2, "den connected again: {call:?}");
+}
+
+#[test]
+fn two_servers_play_their_own_queues_at_once() {
+    let music = Music::new(&[("low-330", 330.0, 2000), ("high-990", 990.0, 2000)]);
+    let fake = &music.discord.fake;
+    let bea = fake.add_user("bea");
+    let other = fake.add_guild("annex", bea);
+    let other_text = fake.add_text_channel(other, "general");
+    let other_voice = fake.add_channel(other, "Hall", 2, None);
+    let _den = music.start();
+    let ada = music.discord.user;
+    music.join(ada);
+    fake.join_voice(bea, other, Some(other_voice)).unwrap();
+
+    music.play(ada, "low");
+    let token = fake.invoke_command(bea, other_text, "play", &[CommandOption::string("query", "high")]);
+    music.discord.wait_until("/play in the other server answered", WAIT, |f| {
+        f.interaction(&token).and_then(|i| i.original).and_then(|m| f.message(m)).is_some_and(|m| m.edits > 0)
+    });
+    music.discord.wait_until("both servers heard a second of their tone", WAIT, |f| {
+        let pitches = |g| {
+            segments(&f.voice().heard(g))
+                .iter()
+                .filter(|s| s.frames >= 50)
+                .filter_map(|s| s.pitch_hz)
+                .map(|p| p.round() as u32)
+                .collect::<Vec<_>>()
+        };
+        pitches(music.discord.guild).iter().any(|p| p.abs_diff(330) < 5)
+            && pitches(other).iter().any(|p| p.abs_diff(990) < 10)
+    });
+    let first: Vec<_> = segments(&fake.voice().heard(music.discord.guild)).iter().filter_map(|s| s.pitch_hz).collect();
+    assert!(first.iter().all(|p| (p - 330.0).abs() < 10.0), "only its own tone in the first server: {first:?}");
+}

@@ -245,6 +245,12 @@ impl ShardSenders {
         self.sender_of(guild).is_some_and(|tx| tx.try_send(payload).is_ok())
     }
 
+    /// Whether any shard has started in this process.
+    #[must_use]
+    pub fn started(&self) -> bool {
+        !self.inner.lock().unwrap_or_else(PoisonError::into_inner).1.is_empty()
+    }
+
     /// Whether this process runs the shard of `guild`.
     #[must_use]
     pub fn holds(&self, guild: u64) -> bool {
