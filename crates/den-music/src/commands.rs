@@ -88,6 +88,59 @@ pub enum Command {
     },
     /// Drop queued tracks that are already queued or playing.
     RemoveDupes,
+    /// Show or change the server's music settings.
+    Settings(SettingsChange),
+    /// The operator approves, revokes or lists servers that may use music.
+    Admin {
+        /// What to do.
+        action: AdminAction,
+        /// The server it is about (allow and revoke).
+        guild: Option<u64>,
+    },
+}
+
+/// What `/music-settings` changes; nothing given shows the settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SettingsChange {
+    /// The DJ role.
+    pub dj_role: Option<u64>,
+    /// Vote-skip percentage (0 turns it off).
+    pub vote_skip: Option<u8>,
+    /// Seconds idle or alone before leaving (0 stays).
+    pub leave_after_secs: Option<u64>,
+    /// Longest track, in seconds (0: any).
+    pub max_track_secs: Option<u64>,
+    /// Most queued tracks per person (0: any).
+    pub max_per_person: Option<usize>,
+    /// Volume new queues start at.
+    pub default_volume: Option<u16>,
+    /// Announce each track.
+    pub announce: Option<bool>,
+    /// The music channel.
+    pub channel: Option<u64>,
+    /// Settings to put back as they were: `dj-role`, `channel` or `all`.
+    pub reset: Option<String>,
+}
+
+impl SettingsChange {
+    /// Whether it changes nothing (so it only shows the settings).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// What the operator does with `/music-admin`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminAction {
+    /// Approve a server.
+    Allow,
+    /// Withdraw a server's approval.
+    Revoke,
+    /// List approved servers.
+    List,
 }
 
 fn int(name: &str, description: &str, min: i64, max: i64) -> OptionSpec {
@@ -144,7 +197,82 @@ pub fn specs() -> Vec<CommandSpec> {
         )),
         CommandSpec::new("volume", "Set the volume").option(int("percent", "0 to 200", 0, 200)),
         CommandSpec::new("remove-dupes", "Remove tracks queued twice"),
+        settings_spec(),
+        admin_spec(),
     ]
+}
+
+fn settings_spec() -> CommandSpec {
+    let reset = OptionSpec {
+        choices: ["dj-role", "channel", "all"].iter().map(|m| ((*m).to_owned(), (*m).to_owned())).collect(),
+        ..OptionSpec::new("reset", "Put a setting back as it was", OptionKind::String, false)
+    };
+    CommandSpec::new("music-settings", "Show or change this server's music settings")
+        .option(OptionSpec::new(
+            "dj-role",
+            "Who may skip others' tracks, clear, stop and change settings",
+            OptionKind::Role,
+            false,
+        ))
+        .option(OptionSpec::integer("vote-skip", "Percent of listeners needed to skip (0: off)", false, 0, 100))
+        .option(OptionSpec::integer(
+            "leave-after",
+            "Seconds idle or alone before den leaves (0: stay)",
+            false,
+            0,
+            86_400,
+        ))
+        .option(OptionSpec::integer("max-length", "Longest track in minutes (0: any)", false, 0, 1440))
+        .option(OptionSpec::integer("max-per-person", "Most tracks one person may queue (0: any)", false, 0, 1000))
+        .option(OptionSpec::integer("volume", "Volume new queues start at", false, 0, 200))
+        .option(OptionSpec::new("announce", "Post each track as it starts", OptionKind::Boolean, false))
+        .option(OptionSpec::new("channel", "The only channel music commands are taken in", OptionKind::Channel, false))
+        .option(reset)
+}
+
+fn admin_spec() -> CommandSpec {
+    let guild = || OptionSpec::new("server", "The server's id", OptionKind::String, true);
+    let sub = |name: &str, description: &str, with_guild: bool| OptionSpec {
+        options: if with_guild { vec![guild()] } else { vec![] },
+        ..OptionSpec::new(name, description, OptionKind::SubCommand, false)
+    };
+    CommandSpec {
+        default_member_permissions: Some(den_discord::events::ADMINISTRATOR),
+        ..CommandSpec::new("music-admin", "den's operator: which servers may use music")
+    }
+    .option(sub("allow", "Let a server use music", true))
+    .option(sub("revoke", "Stop a server using music", true))
+    .option(sub("list", "The servers that may use music", false))
+}
+
+fn settings_change(i: &InboundInteraction) -> SettingsChange {
+    let int = |name: &str| i.options.get(name).and_then(serde_json::Value::as_u64);
+    let id = |name: &str| i.options.get(name).and_then(|v| v.as_str()?.parse().ok());
+    SettingsChange {
+        dj_role: id("dj-role"),
+        vote_skip: int("vote-skip").and_then(|n| u8::try_from(n.min(100)).ok()),
+        leave_after_secs: int("leave-after"),
+        max_track_secs: int("max-length").map(|m| m * 60),
+        max_per_person: int("max-per-person").and_then(|n| usize::try_from(n).ok()),
+        default_volume: int("volume").and_then(|n| u16::try_from(n.min(200)).ok()),
+        announce: i.options.get("announce").and_then(serde_json::Value::as_bool),
+        channel: id("channel"),
+        reset: i.option_str("reset").map(str::to_owned),
+    }
+}
+
+fn admin(i: &InboundInteraction) -> Result<Command, String> {
+    let guild = |sub: &str| {
+        let text = i.option_str(&format!("{sub}.server")).unwrap_or_default().trim();
+        text.parse::<u64>().map(Some).map_err(|_| format!("\"{text}\" is not a server id"))
+    };
+    if i.options.contains_key("allow") {
+        Ok(Command::Admin { action: AdminAction::Allow, guild: guild("allow")? })
+    } else if i.options.contains_key("revoke") {
+        Ok(Command::Admin { action: AdminAction::Revoke, guild: guild("revoke")? })
+    } else {
+        Ok(Command::Admin { action: AdminAction::List, guild: None })
+    }
 }
 
 fn usize_option(i: &InboundInteraction, name: &str) -> Option<usize> {
@@ -180,6 +308,8 @@ pub fn from_interaction(i: &InboundInteraction) -> Option<Result<Command, String
         "loop" => Ok(Command::Loop { mode: i.option_str("mode").and_then(LoopMode::parse) }),
         "seek" => seek(i.option_str("time").unwrap_or_default()),
         "volume" => need("percent").map(|p| Command::Volume { percent: u16::try_from(p.min(200)).unwrap_or(200) }),
+        "music-settings" => Ok(Command::Settings(settings_change(i))),
+        "music-admin" => admin(i),
         other => return from_words(other, "").filter(|c| !matches!(c, Ok(Command::Play { .. }))),
     };
     Some(command)
@@ -292,6 +422,7 @@ mod tests {
                     {"name": "query", "type": 3, "value": "x"}, {"name": "position", "type": 4, "value": 2},
                     {"name": "from", "type": 4, "value": 2}, {"name": "to", "type": 4, "value": 1}, {"name": "time", "type": 3, "value": "1:00"},
                     {"name": "mode", "type": 3, "value": "track"}, {"name": "percent", "type": 4, "value": 50},
+                    {"name": "vote-skip", "type": 4, "value": 50},
                 ]},
             }).to_string())
             .unwrap();

@@ -12,9 +12,10 @@ use den_discord::{Egress, InteractionRef};
 use den_worker::{JobContext, JobError, JobHandler, JobQueue};
 use serde::{Deserialize, Serialize};
 
-use crate::commands::{Attached, Command};
+use crate::commands::{AdminAction, Attached, Command, SettingsChange};
 use crate::player::{PlayError, Player};
 use crate::queue::{LoopMode, Queue};
+use crate::settings::{Policies, Settings};
 use crate::sources::ResolveError;
 use crate::track::{Track, clock};
 
@@ -70,6 +71,17 @@ const MAX_HOPS: u32 = 16;
 /// Answers a request remembers, so a redelivered job answers as the first delivery did.
 const REMEMBERED: usize = 32;
 
+/// Who may use music, and who runs den.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// Only servers the operator approved may use music.
+    pub allowlist: bool,
+    /// Users who may approve servers with `/music-admin`.
+    pub operators: Vec<u64>,
+    /// The server `/music-admin` works in.
+    pub operator_guild: Option<u64>,
+}
+
 /// Runs music's jobs in a process that holds gateway shards.
 pub struct Music {
     player: Arc<Player>,
@@ -77,6 +89,8 @@ pub struct Music {
     clock: Arc<dyn Clock>,
     jobs: JobQueue,
     metrics: den_ops::Metrics,
+    policies: Policies,
+    access: Access,
 }
 
 impl std::fmt::Debug for Music {
@@ -101,8 +115,10 @@ impl Music {
         clock: Arc<dyn Clock>,
         jobs: JobQueue,
         metrics: den_ops::Metrics,
+        access: Access,
     ) -> Arc<Self> {
-        Arc::new(Self { player, egress, clock, jobs, metrics })
+        let policies = player.policies().clone();
+        Arc::new(Self { player, egress, clock, jobs, metrics, policies, access })
     }
 
     /// The player.
@@ -119,11 +135,35 @@ impl Music {
         }
         let answer = match &request.command {
             Err(line) => line.clone(),
-            Ok(command) => match self.run(command, &request, &job.id).await? {
-                Ok(text) | Err(text) => text,
-            },
+            Ok(command) => {
+                let settings = self.policies.settings(request.guild).await.map_err(store)?;
+                let refused = self.refusal(command, &request, &settings).await?;
+                let answer = match refused {
+                    Some(line) => Err(line),
+                    None => self.run(command, &request, &settings, &job.id).await?,
+                };
+                answer.unwrap_or_else(|refused| refused)
+            }
         };
         self.answer(job, &request, &answer).await
+    }
+
+    /// Why a command is not taken here at all: the server is not approved,
+    /// or music commands go in another channel.
+    async fn refusal(&self, command: &Command, req: &Request, settings: &Settings) -> Result<Option<String>, JobError> {
+        if matches!(command, Command::Admin { .. }) {
+            return Ok(None);
+        }
+        if self.access.allowlist && !self.policies.allowed(req.guild).await.map_err(store)? {
+            return Ok(Some(format!(
+                "Music is not turned on for this server yet. A server admin can ask den's operator to approve server `{}`.",
+                req.guild
+            )));
+        }
+        Ok(settings
+            .channel
+            .filter(|c| *c != req.channel && !matches!(command, Command::Settings(_)))
+            .map(|c| format!("Music commands go in <#{c}>.")))
     }
 
     /// Another gateway process holds the server: put the job back for it.
@@ -154,13 +194,80 @@ impl Music {
         sent.map_err(|e| JobError::retry(e.to_string()).with_source(e))
     }
 
-    async fn run(&self, command: &Command, request: &Request, key: &str) -> Result<Answer, JobError> {
+    async fn run(
+        &self,
+        command: &Command,
+        request: &Request,
+        settings: &Settings,
+        key: &str,
+    ) -> Result<Answer, JobError> {
         match command {
-            Command::Play { query, file } => self.play(request, key, query.as_deref(), file.as_ref()).await,
+            Command::Play { query, file } => self.play(request, settings, key, query.as_deref(), file.as_ref()).await,
             Command::Queue { page } => Ok(Ok(self.show_queue(request.guild, *page).await?)),
             Command::NowPlaying => Ok(Ok(self.now_playing(request.guild).await?)),
-            other => self.control(request, key, other).await,
+            Command::Settings(change) => self.settings(request, settings, change).await,
+            Command::Admin { action, guild } => self.admin(request, *action, *guild).await,
+            other => self.control(request, settings, key, other).await,
         }
+    }
+
+    async fn settings(&self, req: &Request, current: &Settings, change: &SettingsChange) -> Result<Answer, JobError> {
+        let default_leave = self.player.default_leave_secs();
+        if change.is_empty() {
+            return Ok(Ok(current.describe(default_leave)));
+        }
+        // Without a DJ role, only managers change settings (everyone else is a DJ then).
+        let allowed = req.manager || current.dj_role.is_some_and(|r| req.roles.contains(&r));
+        if !allowed {
+            return Ok(Err("Only the DJ role or someone who may manage the server can change music settings.".into()));
+        }
+        let mut s = current.clone();
+        match change.reset.as_deref() {
+            Some("all") => s = Settings::default(),
+            Some("dj-role") => s.dj_role = None,
+            Some("channel") => s.channel = None,
+            _ => {}
+        }
+        let nonzero = |n: u64| (n > 0).then_some(n);
+        s.dj_role = change.dj_role.or(s.dj_role);
+        s.vote_skip = change.vote_skip.map_or(s.vote_skip, |p| (p > 0).then_some(p));
+        s.leave_after_secs = change.leave_after_secs.or(s.leave_after_secs);
+        s.max_track_secs = change.max_track_secs.map_or(s.max_track_secs, nonzero);
+        s.max_per_person = change.max_per_person.map_or(s.max_per_person, |n| (n > 0).then_some(n));
+        s.default_volume = change.default_volume.unwrap_or(s.default_volume);
+        s.announce = change.announce.unwrap_or(s.announce);
+        s.channel = change.channel.or(s.channel);
+        self.policies.save(req.guild, &s).await.map_err(store)?;
+        Ok(Ok(format!("Saved.\n{}", s.describe(default_leave))))
+    }
+
+    async fn admin(&self, req: &Request, action: AdminAction, guild: Option<u64>) -> Result<Answer, JobError> {
+        let operator = self.access.operator_guild == Some(req.guild) && self.access.operators.contains(&req.user);
+        if !operator {
+            return Ok(Err("Only den's operator can do this, in den's operator server.".into()));
+        }
+        let by = format!("discord:{}", req.user);
+        Ok(match (action, guild) {
+            (AdminAction::Allow, Some(g)) => {
+                match self.policies.allow(g, &by, self.clock.now()).await.map_err(store)? {
+                    true => Ok(format!("Server `{g}` may use music now.")),
+                    false => Ok(format!("Server `{g}` was already approved.")),
+                }
+            }
+            (AdminAction::Revoke, Some(g)) => match self.policies.revoke(g).await.map_err(store)? {
+                true => Ok(format!("Server `{g}` may no longer use music.")),
+                false => Err(format!("Server `{g}` was not approved.")),
+            },
+            (AdminAction::List, _) => {
+                let list = self.policies.allowlist().await.map_err(store)?;
+                if list.is_empty() {
+                    Ok("No server is approved yet.".into())
+                } else {
+                    Ok(list.iter().map(|(g, by)| format!("`{g}` (approved by {by})")).collect::<Vec<_>>().join("\n"))
+                }
+            }
+            (_, None) => Err("Name the server.".into()),
+        })
     }
 
     /// Changes the queue once for `key`; a second run finds the answer the first gave.
@@ -193,6 +300,7 @@ impl Music {
     async fn play(
         &self,
         req: &Request,
+        settings: &Settings,
         key: &str,
         query: Option<&str>,
         file: Option<&Attached>,
@@ -208,8 +316,21 @@ impl Music {
             Ok(t) => t,
             Err(e) => return Ok(Err(e.to_string())),
         };
+        if let (Some(max), Some(length)) = (settings.max_track_secs, track.duration_ms)
+            && length > max * 1000
+        {
+            return Ok(Err(format!("{} is longer than this server's limit of {}.", track.label(), clock(max * 1000))));
+        }
         let answer = self
             .change(req.guild, key, |q| {
+                if let Some(max) = settings.max_per_person
+                    && q.queued_by(req.user) >= max
+                {
+                    return Err(format!("You have {max} tracks queued, this server's limit: wait for one to play."));
+                }
+                if q.current.is_none() && q.upcoming.is_empty() {
+                    q.volume = settings.default_volume;
+                }
                 q.voice_channel = Some(channel);
                 q.text_channel = Some(req.channel);
                 let was_idle = q.current.is_none();
@@ -246,15 +367,28 @@ impl Music {
         found
     }
 
-    async fn control(&self, req: &Request, key: &str, command: &Command) -> Result<Answer, JobError> {
+    async fn control(
+        &self,
+        req: &Request,
+        settings: &Settings,
+        key: &str,
+        command: &Command,
+    ) -> Result<Answer, JobError> {
         let stored = self.player.queues().get(req.guild).await.map_err(store)?;
-        if let Some(channel) = stored.voice_channel
-            && self.player.voice().channel_of(req.guild, req.user) != Some(channel)
-        {
-            return Ok(Err(format!("Join <#{channel}> to control the music.")));
-        }
-        let position = u64::try_from(self.player.position(req.guild, &stored).await.as_millis()).unwrap_or(0);
-        let answer = self.change(req.guild, key, |q| edit(q, command, position)).await?;
+        let listeners = match stored.voice_channel {
+            Some(channel) if self.player.voice().channel_of(req.guild, req.user) != Some(channel) => {
+                return Ok(Err(format!("Join <#{channel}> to control the music.")));
+            }
+            Some(channel) => self.player.voice().listeners(req.guild, channel).len(),
+            None => 0,
+        };
+        let cx = EditCx {
+            position: u64::try_from(self.player.position(req.guild, &stored).await.as_millis()).unwrap_or(0),
+            user: req.user,
+            dj: settings.is_dj(req),
+            votes_needed: settings.votes_needed(listeners),
+        };
+        let answer = self.change(req.guild, key, |q| edit(q, command, &cx)).await?;
         if answer.is_ok()
             && let Err(e) = self.player.sync(req.guild).await
         {
@@ -321,13 +455,66 @@ fn bar(at_ms: u64, length: Option<u64>) -> String {
     format!("{} {line} {}", clock(at_ms), clock(length))
 }
 
-/// Changes a queue for one control command; `position` is where the current track is now.
-fn edit(q: &mut Queue, command: &Command, position: u64) -> Answer {
+/// Who changes the queue, and where playback is.
+struct EditCx {
+    /// Where the current track is now.
+    position: u64,
+    /// Who asks.
+    user: u64,
+    /// Whether they may do what the DJ role may.
+    dj: bool,
+    /// Votes a skip needs from others, when vote-skip is on.
+    votes_needed: Option<usize>,
+}
+
+/// Commands only the DJ role may give (everyone, when the server has no DJ role).
+fn needs_dj(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Stop
+            | Command::Leave
+            | Command::Clear
+            | Command::Move { .. }
+            | Command::SkipTo { .. }
+            | Command::Previous
+            | Command::Shuffle
+            | Command::Loop { .. }
+            | Command::Seek { .. }
+            | Command::Volume { .. }
+            | Command::RemoveDupes
+    )
+}
+
+/// A skip by someone who is neither a DJ nor the track's asker: a vote.
+fn vote_to_skip(q: &mut Queue, cx: &EditCx, skipped: &crate::queue::Entry) -> Answer {
+    let Some(needed) = cx.votes_needed else {
+        return Err("Only the DJ role or whoever queued this track can skip it.".into());
+    };
+    if !q.skip_votes.contains(&cx.user) {
+        q.skip_votes.push(cx.user);
+    }
+    let votes = q.skip_votes.len();
+    if votes < needed {
+        return Ok(format!("Vote to skip {}: {votes} of {needed}.", skipped.track.label()));
+    }
+    q.skip();
+    Ok(format!("Skipped {} by vote ({votes} of {needed}).", skipped.track.label()))
+}
+
+/// Changes a queue for one control command.
+fn edit(q: &mut Queue, command: &Command, cx: &EditCx) -> Answer {
     let playing = q.current.clone();
     let need_current = || playing.clone().ok_or_else(|| "Nothing is playing.".to_owned());
+    if needs_dj(command) && !cx.dj {
+        return Err("Only the DJ role can do that here.".into());
+    }
+    let position = cx.position;
     match command {
         Command::Skip => {
             let skipped = need_current()?;
+            if !cx.dj && skipped.requested_by != cx.user {
+                return vote_to_skip(q, cx, &skipped);
+            }
             q.skip();
             Ok(match &q.current {
                 Some(next) => format!("Skipped {}. Now playing {}", skipped.track.label(), next.track.label()),
@@ -374,6 +561,10 @@ fn edit(q: &mut Queue, command: &Command, position: u64) -> Answer {
         }
         Command::Clear => Ok(format!("Removed {} queued tracks.", q.clear())),
         Command::Remove { position: n } => {
+            let owner = q.upcoming.get(n.wrapping_sub(1)).map(|e| e.requested_by);
+            if owner.is_some_and(|o| o != cx.user) && !cx.dj {
+                return Err("Only the DJ role can remove others' tracks.".into());
+            }
             let e = q.remove(*n).ok_or_else(|| format!("There is no #{n} in the queue."))?;
             Ok(format!("Removed {}", e.track.label()))
         }
@@ -412,7 +603,11 @@ fn edit(q: &mut Queue, command: &Command, position: u64) -> Answer {
             Ok(format!("Volume {percent}%."))
         }
         Command::RemoveDupes => Ok(format!("Removed {} tracks queued twice.", q.remove_dupes())),
-        Command::Play { .. } | Command::Queue { .. } | Command::NowPlaying => Err("not a control".into()),
+        Command::Play { .. }
+        | Command::Queue { .. }
+        | Command::NowPlaying
+        | Command::Settings(_)
+        | Command::Admin { .. } => Err("not a control".into()),
     }
 }
 
@@ -436,23 +631,48 @@ mod tests {
         Track { title: name.into(), artist: None, duration_ms: ms, source: Source::File { path: name.into() } }
     }
 
+    fn cx(position: u64) -> EditCx {
+        EditCx { position, user: 1, dj: true, votes_needed: None }
+    }
+
+    #[test]
+    fn without_the_dj_role_others_tracks_are_skipped_by_vote_only() {
+        let mut q = Queue::default();
+        q.add(vec![track("a", Some(1000)), track("b", Some(1000))], 9);
+        let mut ada = EditCx { position: 0, user: 1, dj: false, votes_needed: None };
+        assert!(edit(&mut q, &Command::Skip, &ada).unwrap_err().contains("Only the DJ role or whoever queued"));
+        assert!(edit(&mut q, &Command::Clear, &ada).is_err());
+        ada.votes_needed = Some(2);
+        assert_eq!(edit(&mut q, &Command::Skip, &ada), Ok("Vote to skip **a** (0:01): 1 of 2.".into()));
+        assert_eq!(
+            edit(&mut q, &Command::Skip, &ada),
+            Ok("Vote to skip **a** (0:01): 1 of 2.".into()),
+            "one vote each"
+        );
+        let bea = EditCx { user: 2, ..ada };
+        assert!(edit(&mut q, &Command::Skip, &bea).unwrap().starts_with("Skipped **a** (0:01) by vote (2 of 2)"));
+        assert!(q.skip_votes.is_empty(), "votes are for one track");
+        let owner = EditCx { user: 9, dj: false, votes_needed: None, position: 0 };
+        assert!(edit(&mut q, &Command::Skip, &owner).is_ok(), "whoever queued a track may skip it");
+    }
+
     #[test]
     fn controls_change_the_queue_and_say_what_they_did() {
         let mut q = Queue::default();
-        assert_eq!(edit(&mut q, &Command::Skip, 0), Err("Nothing is playing.".into()));
+        assert_eq!(edit(&mut q, &Command::Skip, &cx(0)), Err("Nothing is playing.".into()));
         q.add(vec![track("a", Some(60_000)), track("b", None)], 1);
-        assert_eq!(edit(&mut q, &Command::Pause, 12_000), Ok("Paused at 0:12.".into()));
+        assert_eq!(edit(&mut q, &Command::Pause, &cx(12_000)), Ok("Paused at 0:12.".into()));
         assert_eq!(q.position_ms, 12_000);
-        assert!(edit(&mut q, &Command::Pause, 0).is_err());
-        assert!(edit(&mut q, &Command::Resume, 0).is_ok());
-        assert_eq!(edit(&mut q, &Command::Seek { to_ms: 61_000 }, 0), Err("The track is 1:00 long.".into()));
+        assert!(edit(&mut q, &Command::Pause, &cx(0)).is_err());
+        assert!(edit(&mut q, &Command::Resume, &cx(0)).is_ok());
+        assert_eq!(edit(&mut q, &Command::Seek { to_ms: 61_000 }, &cx(0)), Err("The track is 1:00 long.".into()));
         let g = q.generation;
-        assert!(edit(&mut q, &Command::Seek { to_ms: 30_000 }, 0).is_ok());
+        assert!(edit(&mut q, &Command::Seek { to_ms: 30_000 }, &cx(0)).is_ok());
         assert!(q.generation > g && q.position_ms == 30_000);
-        assert_eq!(edit(&mut q, &Command::Loop { mode: None }, 0), Ok("Loop: track.".into()));
-        assert!(edit(&mut q, &Command::Skip, 0).unwrap().contains("Now playing **b** (live)"));
-        assert_eq!(edit(&mut q, &Command::Seek { to_ms: 1 }, 0), Err("A live stream cannot be seeked.".into()));
-        assert!(edit(&mut q, &Command::Remove { position: 1 }, 0).is_err());
+        assert_eq!(edit(&mut q, &Command::Loop { mode: None }, &cx(0)), Ok("Loop: track.".into()));
+        assert!(edit(&mut q, &Command::Skip, &cx(0)).unwrap().contains("Now playing **b** (live)"));
+        assert_eq!(edit(&mut q, &Command::Seek { to_ms: 1 }, &cx(0)), Err("A live stream cannot be seeked.".into()));
+        assert!(edit(&mut q, &Command::Remove { position: 1 }, &cx(0)).is_err());
     }
 
     #[test]

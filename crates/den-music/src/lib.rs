@@ -12,6 +12,7 @@
 //! - [`commands`]: slash commands, buttons and `!` messages read into a [`commands::Command`].
 //! - [`handle`]: running a command against the queue and the player.
 //! - [`queue`]: the stored queue and what can be done to it.
+//! - [`settings`]: a server's music settings, who may do what, the operator's allowlist.
 //! - [`player`]: the queue made audible on the driver.
 //! - [`voice`]: voice connections over den's gateway (songbird, DAVE on).
 //! - [`sources`], [`library`], [`track`]: what plays and where it comes from.
@@ -21,6 +22,7 @@ pub mod handle;
 pub mod library;
 pub mod player;
 pub mod queue;
+pub mod settings;
 pub mod sources;
 pub mod track;
 pub mod voice;

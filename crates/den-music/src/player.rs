@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use den_discord::Egress;
-use songbird::tracks::{PlayMode, TrackHandle};
+use songbird::tracks::{PlayMode, Track, TrackHandle};
 use songbird::{Event, EventContext, EventHandler, TrackEvent};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::queue::{Queue, Queues};
+use crate::settings::Policies;
 use crate::sources::Sources;
 use crate::voice::{JoinError, Link, Notice, Voice};
 
@@ -23,6 +24,8 @@ use crate::voice::{JoinError, Link, Notice, Voice};
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often playing positions are saved (a restart resumes within this).
 pub const SAVE_EVERY: Duration = Duration::from_secs(2);
+/// How long a track may take to open and seek before it plays from where it is.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Why playback could not start.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +51,18 @@ struct Playing {
 struct Ended {
     guild: u64,
     generation: u64,
-    error: Option<String>,
+    how: EndKind,
+}
+
+/// How a track ended.
+#[derive(Debug)]
+enum EndKind {
+    /// It played to its end.
+    Finished,
+    /// It could not be played, or broke off.
+    Failed(String),
+    /// It was stopped at this position (by den, or by the driver losing its connection).
+    Stopped(u64),
 }
 
 /// Plays servers' queues on this process's voice connections.
@@ -64,8 +78,9 @@ pub struct Player {
     syncing: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     /// Since when each joined server has had nothing playing, or nobody listening.
     idle: Mutex<HashMap<u64, std::time::Instant>>,
-    /// Leave after this long idle or alone; zero stays.
+    /// Leave after this long idle or alone, unless a server says otherwise; zero stays.
     leave_after: Duration,
+    policies: Policies,
 }
 
 impl std::fmt::Debug for Player {
@@ -90,6 +105,7 @@ impl Player {
         sources: Sources,
         egress: Arc<Egress>,
         metrics: den_ops::Metrics,
+        policies: Policies,
         leave_after: Duration,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
@@ -105,6 +121,7 @@ impl Player {
             syncing: Mutex::new(HashMap::new()),
             idle: Mutex::new(HashMap::new()),
             leave_after,
+            policies,
         });
         tokio::spawn(player.clone().run(rx, notices, shutdown));
         player
@@ -126,6 +143,18 @@ impl Player {
     #[must_use]
     pub fn queues(&self) -> &Queues {
         &self.queues
+    }
+
+    /// Servers' settings and the allowlist.
+    #[must_use]
+    pub fn policies(&self) -> &Policies {
+        &self.policies
+    }
+
+    /// Seconds idle or alone before leaving, where a server has not chosen.
+    #[must_use]
+    pub fn default_leave_secs(&self) -> u64 {
+        self.leave_after.as_secs()
     }
 
     /// Servers with a track playing or paused now.
@@ -168,7 +197,7 @@ impl Player {
         };
         let same = lock(&self.playing).get(&guild).is_some_and(|p| p.generation == queue.generation);
         if !same {
-            self.start_track(guild, &queue, entry);
+            self.start_track(guild, &queue, entry).await;
         }
         if let Some(p) = lock(&self.playing).get_mut(&guild) {
             if p.paused != queue.paused {
@@ -183,33 +212,50 @@ impl Player {
         Ok(())
     }
 
-    fn start_track(&self, guild: u64, queue: &Queue, entry: &crate::queue::Entry) {
+    async fn start_track(&self, guild: u64, queue: &Queue, entry: &crate::queue::Entry) {
         let input = match self.sources.input(&entry.track) {
             Ok(input) => input,
             Err(e) => {
-                let _ = self.ended.send(Ended { guild, generation: queue.generation, error: Some(e.to_string()) });
+                let _ =
+                    self.ended.send(Ended { guild, generation: queue.generation, how: EndKind::Failed(e.to_string()) });
                 return;
             }
         };
-        let handle = self.voice.with_driver(guild, |d| d.play_only_input(input));
-        let _ = handle.set_volume(f32::from(queue.volume) / 100.0);
+        // A track that starts part-way is held until the seek lands, so it never sounds from its start.
+        let later = queue.position_ms > 0;
+        let mut track = Track::new(input).volume(f32::from(queue.volume) / 100.0);
+        if later || queue.paused {
+            track = track.pause();
+        }
+        let handle = self.voice.with_driver(guild, |d| d.play_only(track));
         for event in [TrackEvent::End, TrackEvent::Error] {
             let watch = Watch { guild, generation: queue.generation, ended: self.ended.clone() };
             let _ = handle.add_event(Event::Track(event), watch);
-        }
-        if queue.position_ms > 0 {
-            // The seek lands while the track starts; its result is not waited for.
-            drop(handle.seek(Duration::from_millis(queue.position_ms)));
-        }
-        if queue.paused {
-            let _ = handle.pause();
         }
         self.metrics.music_track(false);
         tracing::info!(guild, track = %entry.track.title, generation = queue.generation, at_ms = queue.position_ms, "playing");
         lock(&self.playing).insert(
             guild,
-            Playing { handle, generation: queue.generation, paused: queue.paused, volume: queue.volume },
+            Playing {
+                handle: handle.clone(),
+                generation: queue.generation,
+                paused: queue.paused,
+                volume: queue.volume,
+            },
         );
+        if later {
+            let at = Duration::from_millis(queue.position_ms);
+            match tokio::time::timeout(SEEK_TIMEOUT, handle.seek_async(at)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(guild, error = %e, "could not start the track part-way; it plays from the start")
+                }
+                Err(_) => tracing::warn!(guild, "the track took too long to seek; it plays from where it is"),
+            }
+            if !queue.paused {
+                let _ = handle.play();
+            }
+        }
     }
 
     fn stop_track(&self, guild: u64) {
@@ -242,10 +288,33 @@ impl Player {
     }
 
     async fn on_ended(&self, e: Ended) {
-        let Ended { guild, generation, error } = e;
-        if lock(&self.playing).get(&guild).is_some_and(|p| p.generation == generation) {
+        let Ended { guild, generation, how } = e;
+        let ours = lock(&self.playing).get(&guild).is_some_and(|p| p.generation == generation);
+        if ours {
             lock(&self.playing).remove(&guild);
         }
+        let error = match how {
+            EndKind::Finished => None,
+            EndKind::Failed(why) => Some(why),
+            // den stops tracks only after taking them out of `playing`: this one the driver
+            // dropped (its connection was made again). Play it on from where it was.
+            EndKind::Stopped(at) if ours => {
+                tracing::info!(guild, at_ms = at, "the driver stopped the track; playing it on");
+                let saved = self.queues.update(guild, |q| {
+                    if q.generation == generation {
+                        q.position_ms = at;
+                    }
+                });
+                if let Err(e) = saved.await {
+                    tracing::warn!(guild, error = %e, "could not save where the track stopped");
+                }
+                if let Err(e) = self.sync(guild).await {
+                    tracing::warn!(guild, error = %e, "could not play the track on");
+                }
+                return;
+            }
+            EndKind::Stopped(_) => return,
+        };
         let moved = self
             .queues
             .update(guild, |q| {
@@ -271,6 +340,10 @@ impl Player {
         }
         if let Err(e) = self.sync(guild).await {
             tracing::warn!(guild, error = %e, "could not play the next track");
+        }
+        let announce = self.policies.settings(guild).await.is_ok_and(|s| s.announce);
+        if let Some(next) = queue.current.as_ref().filter(|n| announce && n.id != done.id) {
+            self.announce(&queue, &format!("Now playing {}", next.track.label())).await;
         }
     }
 
@@ -387,11 +460,12 @@ struct Watch {
 impl EventHandler for Watch {
     async fn act(&self, cx: &EventContext<'_>) -> Option<Event> {
         if let EventContext::Track(tracks) = cx {
-            let error = tracks.iter().find_map(|(state, _)| match &state.playing {
-                PlayMode::Errored(e) => Some(e.to_string()),
-                _ => None,
-            });
-            let _ = self.ended.send(Ended { guild: self.guild, generation: self.generation, error });
+            let how = match tracks.first().map(|(state, _)| (&state.playing, state.position)) {
+                Some((PlayMode::Errored(e), _)) => EndKind::Failed(e.to_string()),
+                Some((PlayMode::Stop, at)) => EndKind::Stopped(u64::try_from(at.as_millis()).unwrap_or(0)),
+                _ => EndKind::Finished,
+            };
+            let _ = self.ended.send(Ended { guild: self.guild, generation: self.generation, how });
         }
         None
     }

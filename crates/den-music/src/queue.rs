@@ -89,6 +89,8 @@ pub struct Queue {
     pub generation: u64,
     /// The latest commands' keys and answers: a command delivered twice changes the queue once.
     pub answered: Vec<(String, String)>,
+    /// Who voted to skip the current track.
+    pub skip_votes: Vec<u64>,
 }
 
 impl Default for Queue {
@@ -106,6 +108,7 @@ impl Default for Queue {
             next_id: 1,
             generation: 0,
             answered: Vec::new(),
+            skip_votes: Vec::new(),
         }
     }
 }
@@ -168,6 +171,7 @@ impl Queue {
     pub fn restart(&mut self, position_ms: u64) {
         self.position_ms = position_ms;
         self.generation += 1;
+        self.skip_votes.clear();
     }
 
     /// Skips to the `n`th upcoming entry (1-based), dropping those before it.

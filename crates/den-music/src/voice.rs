@@ -215,7 +215,8 @@ impl Voice {
         let mut link = {
             let mut calls = lock(&self.calls);
             let call = calls.entry(guild).or_insert_with(|| self.new_call(guild));
-            let already = call.want == Some(channel) && *call.link.borrow() == Link::Connected;
+            // Connected, or joining that channel already: wait, do not ask Discord again.
+            let already = call.want == Some(channel) && *call.link.borrow() != Link::Down;
             if !already {
                 call.want = Some(channel);
                 call.link.send_replace(Link::Joining);

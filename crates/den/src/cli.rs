@@ -89,6 +89,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AgentCommand,
     },
+    /// Music: which servers may use it (with `[music] allowlist = true`), the library.
+    Music {
+        #[command(subcommand)]
+        command: MusicCommand,
+    },
     /// Chat with the personas in the terminal (same model and memory as in Discord).
     Chat {
         /// The persona to talk to (default: the first; name another in a message to switch).
@@ -116,6 +121,27 @@ pub enum AgentCommand {
     },
     /// Whether commands can run here: the sandbox den found and its self-test.
     Doctor,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MusicCommand {
+    /// Let a server use music.
+    Allow {
+        /// The server's id.
+        guild: u64,
+    },
+    /// Stop a server using music.
+    Revoke {
+        /// The server's id.
+        guild: u64,
+    },
+    /// The servers that may use music.
+    List,
+    /// Index `[music] library` and show what a search finds, as `/play` would.
+    Search {
+        /// Words to look for.
+        words: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

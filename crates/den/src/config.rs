@@ -127,13 +127,28 @@ pub struct MusicSection {
     /// Let links reach private and loopback addresses (a radio on the LAN; tests).
     /// Off: den refuses links into its own network.
     pub allow_private_urls: bool,
-    /// Leave a voice channel after this long with nothing playing or nobody listening (0 stays).
+    /// Leave a voice channel after this long with nothing playing or nobody listening (0 stays);
+    /// a server's `/music-settings leave-after` overrides it.
     pub leave_after_secs: u64,
+    /// Only servers the operator approved (`den music allow`, `/music-admin`) may use music.
+    pub allowlist: bool,
+    /// Discord users who may approve servers with `/music-admin`.
+    pub operators: Vec<u64>,
+    /// The server in which `/music-admin` works.
+    pub operator_guild: Option<u64>,
 }
 
 impl Default for MusicSection {
     fn default() -> Self {
-        Self { enabled: false, library: None, allow_private_urls: false, leave_after_secs: 300 }
+        Self {
+            enabled: false,
+            library: None,
+            allow_private_urls: false,
+            leave_after_secs: 300,
+            allowlist: false,
+            operators: Vec::new(),
+            operator_guild: None,
+        }
     }
 }
 

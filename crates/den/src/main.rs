@@ -80,6 +80,7 @@ fn main() -> ExitCode {
             Command::Persona { command } => personas::command(command, &loaded.config),
             Command::Campaign { command } => admin::campaign(command, &loaded.config),
             Command::Agent { command } => agent::command(command, &loaded.config, &env).await,
+            Command::Music { command } => music::command(command, &loaded.config).await,
             Command::Chat { persona } => personas::chat(persona, &loaded.config, &env).await,
             Command::Model { command } => model::command(command, &loaded.config).await,
             Command::Playground(args) => playground::run(args, &loaded, &env).await,

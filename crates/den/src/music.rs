@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use den_discord::gateway::ShardSenders;
 use den_music::voice::{GatewayCommands, Voice};
-use den_music::{MusicModule, handle, library, player, queue, sources};
+use den_music::{MusicModule, handle, library, player, queue, settings, sources};
 use den_worker::JobQueue;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -56,7 +56,8 @@ pub async fn module(
     let (voice, notices) =
         Voice::new(Arc::new(Shards(shards.clone())), songbird::Config::default(), cx.metrics.clone());
     voice.set_me(cx.egress.bot_user_id());
-    let queues = queue::Queues::new(cx.store.table(queue::table_spec()).await?, cx.clock.clone());
+    let table = cx.store.table(queue::table_spec()).await?;
+    let queues = queue::Queues::new(table.clone(), cx.clock.clone());
     let player = player::Player::start(
         voice,
         notices,
@@ -64,10 +65,13 @@ pub async fn module(
         sources::Sources::new(library, c.allow_private_urls),
         cx.egress.clone(),
         cx.metrics.clone(),
+        settings::Policies::new(table),
         Duration::from_secs(c.leave_after_secs),
         shutdown.clone(),
     );
-    let music = handle::Music::new(player, cx.egress.clone(), cx.clock.clone(), jobs(cx), cx.metrics.clone());
+    let access =
+        handle::Access { allowlist: c.allowlist, operators: c.operators.clone(), operator_guild: c.operator_guild };
+    let music = handle::Music::new(player, cx.egress.clone(), cx.clock.clone(), jobs(cx), cx.metrics.clone(), access);
     let module = MusicModule::playing(cx.clock.clone(), jobs(cx), music);
     tokio::spawn(resume_when_started(module.clone(), shards.clone(), shutdown.clone()));
     Ok(module)
@@ -87,4 +91,46 @@ async fn resume_when_started(module: Arc<MusicModule>, shards: ShardSenders, shu
         Ok(n) => tracing::info!(servers = n, "resuming music that was playing"),
         Err(e) => tracing::warn!(error = %e, "could not look for music to resume"),
     }
+}
+
+/// `den music ...`
+pub async fn command(command: crate::cli::MusicCommand, c: &crate::config::Config) -> anyhow::Result<()> {
+    use crate::cli::MusicCommand;
+    if let MusicCommand::Search { words } = command {
+        let path = c.music.library.clone().context("[music] library is not set")?;
+        let library = tokio::task::spawn_blocking(move || library::Library::open(&path)).await??;
+        println!("{} files indexed", library.len());
+        for track in library.search(&words, 5) {
+            println!("{}", track.label());
+        }
+        return Ok(());
+    }
+    let store = crate::roles::open_store(c).await?;
+    let policies = settings::Policies::new(store.table(queue::table_spec()).await?);
+    let result = async {
+        match command {
+            MusicCommand::Allow { guild } => {
+                let new =
+                    policies.allow(guild, "den music allow", den_core::Clock::now(&den_core::SystemClock)).await?;
+                println!("server {guild} {}", if new { "may use music now" } else { "was already approved" });
+            }
+            MusicCommand::Revoke { guild } => {
+                let was = policies.revoke(guild).await?;
+                println!("server {guild} {}", if was { "may no longer use music" } else { "was not approved" });
+            }
+            MusicCommand::List => {
+                for (guild, by) in policies.allowlist().await? {
+                    println!("{guild}\t{by}");
+                }
+                if !c.music.allowlist {
+                    println!("(the allowlist is off: every server may use music; set [music] allowlist = true)");
+                }
+            }
+            MusicCommand::Search { .. } => unreachable!("handled above"),
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    store.close().await?;
+    result
 }

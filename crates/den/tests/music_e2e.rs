@@ -178,13 +178,14 @@ fn a_restarted_den_resumes_the_queue_where_it_was() {
     drop(den);
     let killed_at: usize = music.heard().iter().filter(|(p, _)| *p == Some(440)).map(|(_, n)| n).sum();
 
-    let _den = music.start();
+    let mut den = music.start();
+    let resumed = den.wait_for_log("playing", WAIT);
     music.wait_to_hear("660 Hz after the rest of 440 Hz", |h| tones(h, 10).contains(&660));
     let total_440: usize = music.heard().iter().filter(|(p, _)| *p == Some(440)).map(|(_, n)| n).sum();
     let replayed = total_440 as i64 - 400; // 8 s is 400 frames; what was heard twice came from the last saved position
     assert!(
         (0..=150).contains(&replayed),
-        "resumed within 3 s of where it was (killed after {killed_at} frames; heard {total_440} frames of 440 Hz in all)"
+        "resumed within 3 s of where it was (killed after {killed_at} frames; heard {total_440} frames of 440 Hz in all; {resumed})"
     );
     let call = music.discord.fake.voice().call(music.discord.guild).unwrap();
     assert!(call.connections >= 2, "den connected again: {call:?}");
@@ -222,4 +223,119 @@ fn two_servers_play_their_own_queues_at_once() {
     });
     let first: Vec<_> = segments(&fake.voice().heard(music.discord.guild)).iter().filter_map(|s| s.pitch_hz).collect();
     assert!(first.iter().all(|p| (p - 330.0).abs() < 10.0), "only its own tone in the first server: {first:?}");
+}
+
+/// den's replies to `!` messages in the server's text channel, oldest first.
+fn replies(music: &Music) -> Vec<String> {
+    let bot = music.discord.fake.bot_user_id();
+    music
+        .discord
+        .fake
+        .messages(music.discord.channel)
+        .into_iter()
+        .filter(|m| m.author_id == bot)
+        .map(|m| m.content)
+        .collect()
+}
+
+#[test]
+fn the_queue_loops_shuffles_removes_and_stops_from_commands_and_prefix_messages() {
+    let music = Music::new(&[
+        ("one-440", 440.0, 600),
+        ("two-550", 550.0, 1500),
+        ("three-660", 660.0, 1500),
+        ("four-770", 770.0, 1500),
+    ]);
+    let _den = music.start();
+    let ada = music.discord.user;
+    music.join(ada);
+    music.play(ada, "one");
+    assert_eq!(music.command(ada, "loop", &[CommandOption::string("mode", "track")]), "Loop: track.");
+    music.wait_to_hear("the first tone twice", |h| h.iter().filter(|(p, n)| *p == Some(440) && *n >= 20).count() >= 2);
+    assert_eq!(music.command(ada, "loop", &[CommandOption::string("mode", "off")]), "Loop: off.");
+
+    // `!` messages do what the slash commands do.
+    let fake = &music.discord.fake;
+    fake.post_as(ada, music.discord.channel, "!play two");
+    fake.post_as(ada, music.discord.channel, "!play three");
+    fake.post_as(ada, music.discord.channel, "!play four");
+    music
+        .discord
+        .wait_until("three queued", WAIT, |_| replies(&music).iter().filter(|r| r.starts_with("Queued")).count() == 3);
+    // Where "three" waits depends on whether "one" has finished meanwhile.
+    let queue = music.command(ada, "queue", &[]);
+    let place = queue.lines().find(|l| l.contains("three-660")).and_then(|l| l.split('.').next()).unwrap().to_owned();
+    fake.post_as(ada, music.discord.channel, &format!("!remove {place}"));
+    music.discord.wait_until("a track removed", WAIT, |_| {
+        replies(&music).iter().any(|r| r.starts_with("Removed **three-660**"))
+    });
+    let queue = music.command(ada, "queue", &[]);
+    assert!(queue.contains("**two-550**") && queue.contains("**four-770**") && !queue.contains("three"), "{queue}");
+    let shuffled = music.command(ada, "shuffle", &[]);
+    assert!(shuffled.starts_with("Shuffled 2 tracks") || shuffled == "There is nothing to shuffle.", "{shuffled}");
+
+    music.wait_to_hear("the other two tones", |h| tones(h, 20).contains(&550) && tones(h, 20).contains(&770));
+    let heard = tones(&music.heard(), 20);
+    assert!(!heard.contains(&660), "the removed track never played: {heard:?}");
+    assert_eq!(music.command(ada, "stop", &[]), "Stopped, and the queue is cleared.");
+    assert_eq!(music.command(ada, "now-playing", &[]), "Nothing is playing.");
+}
+
+#[test]
+fn only_approved_servers_play_when_the_allowlist_is_on() {
+    let music = Music::new(&[("one-440", 440.0, 600)]);
+    let config = music.scratch.path().join("den.toml");
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml = toml.replace("[music]\n", "[music]\nallowlist = true\n");
+    std::fs::write(&config, toml).unwrap();
+    let _den = music.start();
+    let ada = music.discord.user;
+    music.join(ada);
+    let refused = music.play(ada, "one");
+    assert!(
+        refused.starts_with("Music is not turned on for this server yet")
+            && refused.contains(&music.discord.guild.to_string()),
+        "{refused}"
+    );
+
+    let guild = music.discord.guild.to_string();
+    let out = music.scratch.output_with(&music.discord, &["music", "allow", &guild], &[]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert!(support::stdout(&out).contains("may use music now"));
+    let listed = music.scratch.output_with(&music.discord, &["music", "list"], &[]);
+    assert!(support::stdout(&listed).contains(&guild));
+    assert!(music.play(ada, "one").starts_with("Now playing **one-440**"));
+}
+
+#[test]
+fn vote_skip_counts_the_people_listening_and_the_dj_skips_at_once() {
+    let music = Music::new(&[("long-440", 440.0, 8000), ("next-660", 660.0, 8000)]);
+    let fake = &music.discord.fake;
+    let (bea, cal) = (fake.add_user("bea"), fake.add_user("cal"));
+    for u in [bea, cal] {
+        fake.add_member(music.discord.guild, u);
+    }
+    let dj = fake.add_role(music.discord.guild, "DJ");
+    let _den = music.start();
+    let ada = music.discord.user;
+    for u in [ada, bea, cal] {
+        music.join(u);
+    }
+    let saved = music.command(
+        ada,
+        "music-settings",
+        &[CommandOption::of(4, "vote-skip", 50.into()), CommandOption::of(8, "dj-role", dj.to_string().into())],
+    );
+    assert!(saved.contains("Vote skip: 50% of listeners") && saved.contains(&format!("<@&{dj}>")), "{saved}");
+    music.play(ada, "long");
+    music.play(ada, "next");
+
+    assert!(music.command(bea, "clear", &[]).contains("Only the DJ role"), "bea is no DJ");
+    let first = music.command(bea, "skip", &[]);
+    assert_eq!(first, "Vote to skip **long-440** (0:08): 1 of 2.", "three listen: half is two votes");
+    let second = music.command(cal, "skip", &[]);
+    assert!(second.starts_with("Skipped **long-440** (0:08) by vote (2 of 2)"), "{second}");
+    music.wait_to_hear("the next tone", |h| tones(h, 10).contains(&660));
+    fake.add_member_role(music.discord.guild, bea, dj);
+    assert!(music.command(bea, "skip", &[]).starts_with("Skipped **next-660**"), "a DJ skips at once");
 }
