@@ -339,3 +339,24 @@ fn vote_skip_counts_the_people_listening_and_the_dj_skips_at_once() {
     fake.add_member_role(music.discord.guild, bea, dj);
     assert!(music.command(bea, "skip", &[]).starts_with("Skipped **next-660**"), "a DJ skips at once");
 }
+
+#[test]
+fn a_voice_connection_discord_drops_is_made_again_and_the_track_plays_on() {
+    let music = Music::new(&[("long-440", 440.0, 6000)]);
+    let _den = music.start();
+    let ada = music.discord.user;
+    music.join(ada);
+    music.play(ada, "long");
+    music.wait_to_hear("a second of 440 Hz", |h| h.iter().any(|(p, n)| *p == Some(440) && *n >= 50));
+    // 4006: the voice session is no longer valid; den must ask the gateway for a new one.
+    music.discord.fake.voice().close(music.discord.guild, 4006);
+    let guild = music.discord.guild;
+    music.discord.wait_until("den connected to voice again", WAIT, |f| f.voice().call(guild).is_some_and(|c| c.connections >= 2 && c.connected));
+    // 4015: the voice server went away; the session can be resumed on a new connection.
+    music.discord.fake.voice().close(guild, 4015);
+    music.discord.wait_until("den resumed the voice session", WAIT, |f| f.voice().call(guild).is_some_and(|c| c.resumes >= 1 && c.connected));
+    music.wait_to_hear("the tone played out", |h| h.iter().filter(|(p, _)| *p == Some(440)).map(|(_, n)| n).sum::<usize>() >= 280);
+    std::thread::sleep(Duration::from_millis(1500));
+    let total: usize = music.heard().iter().filter(|(p, _)| *p == Some(440)).map(|(_, n)| n).sum();
+    assert!((280..=360).contains(&total), "6 s is 300 frames; heard {total}: the track went on from about where it was");
+}
