@@ -49,6 +49,8 @@ pub enum Command {
     Previous,
     /// Pause.
     Pause,
+    /// Pause, or resume when paused (the play/pause button).
+    Toggle,
     /// Resume.
     Resume,
     /// Stop: clear the queue and leave after a while.
@@ -284,9 +286,9 @@ fn usize_option(i: &InboundInteraction, name: &str) -> Option<usize> {
 #[must_use]
 pub fn from_interaction(i: &InboundInteraction) -> Option<Result<Command, String>> {
     if let Some(id) = i.custom_id.as_deref() {
-        return id
-            .strip_prefix(BUTTON_PREFIX)
-            .map(|word| from_words(word, "").unwrap_or_else(|| Err(format!("unknown control {word}"))));
+        let control = id.strip_prefix(BUTTON_PREFIX)?;
+        let (word, rest) = control.split_once(':').unwrap_or((control, ""));
+        return Some(from_words(word, rest).unwrap_or_else(|| Err(format!("unknown control {word}"))));
     }
     let need = |name: &str| usize_option(i, name).ok_or_else(|| format!("{name} is missing"));
     let command = match i.command.as_deref()? {
@@ -374,7 +376,7 @@ fn from_words(word: &str, rest: &str) -> Option<Result<Command, String>> {
             number("a percentage").map(|p| Command::Volume { percent: u16::try_from(p.min(200)).unwrap_or(200) })
         }
         "remove-dupes" | "removedupes" | "dedupe" => Ok(Command::RemoveDupes),
-        "toggle" => Ok(Command::Pause),
+        "toggle" => Ok(Command::Toggle),
         _ => return None,
     })
 }
@@ -410,6 +412,26 @@ mod tests {
         assert!(matches!(read("!play"), Some(Err(_))));
         assert_eq!(read("!ping"), None, "other modules' commands are not music's");
         assert_eq!(read("play this"), None);
+    }
+
+    #[test]
+    fn buttons_read_as_commands() {
+        let press = |id: &str| {
+            let i = InboundInteraction::parse(
+                &serde_json::json!({
+                    "id": "1", "application_id": "2", "type": 3, "token": "t", "guild_id": "3", "channel_id": "4",
+                    "member": {"user": {"id": "5", "username": "ada"}, "permissions": "0", "roles": []},
+                    "data": {"custom_id": id, "component_type": 2},
+                })
+                .to_string(),
+            )
+            .unwrap();
+            from_interaction(&i)
+        };
+        assert_eq!(press("music:toggle"), Some(Ok(Command::Toggle)));
+        assert_eq!(press("music:queue:3"), Some(Ok(Command::Queue { page: 3 })));
+        assert!(matches!(press("music:nonsense"), Some(Err(_))));
+        assert_eq!(press("agent:stop"), None, "other modules' buttons are theirs");
     }
 
     #[test]

@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use den_core::{Clock, Job};
+use den_discord::egress::{Button, ButtonStyle, Outgoing};
 use den_discord::router::finish_interaction;
 use den_discord::{Egress, InteractionRef};
 use den_worker::{JobContext, JobError, JobHandler, JobQueue};
 use serde::{Deserialize, Serialize};
 
-use crate::commands::{AdminAction, Attached, Command, SettingsChange};
+use crate::commands::{AdminAction, Attached, BUTTON_PREFIX, Command, SettingsChange};
 use crate::player::{PlayError, Player};
 use crate::queue::{LoopMode, Queue};
 use crate::settings::{Policies, Settings};
@@ -145,7 +146,48 @@ impl Music {
                 answer.unwrap_or_else(|refused| refused)
             }
         };
-        self.answer(job, &request, &answer).await
+        let buttons = match &request.command {
+            Ok(Command::NowPlaying) => self.controls(request.guild).await?,
+            Ok(Command::Queue { page }) => self.pages(request.guild, *page).await?,
+            _ => Vec::new(),
+        };
+        self.answer(job, &request, &answer, &buttons).await
+    }
+
+    /// The buttons under a now-playing answer, when something plays.
+    async fn controls(&self, guild: u64) -> Result<Vec<Button>, JobError> {
+        let q = self.player.queues().get(guild).await.map_err(store)?;
+        if q.current.is_none() {
+            return Ok(Vec::new());
+        }
+        let id = |c: &str| format!("{BUTTON_PREFIX}{c}");
+        Ok(vec![
+            Button::new(id("toggle"), if q.paused { "Resume" } else { "Pause" }).emoji(if q.paused {
+                "▶️"
+            } else {
+                "⏸️"
+            }),
+            Button::new(id("skip"), "Skip").emoji("⏭️"),
+            Button::new(id("stop"), "Stop").emoji("⏹️").style(ButtonStyle::Danger),
+            Button::new(id("loop"), format!("Loop: {}", q.loop_mode.as_str())).emoji("🔁"),
+            Button::new(id("shuffle"), "Shuffle").emoji("🔀"),
+        ])
+    }
+
+    /// Previous and next page buttons under a queue answer, when it has pages.
+    async fn pages(&self, guild: u64, page: usize) -> Result<Vec<Button>, JobError> {
+        let q = self.player.queues().get(guild).await.map_err(store)?;
+        let pages = q.upcoming.len().div_ceil(10).max(1);
+        if pages == 1 {
+            return Ok(Vec::new());
+        }
+        let page = page.clamp(1, pages);
+        let mut previous =
+            Button::new(format!("{BUTTON_PREFIX}queue:{}", page.saturating_sub(1).max(1)), "Previous").emoji("◀️");
+        let mut next = Button::new(format!("{BUTTON_PREFIX}queue:{}", (page + 1).min(pages)), "Next").emoji("▶️");
+        previous.disabled = page == 1;
+        next.disabled = page == pages;
+        Ok(vec![previous, next])
     }
 
     /// Why a command is not taken here at all: the server is not approved,
@@ -170,7 +212,7 @@ impl Music {
     async fn pass_on(&self, job: &Job, mut request: Request) -> Result<(), JobError> {
         if request.hops >= MAX_HOPS {
             let line = "den's music player for this server is not running right now; try again in a minute.";
-            return self.answer(job, &request, line).await;
+            return self.answer(job, &request, line, &[]).await;
         }
         request.hops += 1;
         let mut next = job.clone();
@@ -180,12 +222,22 @@ impl Music {
         Ok(())
     }
 
-    async fn answer(&self, job: &Job, request: &Request, text: &str) -> Result<(), JobError> {
+    async fn answer(&self, job: &Job, request: &Request, text: &str, buttons: &[Button]) -> Result<(), JobError> {
         let sent = match &request.origin {
             Origin::Interaction => {
                 let iref =
                     InteractionRef::from_job(job).ok_or_else(|| JobError::permanent("no interaction in the job"))?;
-                finish_interaction(&self.egress, &*self.clock, &iref, text).await
+                let answered = finish_interaction(&self.egress, &*self.clock, &iref, text).await;
+                if answered.is_ok()
+                    && !buttons.is_empty()
+                    && let Err(e) = self.egress.edit_original_with(&iref.token, text, buttons).await
+                {
+                    tracing::warn!(error = %e, "could not add the music buttons");
+                }
+                answered
+            }
+            Origin::Message { channel, .. } if !buttons.is_empty() => {
+                self.egress.post(*channel, &Outgoing::text(text).buttons(buttons.to_vec()), &job.id).await.map(drop)
             }
             Origin::Message { channel, message } => {
                 self.egress.send_text_keyed(*channel, text, Some(*message), &job.id).await.map(drop)
@@ -532,6 +584,10 @@ fn edit(q: &mut Queue, command: &Command, cx: &EditCx) -> Answer {
                 return Err("Nothing played before this.".into());
             }
             Ok(format!("Playing {} again", q.current.as_ref().map(|e| e.track.label()).unwrap_or_default()))
+        }
+        Command::Toggle => {
+            let next = if q.paused { Command::Resume } else { Command::Pause };
+            edit(q, &next, cx)
         }
         Command::Pause => {
             need_current()?;

@@ -351,12 +351,64 @@ fn a_voice_connection_discord_drops_is_made_again_and_the_track_plays_on() {
     // 4006: the voice session is no longer valid; den must ask the gateway for a new one.
     music.discord.fake.voice().close(music.discord.guild, 4006);
     let guild = music.discord.guild;
-    music.discord.wait_until("den connected to voice again", WAIT, |f| f.voice().call(guild).is_some_and(|c| c.connections >= 2 && c.connected));
+    music.discord.wait_until("den connected to voice again", WAIT, |f| {
+        f.voice().call(guild).is_some_and(|c| c.connections >= 2 && c.connected)
+    });
     // 4015: the voice server went away; the session can be resumed on a new connection.
     music.discord.fake.voice().close(guild, 4015);
-    music.discord.wait_until("den resumed the voice session", WAIT, |f| f.voice().call(guild).is_some_and(|c| c.resumes >= 1 && c.connected));
-    music.wait_to_hear("the tone played out", |h| h.iter().filter(|(p, _)| *p == Some(440)).map(|(_, n)| n).sum::<usize>() >= 280);
+    music.discord.wait_until("den resumed the voice session", WAIT, |f| {
+        f.voice().call(guild).is_some_and(|c| c.resumes >= 1 && c.connected)
+    });
+    music.wait_to_hear("the tone played out", |h| {
+        h.iter().filter(|(p, _)| *p == Some(440)).map(|(_, n)| n).sum::<usize>() >= 280
+    });
     std::thread::sleep(Duration::from_millis(1500));
     let total: usize = music.heard().iter().filter(|(p, _)| *p == Some(440)).map(|(_, n)| n).sum();
-    assert!((280..=360).contains(&total), "6 s is 300 frames; heard {total}: the track went on from about where it was");
+    assert!(
+        (280..=360).contains(&total),
+        "6 s is 300 frames; heard {total}: the track went on from about where it was"
+    );
+}
+
+#[test]
+fn the_now_playing_buttons_pause_resume_and_skip() {
+    let music = Music::new(&[("long-440", 440.0, 8000), ("next-660", 660.0, 8000)]);
+    let _den = music.start();
+    let ada = music.discord.user;
+    music.join(ada);
+    music.play(ada, "long");
+    music.play(ada, "next");
+    let token = music.discord.fake.invoke_command(ada, music.discord.channel, "now-playing", &[]);
+    let fake = &music.discord.fake;
+    music.discord.wait_until("now-playing with buttons", WAIT, |f| {
+        f.interaction(&token)
+            .and_then(|i| i.original)
+            .and_then(|m| f.message(m))
+            .is_some_and(|m| !m.components.is_empty())
+    });
+    let message = fake.message(fake.interaction(&token).unwrap().original.unwrap()).unwrap();
+    assert!(
+        message.content.starts_with("▶️ Playing **long-440**") && message.content.contains("1 more queued"),
+        "{}",
+        message.content
+    );
+    let ids: Vec<String> = message.components[0]["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["custom_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["music:toggle", "music:skip", "music:stop", "music:loop", "music:shuffle"]);
+
+    let press = |id: &str| {
+        let token = fake.press_button(ada, music.discord.channel, message.id, id);
+        music.discord.wait_until(&format!("{id} answered"), WAIT, |f| {
+            f.interaction(&token).and_then(|i| i.original).and_then(|m| f.message(m)).is_some_and(|m| m.edits > 0)
+        });
+        fake.message(fake.interaction(&token).unwrap().original.unwrap()).unwrap().content
+    };
+    assert!(press("music:toggle").starts_with("Paused at"));
+    assert_eq!(press("music:toggle"), "Playing on.");
+    assert!(press("music:skip").starts_with("Skipped **long-440**"));
+    music.wait_to_hear("the next tone", |h| tones(h, 10).contains(&660));
 }

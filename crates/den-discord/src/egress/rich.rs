@@ -162,6 +162,17 @@ impl Egress {
         self.call("edit message", call).await.map(|_| ())
     }
 
+    /// Replaces the text and buttons of an interaction's original response.
+    pub async fn edit_original_with(&self, token: &str, content: &str, buttons: &[Button]) -> DiscordResult<()> {
+        let app = no_zero(self.app_id(), "edit original response")?;
+        let body =
+            json!({"content": clip(content), "components": button_rows(buttons), "allowed_mentions": no_pings()});
+        let call = Call::new(Method::PATCH, format!("/webhooks/{app}/{token}/messages/@original"))
+            .unauthenticated()
+            .json(&body);
+        self.call("edit original response", call).await.map(|_| ())
+    }
+
     /// Takes the buttons off one of den's messages, leaving its text.
     pub async fn remove_buttons(&self, channel: u64, message: u64) -> DiscordResult<()> {
         no_zero(channel, "edit message")?;
