@@ -7,6 +7,7 @@ mod campaign;
 mod discord;
 mod local;
 mod memory;
+mod music;
 mod persona;
 mod queue;
 
@@ -41,6 +42,8 @@ enum Scenario {
     LocalModel(local::LocalModelOptions),
     /// The coding agent: den's time per turn (the model answering at once) and the sandbox's start.
     Agent(agent::AgentOptions),
+    /// Music: join → first packet, packet pacing, and how many servers play at once.
+    Music(music::MusicOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Chaos(o) => den_bench::chaos::run(&o)?,
         Scenario::LocalModel(o) => local::run(&o)?,
         Scenario::Agent(o) => agent::run(&o)?,
+        Scenario::Music(o) => music::run(&o)?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

@@ -19,6 +19,8 @@ const SILENCE: f32 = 0.01;
 pub struct HeardFrame {
     /// Milliseconds from the call's first packet to this one's arrival.
     pub at_ms: u64,
+    /// The same in microseconds.
+    pub at_us: u64,
     /// RTP sequence number.
     pub seq: u16,
     /// RTP timestamp (48 kHz ticks).
@@ -44,7 +46,9 @@ pub struct Segment {
 
 /// A call's audio so far.
 pub(crate) struct Heard {
-    started: Option<Instant>,
+    pub(crate) started: Option<Instant>,
+    /// Decode and measure frames (off: only count and time them, for load tests).
+    pub(crate) decode: bool,
     frames: std::collections::VecDeque<HeardFrame>,
     decoder: Option<opus2::Decoder>,
     pub(crate) pcm: broadcast::Sender<Arc<[i16]>>,
@@ -55,6 +59,7 @@ impl Default for Heard {
     fn default() -> Self {
         Self {
             started: None,
+            decode: true,
             frames: std::collections::VecDeque::new(),
             decoder: opus2::Decoder::new(48_000, opus2::Channels::Stereo).ok(),
             pcm: broadcast::channel(256).0,
@@ -68,6 +73,12 @@ impl Heard {
     pub(crate) fn push(&mut self, seq: u16, timestamp: u32, opus: &[u8]) {
         let now = Instant::now();
         let started = *self.started.get_or_insert(now);
+        let since = now.duration_since(started);
+        if !self.decode {
+            let at_us = u64::try_from(since.as_micros()).unwrap_or(u64::MAX);
+            self.keep(HeardFrame { at_ms: at_us / 1000, at_us, seq, timestamp, level: 0.0, pitch_hz: None });
+            return;
+        }
         let mut pcm = vec![0i16; FRAME_SAMPLES * 2 * 6]; // up to 120 ms per packet
         let Some(decoder) = &mut self.decoder else { return };
         let Ok(per_channel) = decoder.decode(opus, &mut pcm, false) else {
@@ -78,17 +89,22 @@ impl Heard {
         let left: Vec<f32> = pcm.iter().step_by(2).map(|s| f32::from(*s) / 32768.0).collect();
         let level = (left.iter().map(|s| s * s).sum::<f32>() / left.len().max(1) as f32).sqrt();
         let frame = HeardFrame {
-            at_ms: u64::try_from(now.duration_since(started).as_millis()).unwrap_or(u64::MAX),
+            at_ms: u64::try_from(since.as_millis()).unwrap_or(u64::MAX),
+            at_us: u64::try_from(since.as_micros()).unwrap_or(u64::MAX),
             seq,
             timestamp,
             level,
             pitch_hz: if level < SILENCE { None } else { pitch(&left) },
         };
+        self.keep(frame);
+        let _ = self.pcm.send(pcm.into());
+    }
+
+    fn keep(&mut self, frame: HeardFrame) {
         if self.frames.len() == KEPT_FRAMES {
             self.frames.pop_front();
         }
         self.frames.push_back(frame);
-        let _ = self.pcm.send(pcm.into());
     }
 
     pub(crate) fn frames(&self) -> Vec<HeardFrame> {
@@ -173,7 +189,14 @@ mod tests {
 
     #[test]
     fn frames_group_into_tones_gaps_and_silences() {
-        let frame = |at_ms, pitch_hz: Option<f32>| HeardFrame { at_ms, seq: 0, timestamp: 0, level: 0.5, pitch_hz };
+        let frame = |at_ms, pitch_hz: Option<f32>| HeardFrame {
+            at_ms,
+            at_us: at_ms * 1000,
+            seq: 0,
+            timestamp: 0,
+            level: 0.5,
+            pitch_hz,
+        };
         let mut frames: Vec<HeardFrame> = (0..10).map(|i| frame(i * 20, Some(440.0 + i as f32 % 2.0))).collect();
         frames.extend((10..15).map(|i| frame(i * 20, None)));
         frames.extend((40..50).map(|i| frame(i * 20, Some(660.0))));

@@ -66,6 +66,8 @@ pub struct CallInfo {
     pub refused: u64,
     /// The last speaking flags the bot sent.
     pub speaking: Option<u64>,
+    /// When its first RTP packet arrived.
+    pub first_packet: Option<std::time::Instant>,
 }
 
 struct Call {
@@ -87,6 +89,7 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
+    decode: std::sync::atomic::AtomicBool,
     changed: Notify,
     udp_port: u16,
 }
@@ -127,6 +130,7 @@ impl VoiceServer {
         let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
         let shared = Arc::new(Shared {
             state: Mutex::new(State { next_ssrc: 1000, ..State::default() }),
+            decode: std::sync::atomic::AtomicBool::new(true),
             changed: Notify::new(),
             udp_port: udp.local_addr()?.port(),
         });
@@ -191,6 +195,12 @@ impl VoiceServer {
         {
             let _ = close.send(code);
         }
+    }
+
+    /// Whether to decode what arrives (on by default); off, frames are only
+    /// counted and timed, so a load test measures the bot, not the listener.
+    pub fn set_decode(&self, decode: bool) {
+        self.shared.decode.store(decode, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The call in `guild`, if a bot connected.
@@ -334,6 +344,7 @@ fn identify(
         packets,
         refused,
         speaking: None,
+        first_packet: None,
     };
     state.calls.insert(guild, Call { info, key: None, peer: None, heard, close: Some(close.clone()) });
     let ready = json!({"op": 2, "d": {
@@ -402,6 +413,8 @@ async fn receive_media(shared: Arc<Shared>, udp: Arc<UdpSocket>) {
         match rtp::decrypt(&key, packet) {
             Ok(p) => {
                 call.info.packets += 1;
+                call.info.first_packet.get_or_insert_with(std::time::Instant::now);
+                call.heard.decode = shared.decode.load(std::sync::atomic::Ordering::Relaxed);
                 call.heard.push(p.seq, p.timestamp, &p.payload);
             }
             Err(_) => call.info.refused += 1,
