@@ -193,6 +193,7 @@ function drawShell() {
       onclick: () => selectChannel(c.id),
     }, el("span", { class: "icon" }, ICONS[c.kind] || "#"), el("span", { class: "name" }, c.name),
     c.private ? el("span", { class: "lock" }, "🔒") : null));
+    for (const who of c.voice || []) list.append(el("li", { class: "in-voice" }, `🎙️ ${who}`));
   }
 
   const who = $("who");
@@ -237,6 +238,70 @@ function selectChannel(id) {
   loadMessages();
 }
 
+// ---------- voice ----------
+
+// A voice channel: who is in it, joining and leaving as the person chosen,
+// and listening to what den plays there (the stand-in decodes it).
+function drawVoice(box, ch) {
+  const me = state.cast.find((p) => p.id === state.me);
+  const inside = ch.voice || [];
+  const here = me && inside.includes(me.name);
+  box.append(
+    el("div", { class: "empty" }, `🔊 ${ch.name}: ${inside.length ? inside.join(", ") : "nobody is here"}.`),
+    el("div", { class: "voice-actions" },
+      el("button", { id: "voice-join", onclick: () => act(api("POST", "/api/voice", { as: state.me, channel: here ? null : ch.id })) },
+        here ? "Leave voice" : "Join voice"),
+      el("button", { id: "voice-listen", onclick: (e) => toggleListening(e.target) }, listening ? "⏹ Stop listening" : "🎧 Listen here")),
+    el("div", { class: "empty" }, "Join, then ask den in a text channel: /play, or !play with a link or words."),
+  );
+}
+
+let listening = null;
+
+// Plays the raw 48 kHz stereo stream of /api/voice/audio through Web Audio, a little ahead of time.
+async function toggleListening(button) {
+  if (listening) { listening.abort(); return; }
+  const ctl = new AbortController();
+  listening = ctl;
+  button.textContent = "⏹ Stop listening";
+  const ctx = new AudioContext({ sampleRate: 48000 });
+  try {
+    const res = await fetch("/api/voice/audio", { signal: ctl.signal });
+    if (!res.ok) throw new Error(((await res.json().catch(() => null)) || {}).error || res.statusText);
+    const reader = res.body.getReader();
+    let at = ctx.currentTime + 0.25;
+    let rest = new Uint8Array(0);
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      const bytes = new Uint8Array(rest.length + value.length);
+      bytes.set(rest); bytes.set(value, rest.length);
+      const frames = Math.floor(bytes.length / 4);
+      rest = bytes.slice(frames * 4);
+      if (!frames) continue;
+      const view = new DataView(bytes.buffer, 0, frames * 4);
+      const buffer = ctx.createBuffer(2, frames, 48000);
+      const left = buffer.getChannelData(0), right = buffer.getChannelData(1);
+      for (let i = 0; i < frames; i++) {
+        left[i] = view.getInt16(i * 4, true) / 32768;
+        right[i] = view.getInt16(i * 4 + 2, true) / 32768;
+      }
+      const source = ctx.createBufferSource();
+      source.buffer = buffer;
+      source.connect(ctx.destination);
+      at = Math.max(at, ctx.currentTime + 0.05);
+      source.start(at);
+      at += frames / 48000;
+    }
+  } catch (e) {
+    if (e.name !== "AbortError") notice(e.message, true);
+  } finally {
+    ctx.close();
+    if (listening === ctl) listening = null;
+    button.textContent = "🎧 Listen here";
+  }
+}
+
 // ---------- messages ----------
 
 function drawMessages() {
@@ -245,7 +310,7 @@ function drawMessages() {
   const ch = currentChannel();
   box.replaceChildren();
   if (ch && ch.kind === 2) {
-    box.append(el("div", { class: "empty" }, `🔊 ${ch.name} is a voice channel. The stand-in lists it; it carries no voice.`));
+    drawVoice(box, ch);
     return;
   }
   if (ch && ch.kind === 15) {

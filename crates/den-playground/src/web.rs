@@ -76,6 +76,8 @@ impl Playground {
             .route("/api/components", post(component))
             .route("/api/threads", post(thread))
             .route("/api/reactions", post(react))
+            .route("/api/voice", post(voice))
+            .route("/api/voice/audio", get(voice_audio))
             .route("/api/reset", post(reset))
             .layer(axum::extract::DefaultBodyLimit::max(MAX_FILE * 2))
             .with_state(self)
@@ -363,6 +365,49 @@ async fn react(State(pg): State<Playground>, Json(r): Json<ReactionIn>) -> Resul
         Ok(()) => Ok(Json(json!({"ok": true}))),
         Err(_) => Err(Refusal(StatusCode::BAD_REQUEST, "cannot react to that message with that emoji")),
     }
+}
+
+#[derive(Deserialize)]
+struct VoiceIn {
+    #[serde(rename = "as")]
+    user: String,
+    /// The voice channel to join; none leaves voice.
+    #[serde(default)]
+    channel: Option<String>,
+}
+
+/// Someone joins a voice channel (or leaves voice), as in their client.
+async fn voice(State(pg): State<Playground>, Json(v): Json<VoiceIn>) -> Result<Json<Value>, Refusal> {
+    let (cast, user) = pg.person(&v.user)?;
+    let channel = v.channel.as_deref().map(|c| pg.channel_for(user, c)).transpose()?;
+    match pg.standin.join_voice(user, cast.guild, channel) {
+        Ok(()) => Ok(Json(json!({"ok": true}))),
+        Err(_) => Err(Refusal(StatusCode::BAD_REQUEST, "that is not a voice channel")),
+    }
+}
+
+/// What den plays in the playground's server, decoded by the stand-in: raw
+/// 48 kHz stereo 16-bit little-endian samples, streamed as they arrive.
+async fn voice_audio(State(pg): State<Playground>) -> Result<Response, Refusal> {
+    let cast = pg.cast()?;
+    let Some(rx) = pg.standin.voice().listen(cast.guild) else {
+        return Err(Refusal(StatusCode::NOT_FOUND, "den is not playing in a voice channel"));
+    };
+    let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(pcm) => {
+                    let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
+                    return Some((Ok::<_, std::convert::Infallible>(bytes), rx));
+                }
+                // A slow page misses some audio rather than holding den's up.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let headers = [(header::CONTENT_TYPE, "audio/L16;rate=48000;channels=2"), (header::CACHE_CONTROL, "no-store")];
+    Ok((headers, axum::body::Body::from_stream(chunks)).into_response())
 }
 
 #[derive(Deserialize)]

@@ -45,6 +45,8 @@ pub struct ChannelView {
     pub private: bool,
     /// Topic.
     pub topic: Option<String>,
+    /// Names of who is in it, for a voice channel.
+    pub voice: Vec<String>,
 }
 
 /// A guild as one person sees it.
@@ -89,6 +91,15 @@ fn sorted_channels(world: &World, guild: u64, viewer: u64) -> Vec<ChannelView> {
         position: c.position,
         private: perms::is_private(world, c.id),
         topic: c.topic.clone(),
+        voice: world
+            .voice_states
+            .get(&guild)
+            .into_iter()
+            .flatten()
+            .filter(|(_, s)| s.channel == c.id)
+            .filter_map(|(u, _)| world.users.get(u).or_else(|| (world.bot.id == *u).then_some(&world.bot)))
+            .map(|u| u.name.clone())
+            .collect(),
     };
     let visible: Vec<_> = world
         .channels

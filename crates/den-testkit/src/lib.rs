@@ -4,7 +4,10 @@
 //! servers (Anthropic, OpenAI-compatible and Bedrock wire formats), tone
 //! files, and a store that fails on demand.
 
-pub mod audio;
+/// Tone files for den to play.
+pub mod audio {
+    pub use den_standin::voice::tones::*;
+}
 pub mod faults;
 pub mod llm;
 

@@ -55,8 +55,12 @@ pub async fn run(args: PlaygroundArgs, loaded: &Loaded, env: &[(String, String)]
         wipe(&dir, true)?;
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let voice_ca = trust_voice_server(&dir)?;
     let world = dir.join("world.json");
     let standin = Arc::new(start_standin(args.listen, &world).await?);
+    std::fs::write(&voice_ca, standin.voice().ca_pem())
+        .with_context(|| format!("cannot write {}", voice_ca.display()))?;
+    seed_music(&dir.join("music"))?;
     Cast::ensure(&standin);
     standin.save(&world).with_context(|| format!("cannot save the world to {}", world.display()))?;
     let _autosave = standin.autosave(world.clone(), Duration::from_secs(1));
@@ -110,6 +114,48 @@ pub async fn run(args: PlaygroundArgs, loaded: &Loaded, env: &[(String, String)]
             }
         }
     }
+}
+
+/// Set in the environment once the playground runs with `SSL_CERT_FILE` naming its voice authority.
+const VOICE_CA_SET: &str = "DEN_PLAYGROUND_VOICE_CA";
+
+/// den's voice client speaks only `wss://` and trusts the roots that
+/// `SSL_CERT_FILE` names, which it reads at each connection: the playground
+/// runs itself again with that variable naming a file in its folder, where it
+/// then writes the authority of the stand-in's voice server. (The rest of den
+/// trusts its own built-in roots and is not affected.)
+fn trust_voice_server(dir: &Path) -> anyhow::Result<PathBuf> {
+    let ca = dir.join("voice-ca.pem");
+    if std::env::var_os(VOICE_CA_SET).is_some() {
+        return Ok(ca);
+    }
+    use std::os::unix::process::CommandExt as _;
+    let exe = std::env::current_exe().context("cannot find den's own executable")?;
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("SSL_CERT_FILE", &ca)
+        .env(VOICE_CA_SET, "1")
+        .exec();
+    Err(anyhow::anyhow!("cannot start the playground with its voice server trusted: {err}"))
+}
+
+/// A few tunes for `/play` to find in the playground's library, made once.
+fn seed_music(dir: &Path) -> anyhow::Result<()> {
+    use den_standin::voice::tones::melody_wav;
+    const C: [f32; 8] = [261.63, 293.66, 329.63, 349.23, 392.0, 440.0, 493.88, 523.25];
+    let tunes: [(&str, Vec<(f32, u32)>); 3] = [
+        ("Concert A (440 Hz).wav", vec![(440.0, 5000)]),
+        ("C major scale.wav", C.iter().map(|hz| (*hz, 400)).collect()),
+        ("Arpeggio in C.wav", [0, 2, 4, 7, 4, 2].iter().cycle().take(24).map(|i| (C[*i], 250)).collect()),
+    ];
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (name, notes) in tunes {
+        let path = dir.join(name);
+        if !path.exists() {
+            std::fs::write(&path, melody_wav(&notes)).with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 async fn run_den(config: Config, env: Vec<(String, String)>, stop: CancellationToken) -> anyhow::Result<()> {
@@ -175,6 +221,10 @@ fn den_config(
     c.agent.enabled = true;
     c.agent.channels = cast.workshop.into_iter().collect();
     c.agent.workspaces_dir = Some(dir.join("agent-workspaces"));
+    // Music plays from the playground's own library, and from files people attach (on 127.0.0.1).
+    c.music.enabled = true;
+    c.music.library = Some(dir.join("music"));
+    c.music.allow_private_urls = true;
     if !has_personas(&c.personas.dir) {
         c.personas.dir = sample_personas(dir)?;
     }

@@ -325,3 +325,48 @@ fn walk_has(dir: &std::path::Path, name: &str) -> bool {
         p.file_name().is_some_and(|n| n == name) || (p.is_dir() && walk_has(&p, name))
     })
 }
+
+/// The pitch of interleaved 48 kHz stereo samples (left channel), by rising zero crossings.
+fn pitch_of(samples: &[i16]) -> f64 {
+    let left: Vec<f64> = samples.iter().step_by(2).map(|s| f64::from(*s)).collect();
+    let crossings: Vec<usize> =
+        left.windows(2).enumerate().filter(|(_, w)| w[0] < 0.0 && w[1] >= 0.0).map(|(i, _)| i).collect();
+    let (first, last) = (crossings[0], crossings[crossings.len() - 1]);
+    48_000.0 * (crossings.len() - 1) as f64 / (last - first) as f64
+}
+
+#[test]
+fn music_plays_in_the_lounge_and_the_page_listens_to_it() {
+    let scratch = Scratch::new();
+    let pg = scratch.playground(&["--model", "canned"], &[]);
+    let (ada, general) = (pg.person("Ada"), general(&pg));
+    let lounge = pg.channel("Ada", "Lounge").expect("the seeded voice channel");
+    let (status, joined) = pg.post("/api/voice", &json!({"as": ada, "channel": lounge}));
+    assert_eq!(status, 200, "{joined}");
+    let options = json!([{"name": "query", "type": 3, "value": "concert"}]);
+    let (status, answer) =
+        pg.post("/api/commands", &json!({"as": ada, "channel": general, "name": "play", "options": options}));
+    assert_eq!(status, 200, "{answer}");
+    pg.wait_for_message("Ada", &general, WAIT, |m| {
+        m["content"].as_str().is_some_and(|c| c.starts_with("Now playing **Concert A (440 Hz)**"))
+    });
+    let state = pg.state_as("Ada");
+    let voice =
+        state["guild"]["channels"].as_array().unwrap().iter().find(|c| c["id"] == lounge.as_str()).unwrap()["voice"]
+            .clone();
+    assert_eq!(voice.as_array().unwrap().len(), 2, "Ada and den are in the Lounge: {voice}");
+
+    // The page's "Listen here" reads this stream: what den sends, decoded by the stand-in.
+    let rt = runtime();
+    let samples: Vec<i16> = rt.block_on(async {
+        let mut res = reqwest::get(format!("{}/api/voice/audio", pg.page)).await.unwrap();
+        assert_eq!(res.headers()["content-type"], "audio/L16;rate=48000;channels=2");
+        let mut bytes = Vec::new();
+        while bytes.len() < 48_000 * 4 / 2 {
+            bytes.extend_from_slice(&res.chunk().await.unwrap().expect("the stream goes on"));
+        }
+        bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect()
+    });
+    let pitch = pitch_of(&samples);
+    assert!((pitch - 440.0).abs() < 5.0, "the page hears 440 Hz: {pitch}");
+}

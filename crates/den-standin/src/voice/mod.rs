@@ -13,6 +13,7 @@
 pub mod audio;
 mod rtp;
 mod tls;
+pub mod tones;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

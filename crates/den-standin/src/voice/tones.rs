@@ -1,20 +1,28 @@
-//! Audio for tests: tone files den plays, whose pitch and length the stand-in's
-//! voice server then measures in what it heard.
+//! Tone files: what tests and the playground give den to play, whose pitch
+//! and length the voice server then measures in what it heard.
 
 /// A 48 kHz, 16-bit stereo WAV file of a sine at `hz` lasting `ms`, at half
 /// of full scale, with 5 ms fades so its ends do not click.
 #[must_use]
 pub fn tone_wav(hz: f32, ms: u32) -> Vec<u8> {
+    melody_wav(&[(hz, ms)])
+}
+
+/// A WAV file of notes played one after another: (pitch, length in ms) each.
+#[must_use]
+pub fn melody_wav(notes: &[(f32, u32)]) -> Vec<u8> {
     const RATE: u32 = 48_000;
-    let frames = RATE / 1000 * ms;
     let fade = (RATE / 200) as f32;
-    let mut data = Vec::with_capacity(frames as usize * 4);
-    for i in 0..frames {
-        let t = i as f32 / RATE as f32;
-        let edge = (i as f32).min((frames - 1 - i) as f32).min(fade) / fade;
-        let sample = ((2.0 * std::f32::consts::PI * hz * t).sin() * 0.5 * edge * f32::from(i16::MAX)) as i16;
-        data.extend_from_slice(&sample.to_le_bytes());
-        data.extend_from_slice(&sample.to_le_bytes());
+    let mut data = Vec::new();
+    for (hz, ms) in notes {
+        let frames = RATE / 1000 * ms;
+        for i in 0..frames {
+            let t = i as f32 / RATE as f32;
+            let edge = (i as f32).min((frames - 1 - i) as f32).min(fade) / fade;
+            let sample = ((2.0 * std::f32::consts::PI * hz * t).sin() * 0.5 * edge * f32::from(i16::MAX)) as i16;
+            data.extend_from_slice(&sample.to_le_bytes());
+            data.extend_from_slice(&sample.to_le_bytes());
+        }
     }
     let mut wav = Vec::with_capacity(44 + data.len());
     wav.extend_from_slice(b"RIFF");
