@@ -231,6 +231,8 @@ pub struct InboundInteraction {
     pub resolved_users: Vec<Author>,
     /// Files attached through attachment options.
     pub resolved_attachments: Vec<Attachment>,
+    /// What was chosen in a select menu.
+    pub values: Vec<String>,
 }
 
 /// A file attached to a message or an interaction.
@@ -291,6 +293,12 @@ impl InboundInteraction {
             custom_id: v["data"]["custom_id"].as_str().map(str::to_owned),
             resolved_users,
             resolved_attachments,
+            values: v["data"]["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect(),
         })
     }
 

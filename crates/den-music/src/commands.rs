@@ -31,6 +31,27 @@ pub enum Command {
         /// An attached file.
         file: Option<Attached>,
     },
+    /// Show the library's five best matches to pick from.
+    Search {
+        /// Words.
+        query: String,
+    },
+    /// Play the `n`th (1-based) match of a search.
+    Pick {
+        /// The words searched for.
+        query: String,
+        /// Which match.
+        n: usize,
+    },
+    /// Save, load, list or delete one's own playlists.
+    Playlist {
+        /// What to do.
+        action: PlaylistAction,
+        /// Its name (save, load, delete).
+        name: Option<String>,
+    },
+    /// Show or change one's own preferences.
+    Prefs(PrefsChange),
     /// Show the queue, a page of ten.
     Queue {
         /// 1-based page.
@@ -133,6 +154,32 @@ impl SettingsChange {
     }
 }
 
+/// What `/playlist` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlaylistAction {
+    /// Save what plays and what is queued.
+    Save,
+    /// Queue a saved playlist.
+    Load,
+    /// List one's playlists.
+    List,
+    /// Delete one.
+    Delete,
+}
+
+/// What `/music-prefs` changes; nothing given shows the preferences.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PrefsChange {
+    /// Volume a queue one starts plays at.
+    pub volume: Option<u16>,
+    /// Announce one's tracks.
+    pub announce: Option<bool>,
+    /// Where words are looked up: `library` or `ytdlp`.
+    pub source: Option<String>,
+}
+
 /// What the operator does with `/music-admin`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -199,9 +246,52 @@ pub fn specs() -> Vec<CommandSpec> {
         )),
         CommandSpec::new("volume", "Set the volume").option(int("percent", "0 to 200", 0, 200)),
         CommandSpec::new("remove-dupes", "Remove tracks queued twice"),
+        CommandSpec::new("search", "Pick from the library's five best matches").option(OptionSpec::new(
+            "query",
+            "Words to look for",
+            OptionKind::String,
+            true,
+        )),
+        playlist_spec(),
+        CommandSpec::new("music-prefs", "Show or change your own music preferences")
+            .option(OptionSpec::integer("volume", "Volume when you start the music", false, 0, 200))
+            .option(OptionSpec::new("announce", "Announce your tracks as they start", OptionKind::Boolean, false))
+            .option(OptionSpec {
+                choices: ["library", "ytdlp"].iter().map(|m| ((*m).to_owned(), (*m).to_owned())).collect(),
+                ..OptionSpec::new("source", "Where your words are looked up", OptionKind::String, false)
+            }),
         settings_spec(),
         admin_spec(),
     ]
+}
+
+fn playlist_spec() -> CommandSpec {
+    let name = || OptionSpec::new("name", "The playlist's name", OptionKind::String, true);
+    let sub = |n: &str, d: &str, named: bool| OptionSpec {
+        options: if named { vec![name()] } else { vec![] },
+        ..OptionSpec::new(n, d, OptionKind::SubCommand, false)
+    };
+    CommandSpec::new("playlist", "Your own playlists")
+        .option(sub("save", "Save what plays and what is queued", true))
+        .option(sub("load", "Queue one of your playlists", true))
+        .option(sub("list", "Your playlists", false))
+        .option(sub("delete", "Delete one of your playlists", true))
+}
+
+fn playlist(i: &InboundInteraction) -> Result<Command, String> {
+    let actions = [
+        ("save", PlaylistAction::Save),
+        ("load", PlaylistAction::Load),
+        ("list", PlaylistAction::List),
+        ("delete", PlaylistAction::Delete),
+    ];
+    let (sub, action) =
+        actions.into_iter().find(|(s, _)| i.options.contains_key(*s)).ok_or("Choose save, load, list or delete.")?;
+    let name = i.option_str(&format!("{sub}.name")).map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned);
+    if action != PlaylistAction::List && name.is_none() {
+        return Err("Name the playlist.".into());
+    }
+    Ok(Command::Playlist { action, name })
 }
 
 fn settings_spec() -> CommandSpec {
@@ -287,6 +377,10 @@ fn usize_option(i: &InboundInteraction, name: &str) -> Option<usize> {
 pub fn from_interaction(i: &InboundInteraction) -> Option<Result<Command, String>> {
     if let Some(id) = i.custom_id.as_deref() {
         let control = id.strip_prefix(BUTTON_PREFIX)?;
+        if let Some(query) = control.strip_prefix("pick:") {
+            let n = i.values.first().and_then(|v| v.parse().ok()).unwrap_or(1);
+            return Some(Ok(Command::Pick { query: query.to_owned(), n }));
+        }
         let (word, rest) = control.split_once(':').unwrap_or((control, ""));
         return Some(from_words(word, rest).unwrap_or_else(|| Err(format!("unknown control {word}"))));
     }
@@ -311,6 +405,20 @@ pub fn from_interaction(i: &InboundInteraction) -> Option<Result<Command, String
         "seek" => seek(i.option_str("time").unwrap_or_default()),
         "volume" => need("percent").map(|p| Command::Volume { percent: u16::try_from(p.min(200)).unwrap_or(200) }),
         "music-settings" => Ok(Command::Settings(settings_change(i))),
+        "search" => match i.option_str("query").map(str::trim).filter(|q| !q.is_empty()) {
+            Some(q) => Ok(Command::Search { query: q.chars().take(80).collect() }),
+            None => Err("Give words to search for.".into()),
+        },
+        "playlist" => playlist(i),
+        "music-prefs" => Ok(Command::Prefs(PrefsChange {
+            volume: i
+                .options
+                .get("volume")
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|v| u16::try_from(v.min(200)).ok()),
+            announce: i.options.get("announce").and_then(serde_json::Value::as_bool),
+            source: i.option_str("source").map(str::to_owned),
+        })),
         "music-admin" => admin(i),
         other => return from_words(other, "").filter(|c| !matches!(c, Ok(Command::Play { .. }))),
     };
@@ -445,6 +553,7 @@ mod tests {
                     {"name": "from", "type": 4, "value": 2}, {"name": "to", "type": 4, "value": 1}, {"name": "time", "type": 3, "value": "1:00"},
                     {"name": "mode", "type": 3, "value": "track"}, {"name": "percent", "type": 4, "value": 50},
                     {"name": "vote-skip", "type": 4, "value": 50},
+                    {"name": "list", "type": 1, "options": []},
                 ]},
             }).to_string())
             .unwrap();

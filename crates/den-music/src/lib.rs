@@ -13,17 +13,21 @@
 //! - [`handle`]: running a command against the queue and the player.
 //! - [`queue`]: the stored queue and what can be done to it.
 //! - [`settings`]: a server's music settings, who may do what, the operator's allowlist.
+//! - [`prefs`]: people's own preferences and playlists; [`cache`]: resolved requests; [`tables`]: all of them.
 //! - [`player`]: the queue made audible on the driver.
 //! - [`voice`]: voice connections over den's gateway (songbird, DAVE on).
 //! - [`sources`], [`library`], [`track`]: what plays and where it comes from.
 
+pub mod cache;
 pub mod commands;
 pub mod handle;
 pub mod library;
 pub mod player;
+pub mod prefs;
 pub mod queue;
 pub mod settings;
 pub mod sources;
+pub mod tables;
 pub mod track;
 pub mod voice;
 
@@ -99,7 +103,7 @@ impl MusicModule {
     /// When the store cannot be read or the jobs not queued.
     pub async fn resume_active(&self) -> Result<usize, den_storage::StoreError> {
         let (Some(music), Some(jobs)) = (&self.handler, &self.jobs) else { return Ok(0) };
-        let guilds = music.player().queues().active().await?;
+        let guilds = music.player().tables().queues.active().await?;
         let held: Vec<Job> = guilds
             .into_iter()
             .filter(|g| music.player().voice().holds(*g))

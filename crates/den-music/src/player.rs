@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::queue::{Queue, Queues};
 use crate::settings::Policies;
 use crate::sources::Sources;
+use crate::tables::Tables;
 use crate::voice::{JoinError, Link, Notice, Voice};
 
 /// How long a join may take before the command says so.
@@ -68,6 +69,7 @@ enum EndKind {
 /// Plays servers' queues on this process's voice connections.
 pub struct Player {
     voice: Arc<Voice>,
+    tables: Tables,
     queues: Queues,
     sources: Sources,
     egress: Arc<Egress>,
@@ -101,17 +103,18 @@ impl Player {
     pub fn start(
         voice: Arc<Voice>,
         notices: mpsc::UnboundedReceiver<Notice>,
-        queues: Queues,
+        tables: Tables,
         sources: Sources,
         egress: Arc<Egress>,
         metrics: den_ops::Metrics,
-        policies: Policies,
         leave_after: Duration,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
+        let (queues, policies) = (tables.queues.clone(), tables.policies.clone());
         let (ended, rx) = mpsc::unbounded_channel();
         let player = Arc::new(Self {
             voice,
+            tables,
             queues,
             sources,
             egress,
@@ -149,6 +152,12 @@ impl Player {
     #[must_use]
     pub fn policies(&self) -> &Policies {
         &self.policies
+    }
+
+    /// Everything music keeps in the store.
+    #[must_use]
+    pub fn tables(&self) -> &Tables {
+        &self.tables
     }
 
     /// Seconds idle or alone before leaving, where a server has not chosen.
@@ -341,8 +350,10 @@ impl Player {
         if let Err(e) = self.sync(guild).await {
             tracing::warn!(guild, error = %e, "could not play the next track");
         }
-        let announce = self.policies.settings(guild).await.is_ok_and(|s| s.announce);
-        if let Some(next) = queue.current.as_ref().filter(|n| announce && n.id != done.id) {
+        let Some(next) = queue.current.as_ref().filter(|n| n.id != done.id) else { return };
+        let server = self.policies.settings(guild).await.is_ok_and(|s| s.announce);
+        let asker = self.tables.people.prefs(next.requested_by).await.map_or(true, |p| p.announce != Some(false));
+        if server && asker {
             self.announce(&queue, &format!("Now playing {}", next.track.label())).await;
         }
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use den_discord::gateway::ShardSenders;
+use den_music::tables::Tables;
 use den_music::voice::{GatewayCommands, Voice};
 use den_music::{MusicModule, handle, library, player, queue, settings, sources};
 use den_worker::JobQueue;
@@ -56,16 +57,14 @@ pub async fn module(
     let (voice, notices) =
         Voice::new(Arc::new(Shards(shards.clone())), songbird::Config::default(), cx.metrics.clone());
     voice.set_me(cx.egress.bot_user_id());
-    let table = cx.store.table(queue::table_spec()).await?;
-    let queues = queue::Queues::new(table.clone(), cx.clock.clone());
+    let tables = Tables::open(cx.store.as_ref(), cx.clock.clone(), cx.metrics.clone()).await?;
     let player = player::Player::start(
         voice,
         notices,
-        queues,
+        tables,
         sources::Sources::new(library, c.allow_private_urls),
         cx.egress.clone(),
         cx.metrics.clone(),
-        settings::Policies::new(table),
         Duration::from_secs(c.leave_after_secs),
         shutdown.clone(),
     );

@@ -412,3 +412,82 @@ fn the_now_playing_buttons_pause_resume_and_skip() {
     assert!(press("music:skip").starts_with("Skipped **long-440**"));
     music.wait_to_hear("the next tone", |h| tones(h, 10).contains(&660));
 }
+
+#[test]
+fn search_offers_matches_to_pick_from_and_playlists_and_preferences_are_each_persons_own() {
+    let music = Music::new(&[
+        ("tone-440", 440.0, 4000),
+        ("tone-550", 550.0, 4000),
+        ("tone-660", 660.0, 4000),
+        ("other-880", 880.0, 4000),
+    ]);
+    let den = music.start();
+    let ada = music.discord.user;
+    music.join(ada);
+    let fake = &music.discord.fake;
+
+    let token = fake.invoke_command(ada, music.discord.channel, "search", &[CommandOption::string("query", "tone")]);
+    music.discord.wait_until("the matches with a menu", WAIT, |f| {
+        f.interaction(&token)
+            .and_then(|i| i.original)
+            .and_then(|m| f.message(m))
+            .is_some_and(|m| !m.components.is_empty())
+    });
+    let offer = fake.message(fake.interaction(&token).unwrap().original.unwrap()).unwrap();
+    let lines: Vec<&str> = offer.content.lines().skip(1).collect();
+    assert_eq!(lines.len(), 3, "three tones match, the other file does not: {}", offer.content);
+    let menu = &offer.components[0]["components"][0];
+    assert_eq!(menu["type"], 3);
+    assert_eq!(menu["options"].as_array().unwrap().len(), 3);
+    let second = lines[1].split("**").nth(1).unwrap().to_owned();
+    let pick =
+        fake.choose(ada, music.discord.channel, offer.id, menu["custom_id"].as_str().unwrap(), &["2".to_owned()]);
+    music.discord.wait_until("the pick answered", WAIT, |f| {
+        f.interaction(&pick).and_then(|i| i.original).and_then(|m| f.message(m)).is_some_and(|m| m.edits > 0)
+    });
+    let played = fake.message(fake.interaction(&pick).unwrap().original.unwrap()).unwrap().content;
+    assert!(played.starts_with(&format!("Now playing **{second}**")), "{played} (offered {second} second)");
+
+    // The same request again resolves from the track cache.
+    music.play(ada, "other 880");
+    music.play(ada, "other 880");
+    let (_, metrics) = den.get("/metrics");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("den_music_track_cache_total{outcome=\"hit\"} ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+
+    let saved =
+        music.command(ada, "playlist", &[CommandOption::sub(1, "save", vec![CommandOption::string("name", "Mix")])]);
+    assert_eq!(saved, "Saved 3 tracks as \"mix\".");
+    assert_eq!(music.command(ada, "playlist", &[CommandOption::sub(1, "list", vec![])]), "mix: 3 tracks");
+    assert_eq!(music.command(ada, "stop", &[]), "Stopped, and the queue is cleared.");
+    let loaded =
+        music.command(ada, "playlist", &[CommandOption::sub(1, "load", vec![CommandOption::string("name", "mix")])]);
+    assert!(
+        loaded.starts_with(&format!("Now playing **{second}**")) && loaded.ends_with("and 2 more queued"),
+        "{loaded}"
+    );
+    let bea = fake.add_user("bea");
+    fake.add_member(music.discord.guild, bea);
+    assert!(
+        music
+            .command(bea, "playlist", &[CommandOption::sub(1, "list", vec![])])
+            .starts_with("You have no playlists yet"),
+        "playlists are each person's own"
+    );
+
+    let prefs = music.command(
+        ada,
+        "music-prefs",
+        &[CommandOption::of(4, "volume", 40.into()), CommandOption::of(5, "announce", false.into())],
+    );
+    assert!(
+        prefs.starts_with("Saved.")
+            && prefs.contains("Volume when you start the music: 40%")
+            && prefs.contains("Announce your tracks: no")
+            && prefs.contains("mix (3)"),
+        "{prefs}"
+    );
+    assert!(music.command(bea, "music-prefs", &[]).contains("Volume when you start the music: the server's"));
+}

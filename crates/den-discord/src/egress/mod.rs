@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 pub use ack::Ack;
 pub(crate) use error::local;
 pub use error::{DiscordError, DiscordErrorKind};
-pub use rich::{Button, ButtonStyle, Outgoing, button_rows};
+pub use rich::{Button, ButtonStyle, Outgoing, SelectMenu, button_rows};
 pub use webhooks::sanitize_webhook_name;
 
 use crate::rest::{Call, RestClient};

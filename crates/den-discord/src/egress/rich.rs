@@ -89,6 +89,41 @@ pub fn button_rows(buttons: &[Button]) -> Value {
         .collect()
 }
 
+/// A string select menu: one choice among up to 25 options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SelectMenu {
+    /// What den receives with the choice (at most 100 characters).
+    pub custom_id: String,
+    /// Shown before anything is chosen.
+    pub placeholder: String,
+    /// The options: label, value (what den receives), description.
+    pub options: Vec<(String, String, Option<String>)>,
+}
+
+impl SelectMenu {
+    /// The menu as one action row.
+    #[must_use]
+    pub fn row(&self) -> Value {
+        let cut = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+        let options: Vec<Value> = self
+            .options
+            .iter()
+            .take(25)
+            .map(|(label, value, description)| {
+                let mut o = json!({"label": cut(label, 100), "value": cut(value, 100)});
+                if let Some(d) = description {
+                    o["description"] = cut(d, 100).into();
+                }
+                o
+            })
+            .collect();
+        json!({"type": 1, "components": [{
+            "type": 3, "custom_id": cut(&self.custom_id, 100), "placeholder": cut(&self.placeholder, 150),
+            "min_values": 1, "max_values": 1, "options": options,
+        }]})
+    }
+}
+
 /// A message den posts: text, buttons under it, and at most one file.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Outgoing {
@@ -164,9 +199,14 @@ impl Egress {
 
     /// Replaces the text and buttons of an interaction's original response.
     pub async fn edit_original_with(&self, token: &str, content: &str, buttons: &[Button]) -> DiscordResult<()> {
+        self.edit_original_rows(token, content, button_rows(buttons)).await
+    }
+
+    /// Replaces the text and components (action rows: buttons, select menus)
+    /// of an interaction's original response.
+    pub async fn edit_original_rows(&self, token: &str, content: &str, rows: Value) -> DiscordResult<()> {
         let app = no_zero(self.app_id(), "edit original response")?;
-        let body =
-            json!({"content": clip(content), "components": button_rows(buttons), "allowed_mentions": no_pings()});
+        let body = json!({"content": clip(content), "components": rows, "allowed_mentions": no_pings()});
         let call = Call::new(Method::PATCH, format!("/webhooks/{app}/{token}/messages/@original"))
             .unauthenticated()
             .json(&body);

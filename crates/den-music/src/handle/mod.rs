@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use den_core::{Clock, Job};
-use den_discord::egress::{Button, ButtonStyle, Outgoing};
+use den_discord::egress::{Button, ButtonStyle, Outgoing, SelectMenu, button_rows};
 use den_discord::router::finish_interaction;
 use den_discord::{Egress, InteractionRef};
 use den_worker::{JobContext, JobError, JobHandler, JobQueue};
@@ -64,6 +64,27 @@ impl Request {
     #[must_use]
     pub fn new(guild: u64, channel: u64, user: u64, command: Result<Command, String>, origin: Origin) -> Self {
         Self { guild, channel, user, roles: Vec::new(), manager: false, command, origin, hops: 0 }
+    }
+}
+
+mod own;
+
+/// The components under an answer.
+enum Rows {
+    /// Buttons (none: a plain answer).
+    Buttons(Vec<Button>),
+    /// A select menu.
+    Menu(SelectMenu),
+}
+
+impl Rows {
+    /// The action rows, when there are any.
+    fn json(&self) -> Option<serde_json::Value> {
+        match self {
+            Rows::Buttons(b) if b.is_empty() => None,
+            Rows::Buttons(b) => Some(button_rows(b)),
+            Rows::Menu(m) => Some(serde_json::Value::Array(vec![m.row()])),
+        }
     }
 }
 
@@ -146,12 +167,13 @@ impl Music {
                 answer.unwrap_or_else(|refused| refused)
             }
         };
-        let buttons = match &request.command {
-            Ok(Command::NowPlaying) => self.controls(request.guild).await?,
-            Ok(Command::Queue { page }) => self.pages(request.guild, *page).await?,
-            _ => Vec::new(),
+        let rows = match &request.command {
+            Ok(Command::NowPlaying) => Rows::Buttons(self.controls(request.guild).await?),
+            Ok(Command::Queue { page }) => Rows::Buttons(self.pages(request.guild, *page).await?),
+            Ok(Command::Search { query }) => self.search_menu(query).await,
+            _ => Rows::Buttons(Vec::new()),
         };
-        self.answer(job, &request, &answer, &buttons).await
+        self.answer(job, &request, &answer, &rows).await
     }
 
     /// The buttons under a now-playing answer, when something plays.
@@ -212,7 +234,7 @@ impl Music {
     async fn pass_on(&self, job: &Job, mut request: Request) -> Result<(), JobError> {
         if request.hops >= MAX_HOPS {
             let line = "den's music player for this server is not running right now; try again in a minute.";
-            return self.answer(job, &request, line, &[]).await;
+            return self.answer(job, &request, line, &Rows::Buttons(Vec::new())).await;
         }
         request.hops += 1;
         let mut next = job.clone();
@@ -222,24 +244,24 @@ impl Music {
         Ok(())
     }
 
-    async fn answer(&self, job: &Job, request: &Request, text: &str, buttons: &[Button]) -> Result<(), JobError> {
-        let sent = match &request.origin {
-            Origin::Interaction => {
+    async fn answer(&self, job: &Job, request: &Request, text: &str, rows: &Rows) -> Result<(), JobError> {
+        let sent = match (&request.origin, rows) {
+            (Origin::Interaction, _) => {
                 let iref =
                     InteractionRef::from_job(job).ok_or_else(|| JobError::permanent("no interaction in the job"))?;
                 let answered = finish_interaction(&self.egress, &*self.clock, &iref, text).await;
                 if answered.is_ok()
-                    && !buttons.is_empty()
-                    && let Err(e) = self.egress.edit_original_with(&iref.token, text, buttons).await
+                    && let Some(rows) = rows.json()
+                    && let Err(e) = self.egress.edit_original_rows(&iref.token, text, rows).await
                 {
-                    tracing::warn!(error = %e, "could not add the music buttons");
+                    tracing::warn!(error = %e, "could not add the music controls");
                 }
                 answered
             }
-            Origin::Message { channel, .. } if !buttons.is_empty() => {
-                self.egress.post(*channel, &Outgoing::text(text).buttons(buttons.to_vec()), &job.id).await.map(drop)
+            (Origin::Message { channel, .. }, Rows::Buttons(buttons)) if !buttons.is_empty() => {
+                self.egress.post(*channel, &Outgoing::text(text).buttons(buttons.clone()), &job.id).await.map(drop)
             }
-            Origin::Message { channel, message } => {
+            (Origin::Message { channel, message }, _) => {
                 self.egress.send_text_keyed(*channel, text, Some(*message), &job.id).await.map(drop)
             }
         };
@@ -254,7 +276,17 @@ impl Music {
         key: &str,
     ) -> Result<Answer, JobError> {
         match command {
-            Command::Play { query, file } => self.play(request, settings, key, query.as_deref(), file.as_ref()).await,
+            Command::Play { query, file } => match self.resolve(query.as_deref(), file.as_ref()).await {
+                Ok(track) => self.play(request, settings, key, vec![track]).await,
+                Err(e) => Ok(Err(e.to_string())),
+            },
+            Command::Pick { query, n } => match self.pick(query, *n).await {
+                Some(track) => self.play(request, settings, key, vec![track]).await,
+                None => Ok(Err(format!("The search for \"{query}\" no longer finds a #{n}."))),
+            },
+            Command::Search { query } => Ok(self.search(query).await),
+            Command::Playlist { action, name } => self.playlist(request, settings, key, *action, name.as_deref()).await,
+            Command::Prefs(change) => self.prefs(request, change).await,
             Command::Queue { page } => Ok(Ok(self.show_queue(request.guild, *page).await?)),
             Command::NowPlaying => Ok(Ok(self.now_playing(request.guild).await?)),
             Command::Settings(change) => self.settings(request, settings, change).await,
@@ -349,13 +381,13 @@ impl Music {
         Ok(answer)
     }
 
+    /// Queues `tracks` (the first plays when nothing does), joining the asker's channel.
     async fn play(
         &self,
         req: &Request,
         settings: &Settings,
         key: &str,
-        query: Option<&str>,
-        file: Option<&Attached>,
+        tracks: Vec<Track>,
     ) -> Result<Answer, JobError> {
         let Some(channel) = self.player.voice().channel_of(req.guild, req.user) else {
             return Ok(Err("Join a voice channel first, then ask again.".into()));
@@ -364,33 +396,36 @@ impl Music {
         if let Some(playing_in) = current.voice_channel.filter(|c| *c != channel && current.current.is_some()) {
             return Ok(Err(format!("den is playing in <#{playing_in}>: join it there to add music.")));
         }
-        let track = match self.resolve(query, file).await {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(e.to_string())),
-        };
-        if let (Some(max), Some(length)) = (settings.max_track_secs, track.duration_ms)
-            && length > max * 1000
-        {
-            return Ok(Err(format!("{} is longer than this server's limit of {}.", track.label(), clock(max * 1000))));
+        let too_long = |t: &Track| settings.max_track_secs.zip(t.duration_ms).is_some_and(|(max, ms)| ms > max * 1000);
+        let (fit, long): (Vec<Track>, Vec<Track>) = tracks.into_iter().partition(|t| !too_long(t));
+        if fit.is_empty() {
+            let max = clock(settings.max_track_secs.unwrap_or(0) * 1000);
+            let what = long.first().map(Track::label).unwrap_or_default();
+            return Ok(Err(format!("{what} is longer than this server's limit of {max}.")));
         }
+        let volume = self.player.tables().people.prefs(req.user).await.map_err(store)?.volume;
         let answer = self
             .change(req.guild, key, |q| {
-                if let Some(max) = settings.max_per_person
-                    && q.queued_by(req.user) >= max
-                {
+                let room = settings.max_per_person.map_or(usize::MAX, |max| max.saturating_sub(q.queued_by(req.user)));
+                if room == 0 {
+                    let max = settings.max_per_person.unwrap_or(0);
                     return Err(format!("You have {max} tracks queued, this server's limit: wait for one to play."));
                 }
                 if q.current.is_none() && q.upcoming.is_empty() {
-                    q.volume = settings.default_volume;
+                    q.volume = volume.unwrap_or(settings.default_volume);
                 }
                 q.voice_channel = Some(channel);
                 q.text_channel = Some(req.channel);
                 let was_idle = q.current.is_none();
-                q.add(vec![track.clone()], req.user);
-                Ok(if was_idle {
-                    format!("Now playing {}", track.label())
-                } else {
-                    format!("Queued {} at #{}", track.label(), q.upcoming.len())
+                let adding: Vec<Track> = fit.iter().take(room).cloned().collect();
+                let added = adding.len();
+                q.add(adding, req.user);
+                let first = fit[0].label();
+                Ok(match (was_idle, added) {
+                    (true, 1) => format!("Now playing {first}"),
+                    (false, 1) => format!("Queued {first} at #{}", q.upcoming.len()),
+                    (true, n) => format!("Now playing {first}, and {} more queued", n - 1),
+                    (false, n) => format!("Queued {n} tracks, from #{}", q.upcoming.len() + 1 - n),
                 })
             })
             .await?;
@@ -403,7 +438,29 @@ impl Music {
         }
     }
 
+    /// The track a request names: from the cache when it resolved lately, else from its source.
     async fn resolve(&self, query: Option<&str>, file: Option<&Attached>) -> Result<Track, ResolveError> {
+        let cache = &self.player.tables().cache;
+        let cached = match (file, query) {
+            (None, Some(q)) => cache.get(q).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "the track cache could not be read");
+                None
+            }),
+            _ => None,
+        };
+        if let Some(track) = cached {
+            return Ok(track);
+        }
+        let found = self.resolve_fresh(query, file).await;
+        if let (None, Some(q), Ok(track)) = (file, query, &found)
+            && let Err(e) = cache.put(q, track).await
+        {
+            tracing::warn!(error = %e, "the track cache could not be written");
+        }
+        found
+    }
+
+    async fn resolve_fresh(&self, query: Option<&str>, file: Option<&Attached>) -> Result<Track, ResolveError> {
         let started = Instant::now();
         let sources = self.player.sources().clone();
         let (source, found) = match (file, query) {
@@ -663,7 +720,11 @@ fn edit(q: &mut Queue, command: &Command, cx: &EditCx) -> Answer {
         | Command::Queue { .. }
         | Command::NowPlaying
         | Command::Settings(_)
-        | Command::Admin { .. } => Err("not a control".into()),
+        | Command::Admin { .. }
+        | Command::Search { .. }
+        | Command::Pick { .. }
+        | Command::Playlist { .. }
+        | Command::Prefs(_) => Err("not a control".into()),
     }
 }
 
