@@ -491,3 +491,31 @@ fn search_offers_matches_to_pick_from_and_playlists_and_preferences_are_each_per
     );
     assert!(music.command(bea, "music-prefs", &[]).contains("Volume when you start the music: the server's"));
 }
+
+#[test]
+fn a_command_over_http_interactions_plays_on_the_gateway_process() {
+    let music = Music::new(&[("tone-440", 440.0, 1500)]);
+    let ada = music.discord.user;
+    music.join(ada);
+    let gateway = music.scratch.start_with(&music.discord, "gateway", &[("SSL_CERT_FILE", &music.ca)]);
+    gateway.wait_ready(WAIT);
+    let key = music.discord.fake.public_key_hex();
+    let http = music.scratch.start("interactions", &[("DEN_DISCORD__PUBLIC_KEY", &key)]);
+    let url = http.interactions.clone().expect("the endpoint's address is logged");
+
+    // Discord posts interactions to the application's endpoint: den's HTTP process.
+    let fake = &music.discord.fake;
+    fake.set_interactions_endpoint(Some(url));
+    let token = fake.invoke_command(ada, music.discord.channel, "play", &[CommandOption::string("query", "tone")]);
+    music.discord.wait_until("acknowledged by the HTTP process", WAIT, |f| {
+        f.interaction(&token).is_some_and(|i| i.callback.is_some())
+    });
+    assert_eq!(fake.interaction(&token).unwrap().callback.unwrap().0, 5, "deferred: the gateway process answers");
+    music.wait_to_hear("the tone, played by the gateway process", |h| tones(h, 10).contains(&440));
+    music.discord.wait_until("the answer", WAIT, |f| {
+        f.interaction(&token)
+            .and_then(|i| i.original)
+            .and_then(|m| f.message(m))
+            .is_some_and(|m| m.content.starts_with("Now playing **tone-440**"))
+    });
+}
