@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use songbird::input::{File, HlsRequest, HttpRequest, Input};
+use songbird::input::{File, HlsRequest, HttpRequest, Input, YoutubeDl};
 
 use crate::library::Library;
 use crate::track::{Source, Track};
@@ -17,6 +17,9 @@ use crate::track::{Source, Track};
 /// Why a request could not become a track.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ResolveError {
+    /// yt-dlp could not get it (the line it printed).
+    #[error("yt-dlp could not get that: {0}")]
+    Ytdlp(String),
     /// Nothing in the library matches.
     #[error("nothing in the library matches \"{0}\"")]
     NotFound(String),
@@ -37,7 +40,15 @@ pub struct Sources {
     library: Option<Arc<Library>>,
     http: reqwest::Client,
     allow_private: bool,
+    /// The yt-dlp program, when the operator enabled it.
+    ytdlp: Option<&'static str>,
 }
+
+/// Sites whose links go through yt-dlp (when enabled) rather than being fetched as audio.
+const YTDLP_SITES: &[&str] =
+    &["youtube.com", "youtu.be", "soundcloud.com", "bandcamp.com", "vimeo.com", "mixcloud.com", "twitch.tv"];
+/// How long yt-dlp may take to look something up.
+const YTDLP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Sources {
     /// Sources over `library` (if any); `allow_private` lets links reach
@@ -59,7 +70,59 @@ impl Sources {
         if !allow_private {
             http = http.dns_resolver(Arc::new(PublicOnly));
         }
-        Self { library, http: http.build().unwrap_or_default(), allow_private }
+        Self { library, http: http.build().unwrap_or_default(), allow_private, ytdlp: None }
+    }
+
+    /// With yt-dlp (`program`, found on the PATH when it has no slash) for
+    /// pages of the sites it knows and for searches people prefer it for.
+    #[must_use]
+    pub fn with_ytdlp(mut self, program: &str) -> Self {
+        // songbird keeps the program's name for as long as inputs live: one string, kept for the process.
+        self.ytdlp = Some(Box::leak(program.to_owned().into_boxed_str()));
+        self
+    }
+
+    /// Whether yt-dlp is on.
+    #[must_use]
+    pub fn has_ytdlp(&self) -> bool {
+        self.ytdlp.is_some()
+    }
+
+    /// Whether `url` is a page yt-dlp should read (when it is on).
+    #[must_use]
+    pub fn is_ytdlp_page(&self, url: &str) -> bool {
+        let host = reqwest::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_lowercase)).unwrap_or_default();
+        self.ytdlp.is_some() && YTDLP_SITES.iter().any(|s| host == *s || host.ends_with(&format!(".{s}")))
+    }
+
+    /// What yt-dlp finds for `target` (a page, or `ytsearch1:words`).
+    ///
+    /// # Errors
+    /// [`ResolveError::Ytdlp`] with the one line that says why.
+    pub async fn ytdlp(&self, target: &str) -> Result<Track, ResolveError> {
+        let program = self.ytdlp.ok_or(ResolveError::NoLibrary)?;
+        let run = tokio::process::Command::new(program)
+            .args(["-j", "--no-playlist", "--no-warnings", "-f", "ba[abr>0][vcodec=none]/best", target])
+            .kill_on_drop(true)
+            .output();
+        let out = match tokio::time::timeout(YTDLP_TIMEOUT, run).await {
+            Err(_) => return Err(ResolveError::Ytdlp("it took longer than 30 s".into())),
+            Ok(Err(e)) => return Err(ResolveError::Ytdlp(format!("{program} cannot be run ({e})"))),
+            Ok(Ok(out)) => out,
+        };
+        if !out.status.success() {
+            return Err(ResolveError::Ytdlp(ytdlp_failure(&String::from_utf8_lossy(&out.stderr))));
+        }
+        let first = out.stdout.split(|b| *b == b'\n').find(|l| !l.is_empty()).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_slice(first)
+            .map_err(|_| ResolveError::Ytdlp("it printed something den cannot read".into()))?;
+        let page = v["webpage_url"].as_str().or(v["original_url"].as_str()).unwrap_or(target).to_owned();
+        Ok(Track {
+            title: v["track"].as_str().or(v["title"].as_str()).unwrap_or(&page).to_owned(),
+            artist: v["artist"].as_str().or(v["uploader"].as_str()).map(str::to_owned),
+            duration_ms: v["duration"].as_f64().filter(|_| v["is_live"] != true).map(|s| (s * 1000.0) as u64),
+            source: Source::Ytdlp { page },
+        })
     }
 
     /// The library, when there is one.
@@ -122,10 +185,26 @@ impl Sources {
                     .ok_or_else(|| ResolveError::Gone(path.clone()))?;
                 Ok(File::new(file).into())
             }
+            Source::Ytdlp { page } => match self.ytdlp {
+                Some(program) => Ok(YoutubeDl::new_ytdl_like(program, self.http.clone(), page.clone()).into()),
+                None => Err(ResolveError::Ytdlp("yt-dlp is not enabled here".into())),
+            },
             Source::Url { url } if is_playlist(url) => Ok(HlsRequest::new(self.http.clone(), url.clone()).into()),
             Source::Url { url } => Ok(HttpRequest::new(self.http.clone(), url.clone()).into()),
         }
     }
+}
+
+/// The line of yt-dlp's errors that says why, in words people act on.
+fn ytdlp_failure(stderr: &str) -> String {
+    let line = stderr.lines().rev().find(|l| l.starts_with("ERROR:")).or_else(|| stderr.lines().last()).unwrap_or("");
+    let line = line.trim_start_matches("ERROR:").trim();
+    if line.to_lowercase().contains("sign in to confirm") {
+        return "YouTube asks den's server to sign in to prove it is not a bot, so this cannot play from here; try a link \
+                to the file itself, or the server's library"
+            .into();
+    }
+    if line.is_empty() { "it failed without saying why".into() } else { line.chars().take(300).collect() }
 }
 
 fn is_playlist(url: &str) -> bool {
@@ -231,6 +310,19 @@ mod tests {
         let t = s.link("https://example.com/music/My%20Song.mp3?x=1", None).unwrap();
         assert_eq!(t.title, "My Song.mp3");
         assert!(Sources::new(None, true).link("http://127.0.0.1/a.mp3", None).is_ok());
+    }
+
+    #[test]
+    fn yt_dlp_failures_are_one_line_and_the_bot_check_is_said_plainly() {
+        let bot = "WARNING: x\nERROR: [youtube] abc: Sign in to confirm you\u{2019}re not a bot. Use --cookies-from-browser\n";
+        assert!(ytdlp_failure(bot).starts_with("YouTube asks den's server to sign in"));
+        assert_eq!(ytdlp_failure("ERROR: Unsupported URL: https://x\n"), "Unsupported URL: https://x");
+        let s = Sources::new(None, false).with_ytdlp("yt-dlp");
+        assert!(s.is_ytdlp_page("https://www.youtube.com/watch?v=x") && s.is_ytdlp_page("https://music.youtube.com/x"));
+        assert!(
+            !s.is_ytdlp_page("https://example.com/a.mp3")
+                && !Sources::new(None, false).is_ytdlp_page("https://youtu.be/x")
+        );
     }
 
     #[test]

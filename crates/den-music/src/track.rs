@@ -16,6 +16,11 @@ pub enum Source {
         /// The address.
         url: String,
     },
+    /// A page yt-dlp knows (YouTube, SoundCloud, Bandcamp ...); its stream is found again at play time.
+    Ytdlp {
+        /// The page.
+        page: String,
+    },
 }
 
 /// A track in a queue.

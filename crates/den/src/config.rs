@@ -136,6 +136,11 @@ pub struct MusicSection {
     pub operators: Vec<u64>,
     /// The server in which `/music-admin` works.
     pub operator_guild: Option<u64>,
+    /// Play pages of YouTube, SoundCloud, Bandcamp and the like, and search
+    /// YouTube, through yt-dlp (which the operator installs; off by default).
+    pub ytdlp: bool,
+    /// The yt-dlp program (found on the PATH when it has no slash).
+    pub ytdlp_path: String,
 }
 
 impl Default for MusicSection {
@@ -148,6 +153,8 @@ impl Default for MusicSection {
             allowlist: false,
             operators: Vec::new(),
             operator_guild: None,
+            ytdlp: false,
+            ytdlp_path: "yt-dlp".into(),
         }
     }
 }

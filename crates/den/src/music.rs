@@ -62,7 +62,11 @@ pub async fn module(
         voice,
         notices,
         tables,
-        sources::Sources::new(library, c.allow_private_urls),
+        if c.ytdlp {
+            sources::Sources::new(library, c.allow_private_urls).with_ytdlp(&c.ytdlp_path)
+        } else {
+            sources::Sources::new(library, c.allow_private_urls)
+        },
         cx.egress.clone(),
         cx.metrics.clone(),
         Duration::from_secs(c.leave_after_secs),

@@ -519,3 +519,53 @@ fn a_command_over_http_interactions_plays_on_the_gateway_process() {
             .is_some_and(|m| m.content.starts_with("Now playing **tone-440**"))
     });
 }
+
+/// Serves `body` as `audio/wav` on 127.0.0.1 to every request; returns the address.
+fn serve_file(body: Vec<u8>) -> String {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: audio/wav\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&body));
+        }
+    });
+    addr
+}
+
+#[test]
+fn pages_go_through_yt_dlp_when_the_operator_enables_it_and_its_failures_are_one_clear_line() {
+    let music = Music::new(&[]);
+    let stream = serve_file(den_testkit::audio::tone_wav(440.0, 1500));
+    // A stand-in for yt-dlp: one JSON line for a page, the bot check for a page with "bot" in it.
+    let script = music.scratch.path().join("yt-dlp");
+    std::fs::write(&script, format!(
+        "#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in *bot*) echo 'WARNING: [youtube] slow' >&2; \
+         echo \"ERROR: [youtube] x: Sign in to confirm you're not a bot. Use --cookies-from-browser\" >&2; exit 1;; esac; done\n\
+         echo '{{\"title\":\"Fake Tune\",\"uploader\":\"Fake Band\",\"duration\":1.5,\"webpage_url\":\"https://www.youtube.com/watch?v=tune\",\
+         \"url\":\"http://{stream}/tone.wav\",\"protocol\":\"https\"}}'\n"
+    )).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = music.scratch.path().join("den.toml");
+    let toml = std::fs::read_to_string(&config).unwrap().replace(
+        "[music]\n",
+        &format!("[music]\nytdlp = true\nytdlp_path = \"{}\"\nallow_private_urls = true\n", script.display()),
+    );
+    std::fs::write(&config, toml).unwrap();
+    let _den = music.start();
+    let ada = music.discord.user;
+    music.join(ada);
+
+    let refused = music.play(ada, "https://www.youtube.com/watch?v=bot");
+    assert!(refused.starts_with("yt-dlp could not get that: YouTube asks den's server to sign in"), "{refused}");
+    assert_eq!(refused.lines().count(), 1, "one line: {refused}");
+    let played = music.play(ada, "https://www.youtube.com/watch?v=tune");
+    assert_eq!(played, "Now playing **Fake Tune** — Fake Band (0:01)");
+    music.wait_to_hear("the page's audio", |h| tones(h, 20).contains(&440));
+}

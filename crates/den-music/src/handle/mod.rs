@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::commands::{AdminAction, Attached, BUTTON_PREFIX, Command, SettingsChange};
 use crate::player::{PlayError, Player};
+use crate::prefs::PreferredSource;
 use crate::queue::{LoopMode, Queue};
 use crate::settings::{Policies, Settings};
 use crate::sources::ResolveError;
@@ -276,7 +277,7 @@ impl Music {
         key: &str,
     ) -> Result<Answer, JobError> {
         match command {
-            Command::Play { query, file } => match self.resolve(query.as_deref(), file.as_ref()).await {
+            Command::Play { query, file } => match self.resolve(request.user, query.as_deref(), file.as_ref()).await {
                 Ok(track) => self.play(request, settings, key, vec![track]).await,
                 Err(e) => Ok(Err(e.to_string())),
             },
@@ -439,9 +440,14 @@ impl Music {
     }
 
     /// The track a request names: from the cache when it resolved lately, else from its source.
-    async fn resolve(&self, query: Option<&str>, file: Option<&Attached>) -> Result<Track, ResolveError> {
+    async fn resolve(&self, user: u64, query: Option<&str>, file: Option<&Attached>) -> Result<Track, ResolveError> {
+        let prefer = self.player.tables().people.prefs(user).await.map(|p| p.source).unwrap_or_default();
+        let prefer = if self.player.sources().has_ytdlp() { prefer } else { PreferredSource::Library };
         let cache = &self.player.tables().cache;
-        let cached = match (file, query) {
+        // Words may find different tracks in different places: the place is part of the request.
+        let request = query.map(|q| format!("{}:{q}", prefer.as_str()));
+        let query_key = request.as_deref();
+        let cached = match (file, query_key) {
             (None, Some(q)) => cache.get(q).await.unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "the track cache could not be read");
                 None
@@ -451,8 +457,8 @@ impl Music {
         if let Some(track) = cached {
             return Ok(track);
         }
-        let found = self.resolve_fresh(query, file).await;
-        if let (None, Some(q), Ok(track)) = (file, query, &found)
+        let found = self.resolve_fresh(query, file, prefer).await;
+        if let (None, Some(q), Ok(track)) = (file, query_key, &found)
             && let Err(e) = cache.put(q, track).await
         {
             tracing::warn!(error = %e, "the track cache could not be written");
@@ -460,16 +466,35 @@ impl Music {
         found
     }
 
-    async fn resolve_fresh(&self, query: Option<&str>, file: Option<&Attached>) -> Result<Track, ResolveError> {
+    async fn resolve_fresh(
+        &self,
+        query: Option<&str>,
+        file: Option<&Attached>,
+        prefer: PreferredSource,
+    ) -> Result<Track, ResolveError> {
         let started = Instant::now();
         let sources = self.player.sources().clone();
         let (source, found) = match (file, query) {
             (Some(f), _) => ("attachment", sources.link(&f.url, Some(&f.filename))),
+            (None, Some(q)) if sources.is_ytdlp_page(q) => ("ytdlp", sources.ytdlp(q).await),
             (None, Some(q)) if q.starts_with("http://") || q.starts_with("https://") => ("link", sources.resolve(q)),
             (None, q) => {
-                let q = q.unwrap_or_default().to_owned();
-                let found = tokio::task::spawn_blocking(move || sources.resolve(&q)).await;
-                ("library", found.unwrap_or(Err(ResolveError::NoLibrary)))
+                let words = q.unwrap_or_default().to_owned();
+                let in_library = if prefer == PreferredSource::Ytdlp {
+                    Err(ResolveError::NoLibrary)
+                } else {
+                    let (sources, words) = (sources.clone(), words.clone());
+                    tokio::task::spawn_blocking(move || sources.resolve(&words))
+                        .await
+                        .unwrap_or(Err(ResolveError::NoLibrary))
+                };
+                match in_library {
+                    // Not in the library (or not looked for there): yt-dlp's search, where it is on.
+                    Err(ResolveError::NoLibrary | ResolveError::NotFound(_)) if sources.has_ytdlp() => {
+                        ("ytdlp", sources.ytdlp(&format!("ytsearch1:{words}")).await)
+                    }
+                    other => ("library", other),
+                }
             }
         };
         self.metrics.music_resolved(source, started.elapsed());
