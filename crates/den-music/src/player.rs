@@ -391,10 +391,12 @@ impl Player {
 
     /// Leaves the channels where nothing played, or nobody listened, for `leave_after`.
     async fn leave_idle(&self) {
-        if self.leave_after.is_zero() {
-            return;
-        }
         let joined: Vec<(u64, u64)> = self.voice.joined_all();
+        let mut limits = HashMap::new();
+        for (guild, _) in &joined {
+            let chosen = self.policies.settings(*guild).await.ok().and_then(|s| s.leave_after_secs);
+            limits.insert(*guild, chosen.map_or(self.leave_after, Duration::from_secs));
+        }
         let now = std::time::Instant::now();
         let mut leave = Vec::new();
         {
@@ -402,11 +404,12 @@ impl Player {
             let mut idle = lock(&self.idle);
             idle.retain(|g, _| joined.iter().any(|(j, _)| j == g));
             for (guild, channel) in &joined {
+                let limit = limits.get(guild).copied().unwrap_or(self.leave_after);
                 let busy =
                     playing.get(guild).is_some_and(|p| !p.paused) && !self.voice.listeners(*guild, *channel).is_empty();
-                if busy {
+                if busy || limit.is_zero() {
                     idle.remove(guild);
-                } else if now.duration_since(*idle.entry(*guild).or_insert(now)) >= self.leave_after {
+                } else if now.duration_since(*idle.entry(*guild).or_insert(now)) >= limit {
                     idle.remove(guild);
                     leave.push(*guild);
                 }

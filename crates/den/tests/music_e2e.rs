@@ -569,3 +569,25 @@ fn pages_go_through_yt_dlp_when_the_operator_enables_it_and_its_failures_are_one
     assert_eq!(played, "Now playing **Fake Tune** — Fake Band (0:01)");
     music.wait_to_hear("the page's audio", |h| tones(h, 20).contains(&440));
 }
+
+#[test]
+fn den_leaves_a_channel_left_alone_and_keeps_the_queue_for_later() {
+    let music = Music::new(&[("long-440", 440.0, 20_000)]);
+    let _den = music.start();
+    let ada = music.discord.user;
+    music.join(ada);
+    let saved = music.command(ada, "music-settings", &[CommandOption::of(4, "leave-after", 1.into())]);
+    assert!(saved.contains("Leave when idle or alone after: 1 s"), "{saved}");
+    music.play(ada, "long");
+    music.wait_to_hear("the tone", |h| tones(h, 10).contains(&440));
+    let fake = &music.discord.fake;
+    fake.join_voice(ada, music.discord.guild, None).unwrap();
+    let bot = fake.bot_user_id();
+    music.discord.wait_until("den left the empty channel", WAIT, |f| {
+        !f.voice_members(music.discord.guild).iter().any(|(u, _)| *u == bot)
+    });
+    // Back in the channel, /resume is not needed: /play of anything picks the kept queue up where it was.
+    music.join(ada);
+    let queue = music.command(ada, "queue", &[]);
+    assert!(queue.starts_with("Now: **long-440**"), "the queue was kept: {queue}");
+}
