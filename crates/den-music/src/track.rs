@@ -46,9 +46,9 @@ impl Track {
         if let Some(a) = &self.artist {
             s.push_str(&format!(" — {}", escape(a)));
         }
-        match self.duration_ms {
-            Some(ms) => s.push_str(&format!(" ({})", clock(ms))),
-            None => s.push_str(" (live)"),
+        // A link's length is known only once it plays (and a stream has none): no length is shown then.
+        if let Some(ms) = self.duration_ms {
+            s.push_str(&format!(" ({})", clock(ms)));
         }
         s
     }

@@ -591,3 +591,34 @@ fn den_leaves_a_channel_left_alone_and_keeps_the_queue_for_later() {
     let queue = music.command(ada, "queue", &[]);
     assert!(queue.starts_with("Now: **long-440**"), "the queue was kept: {queue}");
 }
+
+#[test]
+fn an_attached_file_and_a_link_to_an_audio_file_play() {
+    let music = Music::new(&[]);
+    let config = music.scratch.path().join("den.toml");
+    // Links on 127.0.0.1 are refused unless allowed: the test's file server and the stand-in's CDN live there.
+    let toml = std::fs::read_to_string(&config).unwrap().replace("[music]\n", "[music]\nallow_private_urls = true\n");
+    std::fs::write(&config, toml).unwrap();
+    let link = format!("http://{}/song%20550.wav", serve_file(den_testkit::audio::tone_wav(550.0, 1000)));
+    let _den = music.start();
+    let ada = music.discord.user;
+    music.join(ada);
+    let fake = &music.discord.fake;
+    let file = fake.add_attachment("attached 330.wav", &den_testkit::audio::tone_wav(330.0, 1000));
+    let answer = music.command(ada, "play", &[CommandOption::attachment("file", file)]);
+    assert_eq!(answer, "Now playing **attached 330.wav**", "a link has no length until it plays");
+    let queued = music.play(ada, &link);
+    assert_eq!(queued, "Queued **song 550.wav** at #1");
+    music.wait_to_hear("both", |h| tones(h, 20).contains(&330) && tones(h, 20).contains(&550));
+    assert_eq!(tones(&music.heard(), 20), [330, 550]);
+}
+
+#[test]
+fn links_into_dens_own_network_are_refused_by_default() {
+    let music = Music::new(&[]);
+    let _den = music.start();
+    let ada = music.discord.user;
+    music.join(ada);
+    let refused = music.play(ada, "http://169.254.169.254/latest/meta-data");
+    assert_eq!(refused, "den will not play http://169.254.169.254/latest/meta-data: it points into a private network");
+}

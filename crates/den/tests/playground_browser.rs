@@ -267,6 +267,18 @@ fn a_newcomer_talks_to_a_persona_builds_a_campaign_and_tries_memory_in_the_brows
             .unwrap();
         until(&c, "the merge", &shows("merged")).await;
         screenshot(&c, "8-agent-merged").await;
+
+        // Music: Ada joins the Lounge, asks for a tune in #general, and the Lounge shows den playing there.
+        open_channel(&c, "Lounge").await;
+        c.find(Locator::Id("voice-join")).await.unwrap().click().await.unwrap();
+        until(&c, "Ada in the Lounge", "return [...document.querySelectorAll('#channels li.in-voice')].some(l => l.textContent.includes('Ada'))").await;
+        open_channel(&c, "general").await;
+        type_in(&c, &format!("!play arpeggio{ENTER}")).await;
+        until(&c, "den playing", &shows("Now playing Arpeggio in C")).await;
+        screenshot(&c, "9-music-playing").await;
+        open_channel(&c, "Lounge").await;
+        until(&c, "den in the Lounge", "return document.querySelectorAll('#channels li.in-voice').length >= 2").await;
+        screenshot(&c, "10-music-lounge").await;
         c.close().await.unwrap();
     });
 }

@@ -583,7 +583,7 @@ impl Music {
 
 /// `1:23 ▬▬▬🔘▬▬▬▬▬ 3:05`, or the time alone for a stream.
 fn bar(at_ms: u64, length: Option<u64>) -> String {
-    let Some(length) = length.filter(|l| *l > 0) else { return format!("{} (live)", clock(at_ms)) };
+    let Some(length) = length.filter(|l| *l > 0) else { return clock(at_ms) };
     let knob = usize::try_from((at_ms.min(length) * 12) / length).unwrap_or(0).min(11);
     let line: String = (0..12).map(|i| if i == knob { '🔘' } else { '▬' }).collect();
     format!("{} {line} {}", clock(at_ms), clock(length))
@@ -729,7 +729,7 @@ fn edit(q: &mut Queue, command: &Command, cx: &EditCx) -> Answer {
         Command::Seek { to_ms } => {
             let e = need_current()?;
             match e.track.duration_ms {
-                None => return Err("A live stream cannot be seeked.".into()),
+                None => return Err("den does not know this track's length, so it cannot jump within it.".into()),
                 Some(len) if *to_ms >= len => return Err(format!("The track is {} long.", clock(len))),
                 Some(_) => {}
             }
@@ -812,8 +812,11 @@ mod tests {
         assert!(edit(&mut q, &Command::Seek { to_ms: 30_000 }, &cx(0)).is_ok());
         assert!(q.generation > g && q.position_ms == 30_000);
         assert_eq!(edit(&mut q, &Command::Loop { mode: None }, &cx(0)), Ok("Loop: track.".into()));
-        assert!(edit(&mut q, &Command::Skip, &cx(0)).unwrap().contains("Now playing **b** (live)"));
-        assert_eq!(edit(&mut q, &Command::Seek { to_ms: 1 }, &cx(0)), Err("A live stream cannot be seeked.".into()));
+        assert!(edit(&mut q, &Command::Skip, &cx(0)).unwrap().ends_with("Now playing **b**"));
+        assert_eq!(
+            edit(&mut q, &Command::Seek { to_ms: 1 }, &cx(0)),
+            Err("den does not know this track's length, so it cannot jump within it.".into())
+        );
         assert!(edit(&mut q, &Command::Remove { position: 1 }, &cx(0)).is_err());
     }
 
@@ -821,6 +824,6 @@ mod tests {
     fn the_position_bar_moves_along_the_track() {
         assert_eq!(bar(0, Some(100_000)), "0:00 🔘▬▬▬▬▬▬▬▬▬▬▬ 1:40");
         assert_eq!(bar(100_000, Some(100_000)), "1:40 ▬▬▬▬▬▬▬▬▬▬▬🔘 1:40");
-        assert_eq!(bar(5_000, None), "0:05 (live)");
+        assert_eq!(bar(5_000, None), "0:05", "a stream, or a link before it plays");
     }
 }
