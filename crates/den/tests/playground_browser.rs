@@ -278,6 +278,7 @@ fn a_newcomer_talks_to_a_persona_builds_a_campaign_and_tries_memory_in_the_brows
         screenshot(&c, "9-music-playing").await;
         open_channel(&c, "Lounge").await;
         until(&c, "den in the Lounge", "return document.querySelectorAll('#channels li.in-voice').length >= 2").await;
+        c.execute("document.querySelector('#channels li.in-voice').scrollIntoView()", vec![]).await.unwrap();
         screenshot(&c, "10-music-lounge").await;
         c.close().await.unwrap();
     });
