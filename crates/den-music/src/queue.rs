@@ -371,6 +371,25 @@ mod tests {
         assert_eq!(queues.active().await.unwrap(), [1]);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn twenty_people_adding_at_once_all_land_with_ids_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(den_core::SystemClock);
+        let options = den_storage::sqlite::SqliteOptions::new(dir.path().join("s.db"));
+        let store = den_storage::sqlite::SqliteStore::open(&options, clock.clone()).unwrap();
+        let queues = Queues::new(den_storage::Store::table(&store, table_spec()).await.unwrap(), clock);
+        let adds = (0..20u64).map(|n| {
+            let queues = queues.clone();
+            tokio::spawn(async move { queues.update(7, |q| q.add(vec![t(&format!("t{n}"))], n)).await.unwrap().0 })
+        });
+        let mut ids: Vec<u64> =
+            futures_util::future::join_all(adds).await.into_iter().flat_map(Result::unwrap).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (1..=20).collect::<Vec<_>>());
+        let q = queues.get(7).await.unwrap();
+        assert_eq!(q.upcoming.len() + usize::from(q.current.is_some()), 20, "no entry lost");
+    }
+
     #[test]
     fn the_first_track_added_plays_and_the_rest_wait_in_order() {
         let mut q = Queue::default();

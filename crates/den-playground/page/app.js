@@ -193,7 +193,11 @@ function drawShell() {
       onclick: () => selectChannel(c.id),
     }, el("span", { class: "icon" }, ICONS[c.kind] || "#"), el("span", { class: "name" }, c.name),
     c.private ? el("span", { class: "lock" }, "🔒") : null));
-    for (const who of c.voice || []) list.append(el("li", { class: "in-voice" }, `🎙️ ${who}`));
+    for (const who of c.voice || []) {
+      const playing = (c.speaking || []).includes(who);
+      list.append(el("li", { class: `in-voice ${playing ? "speaking" : ""}`, title: playing ? `${who} is sending audio` : who },
+        `${playing ? "🔊" : "🎙️"} ${who}`));
+    }
   }
 
   const who = $("who");
@@ -248,6 +252,9 @@ function drawVoice(box, ch) {
   const here = me && inside.includes(me.name);
   box.append(
     el("div", { class: "empty" }, `🔊 ${ch.name}: ${inside.length ? inside.join(", ") : "nobody is here"}.`),
+    (ch.speaking || []).length
+      ? el("div", { class: "empty playing" }, `🎵 ${ch.speaking.join(", ")} playing here now: Listen here to hear it.`)
+      : null,
     el("div", { class: "voice-actions" },
       el("button", { id: "voice-join", onclick: () => act(api("POST", "/api/voice", { as: state.me, channel: here ? null : ch.id })) },
         here ? "Leave voice" : "Join voice"),

@@ -210,6 +210,13 @@ impl Standin {
         }
     }
 
+    /// Moves `guild`'s call to another voice server, as Discord does when one
+    /// goes away: den's bot is told the new server and its connection closed.
+    /// `false` when den's bot is not in voice there.
+    pub fn move_voice_server(&self, guild: u64) -> bool {
+        crate::gateway::voice::move_server(&self.shared, guild)
+    }
+
     /// Who is in which voice channel of `guild`: (user, channel).
     #[must_use]
     pub fn voice_members(&self, guild: u64) -> Vec<(u64, u64)> {

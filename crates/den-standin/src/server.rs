@@ -267,6 +267,19 @@ impl Standin {
             feed: Feed::default(),
             dirty: AtomicBool::new(false),
         });
+        let weak = Arc::downgrade(&shared);
+        shared.voice.on_speaking(move |guild, user, speaking| {
+            let Some(shared) = weak.upgrade() else { return };
+            let changed = shared
+                .world()
+                .voice_states
+                .get_mut(&guild)
+                .and_then(|s| s.get_mut(&user))
+                .map(|s| s.speaking = speaking);
+            if changed.is_some() {
+                shared.touch(Part::Voice, None);
+            }
+        });
         let rest_app = axum::Router::new()
             .route("/attachments/{id}/{file}", axum::routing::get(rest::attachment))
             .fallback(rest::handle)

@@ -47,6 +47,8 @@ pub struct ChannelView {
     pub topic: Option<String>,
     /// Names of who is in it, for a voice channel.
     pub voice: Vec<String>,
+    /// Names of those sending audio there now (den playing).
+    pub speaking: Vec<String>,
 }
 
 /// A guild as one person sees it.
@@ -80,6 +82,16 @@ fn person(world: &World, guild: u64, user: u64) -> Option<Person> {
     })
 }
 
+/// Names of those in voice channel `channel` (only those sending audio, with `speaking`).
+fn in_voice(world: &World, guild: u64, channel: u64, speaking: bool) -> Vec<String> {
+    let states = world.voice_states.get(&guild).into_iter().flatten();
+    states
+        .filter(|(_, s)| s.channel == channel && (s.speaking || !speaking))
+        .filter_map(|(u, _)| world.users.get(u).or_else(|| (world.bot.id == *u).then_some(&world.bot)))
+        .map(|u| u.name.clone())
+        .collect()
+}
+
 /// Channels sorted as Discord lists them: categories by position, each
 /// followed by its channels (text before voice), threads under their channel.
 fn sorted_channels(world: &World, guild: u64, viewer: u64) -> Vec<ChannelView> {
@@ -91,15 +103,8 @@ fn sorted_channels(world: &World, guild: u64, viewer: u64) -> Vec<ChannelView> {
         position: c.position,
         private: perms::is_private(world, c.id),
         topic: c.topic.clone(),
-        voice: world
-            .voice_states
-            .get(&guild)
-            .into_iter()
-            .flatten()
-            .filter(|(_, s)| s.channel == c.id)
-            .filter_map(|(u, _)| world.users.get(u).or_else(|| (world.bot.id == *u).then_some(&world.bot)))
-            .map(|u| u.name.clone())
-            .collect(),
+        voice: in_voice(world, guild, c.id, false),
+        speaking: in_voice(world, guild, c.id, true),
     };
     let visible: Vec<_> = world
         .channels

@@ -64,6 +64,8 @@ pub struct VoiceState {
     pub channel: u64,
     /// The voice session (for a bot: what its voice connection identifies with).
     pub session_id: String,
+    /// Sending audio now (a bot playing).
+    pub speaking: bool,
 }
 
 /// A role.

@@ -622,3 +622,74 @@ fn links_into_dens_own_network_are_refused_by_default() {
     let refused = music.play(ada, "http://169.254.169.254/latest/meta-data");
     assert_eq!(refused, "den will not play http://169.254.169.254/latest/meta-data: it points into a private network");
 }
+
+#[test]
+fn a_call_moved_to_another_voice_server_connects_there_and_plays_on() {
+    let music = Music::new(&[("long-440", 440.0, 5000)]);
+    let _den = music.start();
+    let ada = music.discord.user;
+    music.join(ada);
+    music.play(ada, "long");
+    music.wait_to_hear("a second of the tone", |h| h.iter().any(|(p, n)| *p == Some(440) && *n >= 50));
+    let guild = music.discord.guild;
+    assert!(music.discord.fake.move_voice_server(guild));
+    music.discord.wait_until("den on the new server", WAIT, |f| {
+        f.voice().call(guild).is_some_and(|c| c.connections >= 2 && c.connected)
+    });
+    music.wait_to_hear("the tone played out", |h| {
+        h.iter().filter(|(p, _)| *p == Some(440)).map(|(_, n)| n).sum::<usize>() >= 230
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let total: usize = music.heard().iter().filter(|(p, _)| *p == Some(440)).map(|(_, n)| n).sum();
+    assert!((230..=310).contains(&total), "5 s is 250 frames; heard {total}: it played on from about where it was");
+}
+
+/// An endless radio-like stream on 127.0.0.1: a WAV header of unknown length, then a 440 Hz tone in real time.
+fn serve_radio() -> String {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                let mut header = den_testkit::audio::tone_wav(440.0, 0)[..44].to_vec();
+                header[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+                header[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+                let tone = den_testkit::audio::tone_wav(440.0, 1000)[44..].to_vec();
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: audio/wav\r\nicy-name: den test radio\r\nconnection: close\r\n\r\n";
+                if stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&header)).is_err() {
+                    return;
+                }
+                // A second of tone every second, for as long as den listens.
+                while stream.write_all(&tone).is_ok() {
+                    std::thread::sleep(Duration::from_millis(1000));
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn an_endless_radio_stream_plays_until_stopped() {
+    let music = Music::new(&[]);
+    let config = music.scratch.path().join("den.toml");
+    let toml = std::fs::read_to_string(&config).unwrap().replace("[music]\n", "[music]\nallow_private_urls = true\n");
+    std::fs::write(&config, toml).unwrap();
+    let radio = format!("http://{}/live", serve_radio());
+    let _den = music.start();
+    let ada = music.discord.user;
+    music.join(ada);
+    assert_eq!(music.play(ada, &radio), "Now playing **live**");
+    music.wait_to_hear("three seconds of the station", |h| {
+        h.iter().filter(|(p, _)| *p == Some(440)).map(|(_, n)| n).sum::<usize>() >= 150
+    });
+    assert!(music.command(ada, "now-playing", &[]).contains("`0:0"), "a stream shows where it is, with no length");
+    assert_eq!(music.command(ada, "stop", &[]), "Stopped, and the queue is cleared.");
+    std::thread::sleep(Duration::from_millis(500));
+    let after_stop = music.discord.fake.voice().heard(music.discord.guild).len();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(music.discord.fake.voice().heard(music.discord.guild).len(), after_stop, "nothing plays after /stop");
+}

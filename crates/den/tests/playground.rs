@@ -355,6 +355,11 @@ fn music_plays_in_the_lounge_and_the_page_listens_to_it() {
         state["guild"]["channels"].as_array().unwrap().iter().find(|c| c["id"] == lounge.as_str()).unwrap()["voice"]
             .clone();
     assert_eq!(voice.as_array().unwrap().len(), 2, "Ada and den are in the Lounge: {voice}");
+    pg.wait_until_state("den shown playing in the Lounge", |state| {
+        let lounge_now =
+            state["guild"]["channels"].as_array().unwrap().iter().find(|c| c["id"] == lounge.as_str()).cloned();
+        lounge_now.is_some_and(|c| c["speaking"] == json!(["den"]))
+    });
 
     // The page's "Listen here" reads this stream: what den sends, decoded by the stand-in.
     let rt = runtime();

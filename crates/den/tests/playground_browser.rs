@@ -277,8 +277,9 @@ fn a_newcomer_talks_to_a_persona_builds_a_campaign_and_tries_memory_in_the_brows
         until(&c, "den playing", &shows("Now playing Arpeggio in C")).await;
         screenshot(&c, "9-music-playing").await;
         open_channel(&c, "Lounge").await;
-        until(&c, "den in the Lounge", "return document.querySelectorAll('#channels li.in-voice').length >= 2").await;
-        c.execute("document.querySelector('#channels li.in-voice').scrollIntoView()", vec![]).await.unwrap();
+        until(&c, "den playing in the Lounge", "return document.querySelector('#channels li.in-voice.speaking') !== null && document.querySelector('#messages .playing') !== null").await;
+        c.execute("document.querySelector('#channels li.in-voice.speaking').scrollIntoView()", vec![]).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         screenshot(&c, "10-music-lounge").await;
         c.close().await.unwrap();
     });

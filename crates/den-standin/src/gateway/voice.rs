@@ -25,7 +25,7 @@ pub(crate) fn set_state(shared: &Shared, guild: u64, user: u64, channel: Option<
         }
         let states = w.voice_states.entry(guild).or_default();
         match channel {
-            Some(c) => states.insert(user, VoiceState { channel: c, session_id: session_id.into() }),
+            Some(c) => states.insert(user, VoiceState { channel: c, session_id: session_id.into(), speaking: false }),
             None => states.remove(&user),
         };
         crate::json::voice_state(&w, guild, user, channel, session_id)
@@ -57,4 +57,18 @@ pub(crate) fn bot_update(shared: &Shared, session: &str, account: u64, d: &Value
         }
         None => shared.voice.end(guild),
     }
+}
+
+/// Discord moved `guild`'s call to another voice server: den's bot gets a
+/// new token in VOICE_SERVER_UPDATE, and the connection it had is closed
+/// (4015: the server went away). `false` when the bot is not in voice there.
+pub(crate) fn move_server(shared: &Shared, guild: u64) -> bool {
+    let bot = shared.world().bot.id;
+    let Some(state) = shared.world().voice_states.get(&guild).and_then(|s| s.get(&bot)).cloned() else { return false };
+    let token = format!("{:016x}", rand::random::<u64>());
+    shared.voice.close(guild, 4015);
+    shared.voice.grant(guild, state.channel, bot, &state.session_id, &token);
+    let data = json!({"token": token, "guild_id": guild.to_string(), "endpoint": shared.voice.endpoint()});
+    shared.hub().dispatch("VOICE_SERVER_UPDATE", &data, Some(guild), 0, Some(bot));
+    true
 }

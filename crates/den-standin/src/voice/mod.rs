@@ -88,8 +88,12 @@ struct State {
     next_ssrc: u32,
 }
 
+/// Told when a bot starts or stops sending audio: guild, user, speaking.
+type SpeakingWatcher = Box<dyn Fn(u64, u64, bool) + Send + Sync>;
+
 struct Shared {
     state: Mutex<State>,
+    speaking: Mutex<Vec<SpeakingWatcher>>,
     decode: std::sync::atomic::AtomicBool,
     changed: Notify,
     udp_port: u16,
@@ -132,6 +136,7 @@ impl VoiceServer {
         let shared = Arc::new(Shared {
             state: Mutex::new(State { next_ssrc: 1000, ..State::default() }),
             decode: std::sync::atomic::AtomicBool::new(true),
+            speaking: Mutex::new(Vec::new()),
             changed: Notify::new(),
             udp_port: udp.local_addr()?.port(),
         });
@@ -204,6 +209,11 @@ impl VoiceServer {
         self.shared.decode.store(decode, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Calls `watcher` whenever a bot starts or stops sending audio (its speaking flags).
+    pub fn on_speaking(&self, watcher: impl Fn(u64, u64, bool) + Send + Sync + 'static) {
+        self.shared.speaking.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Box::new(watcher));
+    }
+
     /// The call in `guild`, if a bot connected.
     #[must_use]
     pub fn call(&self, guild: u64) -> Option<CallInfo> {
@@ -272,8 +282,18 @@ async fn serve_connection(shared: Arc<Shared>, tls: tokio_rustls::server::TlsStr
                     Some(1) => guild.ok_or(4003).and_then(|g| select_protocol(&shared, g, &payload["d"])),
                     Some(3) => Ok(heartbeat_ack(&payload["d"])),
                     Some(5) => {
-                        if let Some(g) = guild && let Some(c) = shared.state().calls.get_mut(&g) {
-                            c.info.speaking = payload["d"]["speaking"].as_u64();
+                        let speaking = payload["d"]["speaking"].as_u64();
+                        let changed = guild.and_then(|g| {
+                            let mut state = shared.state();
+                            let call = state.calls.get_mut(&g)?;
+                            let before = call.info.speaking.replace(speaking.unwrap_or(0));
+                            (before != speaking).then_some((g, call.info.user))
+                        });
+                        if let Some((g, user)) = changed {
+                            let watchers = shared.speaking.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                            for w in watchers.iter() {
+                                w(g, user, speaking.unwrap_or(0) != 0);
+                            }
                         }
                         continue;
                     }

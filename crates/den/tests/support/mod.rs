@@ -387,6 +387,19 @@ impl Playground {
         }
     }
 
+    /// Waits until the page's state, as Ada sees it, satisfies `check`.
+    pub fn wait_until_state(&self, what: &str, mut check: impl FnMut(&serde_json::Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let state = self.state_as("Ada");
+            if check(&state) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never saw {what}; den's log:\n{}", read(&self.log));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Stops it as Ctrl-C does and waits for it to exit.
     pub fn stop(mut self) -> ExitStatus {
         let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
