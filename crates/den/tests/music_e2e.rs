@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use den_testkit::discord::{CommandOption, voice::segments};
-use support::{Discord, Scratch};
+use support::{Discord, Scratch, TOKEN};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -23,7 +23,10 @@ struct Music {
 
 impl Music {
     fn new(tones: &[(&str, f32, u32)]) -> Self {
-        let discord = Discord::start();
+        Self::with_discord(Discord::start(), tones)
+    }
+
+    fn with_discord(discord: Discord, tones: &[(&str, f32, u32)]) -> Self {
         let lounge = discord.fake.add_channel(discord.guild, "Lounge", 2, None);
         let scratch = Scratch::new();
         let library = scratch.path().join("library");
@@ -692,4 +695,79 @@ fn an_endless_radio_stream_plays_until_stopped() {
     let after_stop = music.discord.fake.voice().heard(music.discord.guild).len();
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(music.discord.fake.voice().heard(music.discord.guild).len(), after_stop, "nothing plays after /stop");
+}
+
+#[test]
+fn two_gateway_processes_each_play_the_servers_on_their_own_shard() {
+    let config =
+        den_testkit::FakeConfig { bot_token: TOKEN.into(), shards: 2, max_concurrency: 2, ..Default::default() };
+    let music =
+        Music::with_discord(Discord::with_config(config), &[("low-330", 330.0, 1500), ("high-990", 990.0, 1500)]);
+    let fake = &music.discord.fake;
+    let ada = music.discord.user;
+    let servers: Vec<(u64, u64, u64)> = (0..2)
+        .map(|shard| {
+            let g = fake.add_guild_on_shard(&format!("on shard {shard}"), ada, shard, 2);
+            (g, fake.add_text_channel(g, "general"), fake.add_channel(g, "Stage", 2, None))
+        })
+        .collect();
+    let env = [("SSL_CERT_FILE", music.ca.as_str())];
+    let gateways: Vec<_> = ["0", "1"]
+        .iter()
+        .map(|shard| {
+            let mut env = env.to_vec();
+            env.push(("DEN_DISCORD__SHARD_IDS", shard));
+            music.scratch.start_with(&music.discord, "gateway", &env)
+        })
+        .collect();
+    for g in &gateways {
+        g.wait_ready(WAIT);
+    }
+    // Each command lands on either process's music worker; the one without the server's shard passes it on.
+    for ((guild, text, stage), words) in servers.iter().zip(["!play low", "!play high"]) {
+        fake.join_voice(ada, *guild, Some(*stage)).unwrap();
+        fake.post_as(ada, *text, words);
+    }
+    music.discord.wait_until("both servers heard their tone", WAIT, |f| {
+        let heard = |g: u64, hz: f32| {
+            segments(&f.voice().heard(g))
+                .iter()
+                .any(|s| s.frames >= 20 && s.pitch_hz.is_some_and(|p| (p - hz).abs() < 10.0))
+        };
+        heard(servers[0].0, 330.0) && heard(servers[1].0, 990.0)
+    });
+}
+
+#[test]
+fn the_operator_approves_a_server_from_discord_and_no_one_else_may() {
+    let music = Music::new(&[("one-440", 440.0, 600)]);
+    let fake = &music.discord.fake;
+    let (ada, bea) = (music.discord.user, fake.add_user("bea"));
+    let annex = fake.add_guild("annex", bea);
+    let (annex_text, annex_voice) = (fake.add_text_channel(annex, "general"), fake.add_channel(annex, "Hall", 2, None));
+    let config = music.scratch.path().join("den.toml");
+    let toml = std::fs::read_to_string(&config).unwrap().replace(
+        "[music]\n",
+        &format!("[music]\nallowlist = true\noperators = [{ada}]\noperator_guild = {}\n", music.discord.guild),
+    );
+    std::fs::write(&config, toml).unwrap();
+    let _den = music.start();
+    let allow = |who: u64, channel: u64| {
+        let option = CommandOption::sub(1, "allow", vec![CommandOption::string("server", &annex.to_string())]);
+        let token = fake.invoke_command(who, channel, "music-admin", &[option]);
+        music.discord.wait_until("/music-admin answered", WAIT, |f| {
+            f.interaction(&token).and_then(|i| i.original).and_then(|m| f.message(m)).is_some_and(|m| m.edits > 0)
+        });
+        fake.message(fake.interaction(&token).unwrap().original.unwrap()).unwrap().content
+    };
+    assert_eq!(allow(bea, annex_text), "Only den's operator can do this, in den's operator server.");
+    assert_eq!(allow(ada, music.discord.channel), format!("Server `{annex}` may use music now."));
+    fake.join_voice(bea, annex, Some(annex_voice)).unwrap();
+    let token = fake.invoke_command(bea, annex_text, "play", &[CommandOption::string("query", "one")]);
+    music.discord.wait_until("music in the approved server", WAIT, |f| {
+        f.interaction(&token)
+            .and_then(|i| i.original)
+            .and_then(|m| f.message(m))
+            .is_some_and(|m| m.content.starts_with("Now playing **one-440**"))
+    });
 }
