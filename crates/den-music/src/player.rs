@@ -45,6 +45,10 @@ struct Playing {
     generation: u64,
     paused: bool,
     volume: u16,
+    /// The driver's play time of the track at the last look, and when that was.
+    looked: Option<(Duration, std::time::Instant)>,
+    /// Play time already counted in the frames metric.
+    counted: Duration,
 }
 
 /// A track ended (or failed) in some generation of a server's queue.
@@ -53,6 +57,8 @@ struct Ended {
     guild: u64,
     generation: u64,
     how: EndKind,
+    /// The driver's play time of the track when it ended.
+    played: Duration,
 }
 
 /// How a track ended.
@@ -225,8 +231,12 @@ impl Player {
         let input = match self.sources.input(&entry.track) {
             Ok(input) => input,
             Err(e) => {
-                let _ =
-                    self.ended.send(Ended { guild, generation: queue.generation, how: EndKind::Failed(e.to_string()) });
+                let _ = self.ended.send(Ended {
+                    guild,
+                    generation: queue.generation,
+                    how: EndKind::Failed(e.to_string()),
+                    played: Duration::ZERO,
+                });
                 return;
             }
         };
@@ -250,6 +260,8 @@ impl Player {
                 generation: queue.generation,
                 paused: queue.paused,
                 volume: queue.volume,
+                looked: None,
+                counted: Duration::ZERO,
             },
         );
         if later {
@@ -297,10 +309,10 @@ impl Player {
     }
 
     async fn on_ended(&self, e: Ended) {
-        let Ended { guild, generation, how } = e;
+        let Ended { guild, generation, how, played } = e;
         let ours = lock(&self.playing).get(&guild).is_some_and(|p| p.generation == generation);
-        if ours {
-            lock(&self.playing).remove(&guild);
+        if ours && let Some(p) = lock(&self.playing).remove(&guild) {
+            self.metrics.music_frames(frames_in(played.saturating_sub(p.counted)));
         }
         let error = match how {
             EndKind::Finished => None,
@@ -441,10 +453,28 @@ impl Player {
     async fn save_positions(&self) {
         let handles: Vec<(u64, u64, TrackHandle)> =
             lock(&self.playing).iter().map(|(g, p)| (*g, p.generation, p.handle.clone())).collect();
+        let (mut frames, mut worst) = (0u64, 0f64);
         for (guild, generation, handle) in handles {
             let Ok(info) = handle.get_info().await else { continue };
             if matches!(info.playing, PlayMode::End | PlayMode::Stop | PlayMode::Errored(_)) {
                 continue;
+            }
+            // Pacing: the driver's play time against the wall clock, while the track plays.
+            let now = std::time::Instant::now();
+            let playing = matches!(info.playing, PlayMode::Play);
+            let before = lock(&self.playing)
+                .get_mut(&guild)
+                .and_then(|p| std::mem::replace(&mut p.looked, playing.then_some((info.play_time, now))));
+            if let Some(p) = lock(&self.playing).get_mut(&guild) {
+                frames += frames_in(info.play_time.saturating_sub(p.counted));
+                p.counted = info.play_time;
+            }
+            if let Some((played, at)) = before.filter(|_| playing) {
+                let played = info.play_time.saturating_sub(played).as_secs_f64();
+                let wall = now.duration_since(at).as_secs_f64();
+                if wall > 0.5 {
+                    worst = worst.max((1.0 - played / wall).clamp(0.0, 1.0));
+                }
             }
             let at = u64::try_from(info.position.as_millis()).unwrap_or(u64::MAX);
             let saved = self
@@ -460,7 +490,14 @@ impl Player {
             }
         }
         self.metrics.music_players(self.active());
+        self.metrics.music_frames(frames);
+        self.metrics.music_deficit(worst);
     }
+}
+
+/// 20 ms frames (one packet each) in `played` of audio.
+fn frames_in(played: Duration) -> u64 {
+    u64::try_from(played.as_millis() / 20).unwrap_or(u64::MAX)
 }
 
 /// Hears a track's end or failure.
@@ -479,7 +516,8 @@ impl EventHandler for Watch {
                 Some((PlayMode::Stop, at)) => EndKind::Stopped(u64::try_from(at.as_millis()).unwrap_or(0)),
                 _ => EndKind::Finished,
             };
-            let _ = self.ended.send(Ended { guild: self.guild, generation: self.generation, how });
+            let played = tracks.first().map_or(Duration::ZERO, |(state, _)| state.play_time);
+            let _ = self.ended.send(Ended { guild: self.guild, generation: self.generation, how, played });
         }
         None
     }

@@ -28,6 +28,8 @@ pub(crate) struct MusicFamilies {
     reconnects: Counter,
     resolve: Histograms,
     cache: Family<OutcomeLabels, Counter>,
+    frames: Counter,
+    deficit: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 fn resolve_buckets() -> Histogram {
@@ -51,7 +53,19 @@ impl MusicFamilies {
         registry.register("music_resolve_seconds", "Time to turn a request into tracks, by source", resolve.clone());
         let cache = Family::<OutcomeLabels, Counter>::default();
         registry.register("music_track_cache", "Track cache look-ups, by outcome (hit, miss)", cache.clone());
-        Self { players, tracks, reconnects, resolve, cache }
+        let frames = Counter::default();
+        registry.register(
+            "music_frames_sent",
+            "20 ms audio frames the voice drivers played (one packet each)",
+            frames.clone(),
+        );
+        let deficit = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "music_pacing_deficit_ratio",
+            "The worst playing server's shortfall against 50 frames a second over the last interval (0 to 1)",
+            deficit.clone(),
+        );
+        Self { players, tracks, reconnects, resolve, cache, frames, deficit }
     }
 }
 
@@ -75,6 +89,16 @@ impl crate::Metrics {
     /// Records how long resolving a request from `source` (`library`, `link`, `attachment`) took.
     pub fn music_resolved(&self, source: &'static str, took: std::time::Duration) {
         self.inner.music.resolve.get_or_create(&SourceLabels { source }).observe(took.as_secs_f64());
+    }
+
+    /// Counts audio frames played.
+    pub fn music_frames(&self, frames: u64) {
+        self.inner.music.frames.inc_by(frames);
+    }
+
+    /// Sets the worst playing server's pacing deficit over the last interval (0 to 1).
+    pub fn music_deficit(&self, worst: f64) {
+        self.inner.music.deficit.set(worst);
     }
 
     /// Counts a track cache look-up.

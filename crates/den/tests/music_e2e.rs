@@ -94,7 +94,7 @@ fn tones(heard: &[(Option<u32>, usize)], min_frames: usize) -> Vec<u32> {
 #[test]
 fn three_queued_tones_are_heard_in_order_at_their_pitch_and_length() {
     let music = Music::new(&[("tone-440", 440.0, 1000), ("tone-660", 660.0, 1000), ("tone-880", 880.0, 1000)]);
-    let _den = music.start();
+    let den = music.start();
     let ada = music.discord.user;
     music.join(ada);
 
@@ -114,6 +114,16 @@ fn three_queued_tones_are_heard_in_order_at_their_pitch_and_length() {
         assert!((45..=52).contains(frames), "{pitch:?} lasted {frames} frames: {heard:?}");
     }
 
+    let (_, metrics) = den.get("/metrics");
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    assert!(value("den_music_frames_sent_total ") >= 50.0, "frames played are counted");
+    assert!(value("den_music_tracks_total{outcome=\"started\"} ") >= 3.0);
+    assert!(value("den_music_pacing_deficit_ratio ") < 0.05, "{metrics}");
     let call = music.discord.fake.voice().call(music.discord.guild).unwrap();
     assert!(call.max_dave_protocol_version.unwrap_or(0) > 0, "den asks for DAVE: {call:?}");
     assert_eq!(call.refused, 0, "every packet decrypted: {call:?}");
@@ -245,9 +255,9 @@ fn replies(music: &Music) -> Vec<String> {
 fn the_queue_loops_shuffles_removes_and_stops_from_commands_and_prefix_messages() {
     let music = Music::new(&[
         ("one-440", 440.0, 600),
-        ("two-550", 550.0, 1500),
-        ("three-660", 660.0, 1500),
-        ("four-770", 770.0, 1500),
+        ("two-550", 550.0, 3000),
+        ("three-660", 660.0, 3000),
+        ("four-770", 770.0, 3000),
     ]);
     let _den = music.start();
     let ada = music.discord.user;
@@ -259,25 +269,29 @@ fn the_queue_loops_shuffles_removes_and_stops_from_commands_and_prefix_messages(
 
     // `!` messages do what the slash commands do.
     let fake = &music.discord.fake;
-    fake.post_as(ada, music.discord.channel, "!play two");
-    fake.post_as(ada, music.discord.channel, "!play three");
-    fake.post_as(ada, music.discord.channel, "!play four");
-    music
-        .discord
-        .wait_until("three queued", WAIT, |_| replies(&music).iter().filter(|r| r.starts_with("Queued")).count() == 3);
-    // Where "three" waits depends on whether "one" has finished meanwhile.
+    // One at a time, as people type them (commands sent in the same instant may queue in either order).
+    for (n, words) in ["!play two", "!play three", "!play four"].iter().enumerate() {
+        fake.post_as(ada, music.discord.channel, words);
+        music.discord.wait_until("an answer", WAIT, |_| {
+            replies(&music).iter().filter(|r| r.starts_with("Queued") || r.starts_with("Now playing **t")).count() > n
+        });
+    }
+    // While "two" plays (three seconds), the queue holds still: "three" is first.
+    music.wait_to_hear("the second tone", |h| tones(h, 5).contains(&550));
+    fake.post_as(ada, music.discord.channel, "!remove 1");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !replies(&music).iter().any(|r| r.starts_with("Removed **three-660**")) {
+        assert!(std::time::Instant::now() < deadline, "no removal; den said {:?}", replies(&music));
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let queue = music.command(ada, "queue", &[]);
-    let place = queue.lines().find(|l| l.contains("three-660")).and_then(|l| l.split('.').next()).unwrap().to_owned();
-    fake.post_as(ada, music.discord.channel, &format!("!remove {place}"));
-    music.discord.wait_until("a track removed", WAIT, |_| {
-        replies(&music).iter().any(|r| r.starts_with("Removed **three-660**"))
-    });
-    let queue = music.command(ada, "queue", &[]);
-    assert!(queue.contains("**two-550**") && queue.contains("**four-770**") && !queue.contains("three"), "{queue}");
-    let shuffled = music.command(ada, "shuffle", &[]);
-    assert!(shuffled.starts_with("Shuffled 2 tracks") || shuffled == "There is nothing to shuffle.", "{shuffled}");
+    assert!(
+        queue.starts_with("Now: **two-550**") && queue.contains("1. **four-770**") && !queue.contains("three"),
+        "{queue}"
+    );
+    assert_eq!(music.command(ada, "shuffle", &[]), "There is nothing to shuffle.");
 
-    music.wait_to_hear("the other two tones", |h| tones(h, 20).contains(&550) && tones(h, 20).contains(&770));
+    music.wait_to_hear("the last tone", |h| tones(h, 20).contains(&770));
     let heard = tones(&music.heard(), 20);
     assert!(!heard.contains(&660), "the removed track never played: {heard:?}");
     assert_eq!(music.command(ada, "stop", &[]), "Stopped, and the queue is cleared.");
