@@ -537,29 +537,10 @@ fn a_command_over_http_interactions_plays_on_the_gateway_process() {
     });
 }
 
-/// Serves `body` as `audio/wav` on 127.0.0.1 to every request; returns the address.
-fn serve_file(body: Vec<u8>) -> String {
-    use std::io::{Read as _, Write as _};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().map_while(Result::ok) {
-            let mut request = [0u8; 4096];
-            let _ = stream.read(&mut request);
-            let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: audio/wav\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&body));
-        }
-    });
-    addr
-}
-
 #[test]
 fn pages_go_through_yt_dlp_when_the_operator_enables_it_and_its_failures_are_one_clear_line() {
     let music = Music::new(&[]);
-    let stream = serve_file(den_testkit::audio::tone_wav(440.0, 1500));
+    let stream = serve_files(vec![("/tone.wav".into(), den_testkit::audio::tone_wav(440.0, 1500))]);
     // A stand-in for yt-dlp: one JSON line for a page, the bot check for a page with "bot" in it.
     let script = music.scratch.path().join("yt-dlp");
     std::fs::write(&script, format!(
@@ -616,7 +597,10 @@ fn an_attached_file_and_a_link_to_an_audio_file_play() {
     // Links on 127.0.0.1 are refused unless allowed: the test's file server and the stand-in's CDN live there.
     let toml = std::fs::read_to_string(&config).unwrap().replace("[music]\n", "[music]\nallow_private_urls = true\n");
     std::fs::write(&config, toml).unwrap();
-    let link = format!("http://{}/song%20550.wav", serve_file(den_testkit::audio::tone_wav(550.0, 1000)));
+    let link = format!(
+        "http://{}/song%20550.wav",
+        serve_files(vec![("/song%20550.wav".into(), den_testkit::audio::tone_wav(550.0, 1000))])
+    );
     let _den = music.start();
     let ada = music.discord.user;
     music.join(ada);
@@ -783,5 +767,55 @@ fn the_operator_approves_a_server_from_discord_and_no_one_else_may() {
             .and_then(|i| i.original)
             .and_then(|m| f.message(m))
             .is_some_and(|m| m.content.starts_with("Now playing **one-440**"))
+    });
+}
+
+/// Serves `files` (path → bytes) on 127.0.0.1; returns the address.
+fn serve_files(files: Vec<(String, Vec<u8>)>) -> String {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            let mut request = [0u8; 4096];
+            let n = stream.read(&mut request).unwrap_or(0);
+            let line = String::from_utf8_lossy(&request[..n]).lines().next().unwrap_or_default().to_owned();
+            let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            let head = |status: &str, len: usize| {
+                format!("HTTP/1.1 {status}\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n")
+            };
+            let _ = match files.iter().find(|(p, _)| *p == path) {
+                Some((_, body)) => {
+                    stream.write_all(head("200 OK", body.len()).as_bytes()).and_then(|()| stream.write_all(body))
+                }
+                None => stream.write_all(head("404 Not Found", 0).as_bytes()),
+            };
+        }
+    });
+    addr
+}
+
+#[test]
+fn an_hls_stream_plays_its_segments_in_order() {
+    let music = Music::new(&[]);
+    let config = music.scratch.path().join("den.toml");
+    let toml = std::fs::read_to_string(&config).unwrap().replace("[music]\n", "[music]\nallow_private_urls = true\n");
+    std::fs::write(&config, toml).unwrap();
+    // An Ogg Opus tone cut at page boundaries into three segments of about a second.
+    let ogg = den_testkit::audio::tone_ogg_opus(440.0, 3000);
+    let pages: Vec<usize> = (0..ogg.len() - 4).filter(|i| &ogg[*i..*i + 4] == b"OggS").collect();
+    let cuts = [0, pages[3], pages[4], ogg.len()];
+    let mut files: Vec<(String, Vec<u8>)> =
+        (0..3).map(|n| (format!("/live/seg{n}.ogg"), ogg[cuts[n]..cuts[n + 1]].to_vec())).collect();
+    let playlist = "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:0\n\
+                    #EXTINF:1.0,\nseg0.ogg\n#EXTINF:1.0,\nseg1.ogg\n#EXTINF:1.0,\nseg2.ogg\n#EXT-X-ENDLIST\n";
+    files.push(("/live/radio.m3u8".into(), playlist.as_bytes().to_vec()));
+    let url = format!("http://{}/live/radio.m3u8", serve_files(files));
+    let _den = music.start();
+    let ada = music.discord.user;
+    music.join(ada);
+    assert_eq!(music.play(ada, &url), "Now playing **radio.m3u8**");
+    music.wait_to_hear("the three segments", |h| {
+        h.iter().filter(|(p, _)| *p == Some(440)).map(|(_, n)| n).sum::<usize>() >= 130
     });
 }
