@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use den_testkit::discord::{CommandOption, voice::segments};
+use den_testkit::discord::{CommandOption, Message, voice::segments};
 use support::{Discord, Scratch, TOKEN};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -54,13 +54,22 @@ impl Music {
         self.discord.fake.join_voice(user, self.discord.guild, Some(self.lounge)).unwrap();
     }
 
-    fn command(&self, user: u64, name: &str, options: &[CommandOption]) -> String {
-        let token = self.discord.fake.invoke_command(user, self.discord.channel, name, options);
-        self.discord.wait_until(&format!("/{name} answered"), WAIT, |f| {
-            f.interaction(&token).and_then(|i| i.original).and_then(|m| f.message(m)).is_some_and(|m| m.edits > 0)
+    /// The response to interaction `token` once `check` holds for it.
+    fn original(&self, token: &str, what: &str, check: impl Fn(&Message) -> bool) -> Message {
+        self.discord.wait_until(what, WAIT, |f| {
+            f.interaction(token).and_then(|i| i.original).and_then(|m| f.message(m)).is_some_and(|m| check(&m))
         });
-        let i = self.discord.fake.interaction(&token).unwrap();
-        self.discord.fake.message(i.original.unwrap()).unwrap().content
+        let i = self.discord.fake.interaction(token).unwrap();
+        self.discord.fake.message(i.original.unwrap()).unwrap()
+    }
+
+    /// The answer to a deferred interaction (its response edited).
+    fn answer(&self, token: &str) -> String {
+        self.original(token, "the answer", |m| m.edits > 0).content
+    }
+
+    fn command(&self, user: u64, name: &str, options: &[CommandOption]) -> String {
+        self.answer(&self.discord.fake.invoke_command(user, self.discord.channel, name, options))
     }
 
     fn play(&self, user: u64, query: &str) -> String {
@@ -218,10 +227,7 @@ fn two_servers_play_their_own_queues_at_once() {
     fake.join_voice(bea, other, Some(other_voice)).unwrap();
 
     music.play(ada, "low");
-    let token = fake.invoke_command(bea, other_text, "play", &[CommandOption::string("query", "high")]);
-    music.discord.wait_until("/play in the other server answered", WAIT, |f| {
-        f.interaction(&token).and_then(|i| i.original).and_then(|m| f.message(m)).is_some_and(|m| m.edits > 0)
-    });
+    music.answer(&fake.invoke_command(bea, other_text, "play", &[CommandOption::string("query", "high")]));
     music.discord.wait_until("both servers heard a second of their tone", WAIT, |f| {
         let pitches = |g| {
             segments(&f.voice().heard(g))
@@ -397,13 +403,7 @@ fn the_now_playing_buttons_pause_resume_and_skip() {
     music.play(ada, "next");
     let token = music.discord.fake.invoke_command(ada, music.discord.channel, "now-playing", &[]);
     let fake = &music.discord.fake;
-    music.discord.wait_until("now-playing with buttons", WAIT, |f| {
-        f.interaction(&token)
-            .and_then(|i| i.original)
-            .and_then(|m| f.message(m))
-            .is_some_and(|m| !m.components.is_empty())
-    });
-    let message = fake.message(fake.interaction(&token).unwrap().original.unwrap()).unwrap();
+    let message = music.original(&token, "now-playing with buttons", |m| !m.components.is_empty());
     assert!(
         message.content.starts_with("▶️ Playing **long-440**") && message.content.contains("1 more queued"),
         "{}",
@@ -417,13 +417,7 @@ fn the_now_playing_buttons_pause_resume_and_skip() {
         .collect();
     assert_eq!(ids, ["music:toggle", "music:skip", "music:stop", "music:loop", "music:shuffle"]);
 
-    let press = |id: &str| {
-        let token = fake.press_button(ada, music.discord.channel, message.id, id);
-        music.discord.wait_until(&format!("{id} answered"), WAIT, |f| {
-            f.interaction(&token).and_then(|i| i.original).and_then(|m| f.message(m)).is_some_and(|m| m.edits > 0)
-        });
-        fake.message(fake.interaction(&token).unwrap().original.unwrap()).unwrap().content
-    };
+    let press = |id: &str| music.answer(&fake.press_button(ada, music.discord.channel, message.id, id));
     assert!(press("music:toggle").starts_with("Paused at"));
     assert_eq!(press("music:toggle"), "Playing on.");
     assert!(press("music:skip").starts_with("Skipped **long-440**"));
@@ -444,13 +438,7 @@ fn search_offers_matches_to_pick_from_and_playlists_and_preferences_are_each_per
     let fake = &music.discord.fake;
 
     let token = fake.invoke_command(ada, music.discord.channel, "search", &[CommandOption::string("query", "tone")]);
-    music.discord.wait_until("the matches with a menu", WAIT, |f| {
-        f.interaction(&token)
-            .and_then(|i| i.original)
-            .and_then(|m| f.message(m))
-            .is_some_and(|m| !m.components.is_empty())
-    });
-    let offer = fake.message(fake.interaction(&token).unwrap().original.unwrap()).unwrap();
+    let offer = music.original(&token, "the matches with a menu", |m| !m.components.is_empty());
     let lines: Vec<&str> = offer.content.lines().skip(1).collect();
     assert_eq!(lines.len(), 3, "three tones match, the other file does not: {}", offer.content);
     let menu = &offer.components[0]["components"][0];
@@ -459,10 +447,7 @@ fn search_offers_matches_to_pick_from_and_playlists_and_preferences_are_each_per
     let second = lines[1].split("**").nth(1).unwrap().to_owned();
     let pick =
         fake.choose(ada, music.discord.channel, offer.id, menu["custom_id"].as_str().unwrap(), &["2".to_owned()]);
-    music.discord.wait_until("the pick answered", WAIT, |f| {
-        f.interaction(&pick).and_then(|i| i.original).and_then(|m| f.message(m)).is_some_and(|m| m.edits > 0)
-    });
-    let played = fake.message(fake.interaction(&pick).unwrap().original.unwrap()).unwrap().content;
+    let played = music.answer(&pick);
     assert!(played.starts_with(&format!("Now playing **{second}**")), "{played} (offered {second} second)");
 
     // The same request again resolves from the track cache.
@@ -529,12 +514,7 @@ fn a_command_over_http_interactions_plays_on_the_gateway_process() {
     });
     assert_eq!(fake.interaction(&token).unwrap().callback.unwrap().0, 5, "deferred: the gateway process answers");
     music.wait_to_hear("the tone, played by the gateway process", |h| tones(h, 10).contains(&440));
-    music.discord.wait_until("the answer", WAIT, |f| {
-        f.interaction(&token)
-            .and_then(|i| i.original)
-            .and_then(|m| f.message(m))
-            .is_some_and(|m| m.content.starts_with("Now playing **tone-440**"))
-    });
+    assert!(music.answer(&token).starts_with("Now playing **tone-440**"));
 }
 
 #[test]
@@ -752,22 +732,13 @@ fn the_operator_approves_a_server_from_discord_and_no_one_else_may() {
     let _den = music.start();
     let allow = |who: u64, channel: u64| {
         let option = CommandOption::sub(1, "allow", vec![CommandOption::string("server", &annex.to_string())]);
-        let token = fake.invoke_command(who, channel, "music-admin", &[option]);
-        music.discord.wait_until("/music-admin answered", WAIT, |f| {
-            f.interaction(&token).and_then(|i| i.original).and_then(|m| f.message(m)).is_some_and(|m| m.edits > 0)
-        });
-        fake.message(fake.interaction(&token).unwrap().original.unwrap()).unwrap().content
+        music.answer(&fake.invoke_command(who, channel, "music-admin", &[option]))
     };
     assert_eq!(allow(bea, annex_text), "Only den's operator can do this, in den's operator server.");
     assert_eq!(allow(ada, music.discord.channel), format!("Server `{annex}` may use music now."));
     fake.join_voice(bea, annex, Some(annex_voice)).unwrap();
-    let token = fake.invoke_command(bea, annex_text, "play", &[CommandOption::string("query", "one")]);
-    music.discord.wait_until("music in the approved server", WAIT, |f| {
-        f.interaction(&token)
-            .and_then(|i| i.original)
-            .and_then(|m| f.message(m))
-            .is_some_and(|m| m.content.starts_with("Now playing **one-440**"))
-    });
+    let played = music.answer(&fake.invoke_command(bea, annex_text, "play", &[CommandOption::string("query", "one")]));
+    assert!(played.starts_with("Now playing **one-440**"), "music in the approved server: {played}");
 }
 
 /// Serves `files` (path → bytes) on 127.0.0.1; returns the address.
