@@ -31,8 +31,9 @@ impl FromStr for LogFormat {
 /// the `RUST_LOG` variable, when set, takes precedence. Calling it twice is
 /// harmless (the second call does nothing), which keeps tests simple.
 pub fn init_logging(format: LogFormat, filter: &str) {
-    // The MCP SDK logs every session start at info: den says what matters itself.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{filter},rmcp=warn")));
+    // The MCP SDK logs every session start, and the voice driver every track event, at info: den says what matters itself.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{filter},rmcp=warn,songbird=warn")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
