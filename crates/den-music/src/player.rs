@@ -76,7 +76,6 @@ enum EndKind {
 pub struct Player {
     voice: Arc<Voice>,
     tables: Tables,
-    queues: Queues,
     sources: Sources,
     egress: Arc<Egress>,
     metrics: den_ops::Metrics,
@@ -88,7 +87,6 @@ pub struct Player {
     idle: Mutex<HashMap<u64, std::time::Instant>>,
     /// Leave after this long idle or alone, unless a server says otherwise; zero stays.
     leave_after: Duration,
-    policies: Policies,
 }
 
 impl std::fmt::Debug for Player {
@@ -116,12 +114,10 @@ impl Player {
         leave_after: Duration,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        let (queues, policies) = (tables.queues.clone(), tables.policies.clone());
         let (ended, rx) = mpsc::unbounded_channel();
         let player = Arc::new(Self {
             voice,
             tables,
-            queues,
             sources,
             egress,
             metrics,
@@ -130,7 +126,6 @@ impl Player {
             syncing: Mutex::new(HashMap::new()),
             idle: Mutex::new(HashMap::new()),
             leave_after,
-            policies,
         });
         tokio::spawn(player.clone().run(rx, notices, shutdown));
         player
@@ -151,13 +146,13 @@ impl Player {
     /// The stored queues.
     #[must_use]
     pub fn queues(&self) -> &Queues {
-        &self.queues
+        &self.tables.queues
     }
 
     /// Servers' settings and the allowlist.
     #[must_use]
     pub fn policies(&self) -> &Policies {
-        &self.policies
+        &self.tables.policies
     }
 
     /// Everything music keeps in the store.
@@ -195,7 +190,7 @@ impl Player {
     pub async fn sync(&self, guild: u64) -> Result<(), PlayError> {
         let gate = lock(&self.syncing).entry(guild).or_default().clone();
         let _one_at_a_time = gate.lock().await;
-        let queue = self.queues.get(guild).await?;
+        let queue = self.queues().get(guild).await?;
         let Some(channel) = queue.voice_channel else {
             self.stop_track(guild);
             if self.voice.joined(guild).is_some() {
@@ -321,7 +316,7 @@ impl Player {
             // dropped (its connection was made again). Play it on from where it was.
             EndKind::Stopped(at) if ours => {
                 tracing::info!(guild, at_ms = at, "the driver stopped the track; playing it on");
-                let saved = self.queues.update(guild, |q| {
+                let saved = self.queues().update(guild, |q| {
                     if q.generation == generation {
                         q.position_ms = at;
                     }
@@ -337,7 +332,7 @@ impl Player {
             EndKind::Stopped(_) => return,
         };
         let moved = self
-            .queues
+            .queues()
             .update(guild, |q| {
                 let current = (q.generation == generation).then(|| q.current.clone()).flatten();
                 if current.is_some() {
@@ -363,7 +358,7 @@ impl Player {
             tracing::warn!(guild, error = %e, "could not play the next track");
         }
         let Some(next) = queue.current.as_ref().filter(|n| n.id != done.id) else { return };
-        let server = self.policies.settings(guild).await.is_ok_and(|s| s.announce);
+        let server = self.policies().settings(guild).await.is_ok_and(|s| s.announce);
         let asker = self.tables.people.prefs(next.requested_by).await.map_or(true, |p| p.announce != Some(false));
         if server && asker {
             self.announce(&queue, &format!("Now playing {}", next.track.label())).await;
@@ -378,20 +373,10 @@ impl Player {
                 }
             }
             Notice::Removed(guild) => {
-                let position = self.current_position(guild).await;
-                self.stop_track(guild);
-                let left = self.queues.update(guild, |q| {
-                    q.voice_channel = None;
-                    q.position_ms = position.unwrap_or(q.position_ms);
-                });
-                match left.await {
-                    Ok(((), q)) => {
-                        self.announce(&q, "den was taken out of the voice channel; the queue is kept.").await
-                    }
-                    Err(e) => tracing::warn!(guild, error = %e, "could not record leaving"),
+                if let Some(q) = self.record_leaving(guild).await {
+                    self.announce(&q, "den was taken out of the voice channel; the queue is kept.").await;
                 }
             }
-            Notice::People(_) => {}
         }
     }
 
@@ -401,43 +386,52 @@ impl Player {
         u64::try_from(info.position.as_millis()).ok()
     }
 
-    /// Leaves the channels where nothing played, or nobody listened, for `leave_after`.
+    /// Stops `guild`'s track and keeps where it was, with no voice channel in
+    /// the queue (den left, or was taken out); the queue as written.
+    async fn record_leaving(&self, guild: u64) -> Option<Queue> {
+        let position = self.current_position(guild).await;
+        self.stop_track(guild);
+        let left = self.queues().update(guild, |q| {
+            q.voice_channel = None;
+            q.position_ms = position.unwrap_or(q.position_ms);
+        });
+        match left.await {
+            Ok(((), q)) => Some(q),
+            Err(e) => {
+                tracing::warn!(guild, error = %e, "could not record leaving");
+                None
+            }
+        }
+    }
+
+    /// Leaves the channels where nothing played, or nobody listened, for
+    /// `leave_after` (or the server's own setting, read only for idle ones).
     async fn leave_idle(&self) {
         let joined: Vec<(u64, u64)> = self.voice.joined_all();
-        let mut limits = HashMap::new();
-        for (guild, _) in &joined {
-            let chosen = self.policies.settings(*guild).await.ok().and_then(|s| s.leave_after_secs);
-            limits.insert(*guild, chosen.map_or(self.leave_after, Duration::from_secs));
-        }
+        let idle_now: Vec<u64> = {
+            let playing = lock(&self.playing);
+            let busy = |(g, c): &(u64, u64)| {
+                playing.get(g).is_some_and(|p| !p.paused) && !self.voice.listeners(*g, *c).is_empty()
+            };
+            joined.iter().filter(|j| !busy(j)).map(|(g, _)| *g).collect()
+        };
         let now = std::time::Instant::now();
         let mut leave = Vec::new();
-        {
-            let playing = lock(&self.playing);
+        for guild in &idle_now {
+            let chosen = self.policies().settings(*guild).await.ok().and_then(|s| s.leave_after_secs);
+            let limit = chosen.map_or(self.leave_after, Duration::from_secs);
             let mut idle = lock(&self.idle);
-            idle.retain(|g, _| joined.iter().any(|(j, _)| j == g));
-            for (guild, channel) in &joined {
-                let limit = limits.get(guild).copied().unwrap_or(self.leave_after);
-                let busy =
-                    playing.get(guild).is_some_and(|p| !p.paused) && !self.voice.listeners(*guild, *channel).is_empty();
-                if busy || limit.is_zero() {
-                    idle.remove(guild);
-                } else if now.duration_since(*idle.entry(*guild).or_insert(now)) >= limit {
-                    idle.remove(guild);
-                    leave.push(*guild);
-                }
+            if limit.is_zero() {
+                idle.remove(guild);
+            } else if now.duration_since(*idle.entry(*guild).or_insert(now)) >= limit {
+                idle.remove(guild);
+                leave.push(*guild);
             }
         }
+        lock(&self.idle).retain(|g, _| idle_now.contains(g));
         for guild in leave {
-            let position = self.current_position(guild).await;
-            self.stop_track(guild);
+            self.record_leaving(guild).await;
             self.voice.leave(guild);
-            let left = self.queues.update(guild, |q| {
-                q.voice_channel = None;
-                q.position_ms = position.unwrap_or(q.position_ms);
-            });
-            if let Err(e) = left.await {
-                tracing::warn!(guild, error = %e, "could not record leaving");
-            }
             tracing::info!(guild, "left an idle voice channel");
         }
     }
@@ -478,7 +472,7 @@ impl Player {
             }
             let at = u64::try_from(info.position.as_millis()).unwrap_or(u64::MAX);
             let saved = self
-                .queues
+                .queues()
                 .update(guild, |q| {
                     if q.generation == generation {
                         q.position_ms = at;

@@ -61,8 +61,6 @@ pub enum Notice {
     Connected(u64),
     /// den was removed from the channel (kicked, or the channel went away).
     Removed(u64),
-    /// Someone joined, left or moved between voice channels of this server.
-    People(u64),
 }
 
 /// Who is in voice in one server: user → (channel, is a bot).
@@ -92,7 +90,6 @@ pub struct Voice {
     calls: Mutex<HashMap<u64, Call>>,
     people: Mutex<HashMap<u64, InVoice>>,
     notices: tokio::sync::mpsc::UnboundedSender<Notice>,
-    reconnects: AtomicU64,
     metrics: den_ops::Metrics,
     this: Weak<Voice>,
 }
@@ -127,7 +124,6 @@ impl Voice {
             calls: Mutex::new(HashMap::new()),
             people: Mutex::new(HashMap::new()),
             notices,
-            reconnects: AtomicU64::new(0),
             metrics,
             this: this.clone(),
         });
@@ -143,12 +139,6 @@ impl Voice {
     #[must_use]
     pub fn holds(&self, guild: u64) -> bool {
         self.gateway.holds(guild)
-    }
-
-    /// Connections Discord ended that den joined again.
-    #[must_use]
-    pub fn reconnects(&self) -> u64 {
-        self.reconnects.load(Ordering::Relaxed)
     }
 
     /// The voice channel `user` is in, in `guild`.
@@ -273,7 +263,6 @@ impl Voice {
                 None => in_guild.remove(&user),
             };
         }
-        let _ = self.notices.send(Notice::People(guild));
     }
 
     fn own_state(&self, guild: u64, channel: Option<u64>, session_id: &str) {
@@ -358,7 +347,6 @@ impl Voice {
             call.rejoins += 1;
             (channel, rejoin_delay(call.rejoins - 1))
         };
-        self.reconnects.fetch_add(1, Ordering::Relaxed);
         self.metrics.music_voice_reconnect();
         let this = self.this.clone();
         tokio::spawn(async move {

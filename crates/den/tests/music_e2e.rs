@@ -44,6 +44,13 @@ impl Music {
         Self { discord, scratch, lounge, ca: ca.display().to_string() }
     }
 
+    /// Adds `lines` to den.toml's `[music]` section.
+    fn configure(&self, lines: &str) {
+        let config = self.scratch.path().join("den.toml");
+        let toml = std::fs::read_to_string(&config).unwrap().replace("[music]\n", &format!("[music]\n{lines}\n"));
+        std::fs::write(&config, toml).unwrap();
+    }
+
     fn start(&self) -> support::Running {
         let den = self.scratch.start_with(&self.discord, "run", &[("SSL_CERT_FILE", &self.ca)]);
         den.wait_ready(WAIT);
@@ -307,10 +314,7 @@ fn the_queue_loops_shuffles_removes_and_stops_from_commands_and_prefix_messages(
 #[test]
 fn only_approved_servers_play_when_the_allowlist_is_on() {
     let music = Music::new(&[("one-440", 440.0, 600)]);
-    let config = music.scratch.path().join("den.toml");
-    let mut toml = std::fs::read_to_string(&config).unwrap();
-    toml = toml.replace("[music]\n", "[music]\nallowlist = true\n");
-    std::fs::write(&config, toml).unwrap();
+    music.configure("allowlist = true");
     let _den = music.start();
     let ada = music.discord.user;
     music.join(ada);
@@ -530,12 +534,7 @@ fn pages_go_through_yt_dlp_when_the_operator_enables_it_and_its_failures_are_one
          \"url\":\"http://{stream}/tone.wav\",\"protocol\":\"https\"}}'\n"
     )).unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let config = music.scratch.path().join("den.toml");
-    let toml = std::fs::read_to_string(&config).unwrap().replace(
-        "[music]\n",
-        &format!("[music]\nytdlp = true\nytdlp_path = \"{}\"\nallow_private_urls = true\n", script.display()),
-    );
-    std::fs::write(&config, toml).unwrap();
+    music.configure(&format!("ytdlp = true\nytdlp_path = \"{}\"\nallow_private_urls = true", script.display()));
     let _den = music.start();
     let ada = music.discord.user;
     music.join(ada);
@@ -573,10 +572,8 @@ fn den_leaves_a_channel_left_alone_and_keeps_the_queue_for_later() {
 #[test]
 fn an_attached_file_and_a_link_to_an_audio_file_play() {
     let music = Music::new(&[]);
-    let config = music.scratch.path().join("den.toml");
     // Links on 127.0.0.1 are refused unless allowed: the test's file server and the stand-in's CDN live there.
-    let toml = std::fs::read_to_string(&config).unwrap().replace("[music]\n", "[music]\nallow_private_urls = true\n");
-    std::fs::write(&config, toml).unwrap();
+    music.configure("allow_private_urls = true");
     let link = format!(
         "http://{}/song%20550.wav",
         serve_files(vec![("/song%20550.wav".into(), den_testkit::audio::tone_wav(550.0, 1000))])
@@ -656,9 +653,7 @@ fn serve_radio() -> String {
 #[test]
 fn an_endless_radio_stream_plays_until_stopped() {
     let music = Music::new(&[]);
-    let config = music.scratch.path().join("den.toml");
-    let toml = std::fs::read_to_string(&config).unwrap().replace("[music]\n", "[music]\nallow_private_urls = true\n");
-    std::fs::write(&config, toml).unwrap();
+    music.configure("allow_private_urls = true");
     let radio = format!("http://{}/live", serve_radio());
     let _den = music.start();
     let ada = music.discord.user;
@@ -723,12 +718,7 @@ fn the_operator_approves_a_server_from_discord_and_no_one_else_may() {
     let (ada, bea) = (music.discord.user, fake.add_user("bea"));
     let annex = fake.add_guild("annex", bea);
     let (annex_text, annex_voice) = (fake.add_text_channel(annex, "general"), fake.add_channel(annex, "Hall", 2, None));
-    let config = music.scratch.path().join("den.toml");
-    let toml = std::fs::read_to_string(&config).unwrap().replace(
-        "[music]\n",
-        &format!("[music]\nallowlist = true\noperators = [{ada}]\noperator_guild = {}\n", music.discord.guild),
-    );
-    std::fs::write(&config, toml).unwrap();
+    music.configure(&format!("allowlist = true\noperators = [{ada}]\noperator_guild = {}", music.discord.guild));
     let _den = music.start();
     let allow = |who: u64, channel: u64| {
         let option = CommandOption::sub(1, "allow", vec![CommandOption::string("server", &annex.to_string())]);
@@ -769,9 +759,7 @@ fn serve_files(files: Vec<(String, Vec<u8>)>) -> String {
 #[test]
 fn an_hls_stream_plays_its_segments_in_order() {
     let music = Music::new(&[]);
-    let config = music.scratch.path().join("den.toml");
-    let toml = std::fs::read_to_string(&config).unwrap().replace("[music]\n", "[music]\nallow_private_urls = true\n");
-    std::fs::write(&config, toml).unwrap();
+    music.configure("allow_private_urls = true");
     // An Ogg Opus tone cut at page boundaries into three segments of about a second.
     let ogg = den_testkit::audio::tone_ogg_opus(440.0, 3000);
     let pages: Vec<usize> = (0..ogg.len() - 4).filter(|i| &ogg[*i..*i + 4] == b"OggS").collect();

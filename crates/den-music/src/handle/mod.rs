@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::commands::{AdminAction, Attached, BUTTON_PREFIX, Command, SettingsChange};
 use crate::player::{PlayError, Player};
-use crate::prefs::PreferredSource;
+use crate::prefs::{PreferredSource, Prefs};
 use crate::queue::Queue;
-use crate::settings::{Policies, Settings};
+use crate::settings::Settings;
 use crate::sources::ResolveError;
 use crate::track::{Track, clock};
 
@@ -115,7 +115,6 @@ pub struct Music {
     clock: Arc<dyn Clock>,
     jobs: JobQueue,
     metrics: den_ops::Metrics,
-    policies: Policies,
     access: Access,
 }
 
@@ -143,8 +142,7 @@ impl Music {
         metrics: den_ops::Metrics,
         access: Access,
     ) -> Arc<Self> {
-        let policies = player.policies().clone();
-        Arc::new(Self { player, egress, clock, jobs, metrics, policies, access })
+        Arc::new(Self { player, egress, clock, jobs, metrics, access })
     }
 
     /// The player.
@@ -162,7 +160,7 @@ impl Music {
         let answer = match &request.command {
             Err(line) => line.clone(),
             Ok(command) => {
-                let settings = self.policies.settings(request.guild).await.map_err(store)?;
+                let settings = self.player.policies().settings(request.guild).await.map_err(store)?;
                 let refused = self.refusal(command, &request, &settings).await?;
                 let answer = match refused {
                     Some(line) => Err(line),
@@ -222,7 +220,7 @@ impl Music {
         if matches!(command, Command::Admin { .. }) {
             return Ok(None);
         }
-        if self.access.allowlist && !self.policies.allowed(req.guild).await.map_err(store)? {
+        if self.access.allowlist && !self.player.policies().allowed(req.guild).await.map_err(store)? {
             return Ok(Some(format!(
                 "Music is not turned on for this server yet. A server admin can ask den's operator to approve server `{}`.",
                 req.guild
@@ -280,12 +278,17 @@ impl Music {
         key: &str,
     ) -> Result<Answer, JobError> {
         match command {
-            Command::Play { query, file } => match self.resolve(request.user, query.as_deref(), file.as_ref()).await {
-                Ok(track) => self.play(request, settings, key, vec![track]).await,
-                Err(e) => Ok(Err(e.to_string())),
-            },
+            Command::Play { query, file } => {
+                let prefs = self.prefs_of(request.user).await?;
+                match self.resolve(&prefs, query.as_deref(), file.as_ref()).await {
+                    Ok(track) => self.play(request, settings, &prefs, key, vec![track]).await,
+                    Err(e) => Ok(Err(e.to_string())),
+                }
+            }
             Command::Pick { query, n } => match self.pick(query, *n).await {
-                Some(track) => self.play(request, settings, key, vec![track]).await,
+                Some(track) => {
+                    self.play(request, settings, &self.prefs_of(request.user).await?, key, vec![track]).await
+                }
                 None => Ok(Err(format!("The search for \"{query}\" no longer finds a #{n}."))),
             },
             Command::Search { query } => Ok(self.search(query).await),
@@ -325,7 +328,7 @@ impl Music {
         s.default_volume = change.default_volume.unwrap_or(s.default_volume);
         s.announce = change.announce.unwrap_or(s.announce);
         s.channel = change.channel.or(s.channel);
-        self.policies.save(req.guild, &s).await.map_err(store)?;
+        self.player.policies().save(req.guild, &s).await.map_err(store)?;
         Ok(Ok(format!("Saved.\n{}", s.describe(default_leave))))
     }
 
@@ -337,17 +340,17 @@ impl Music {
         let by = format!("discord:{}", req.user);
         Ok(match (action, guild) {
             (AdminAction::Allow, Some(g)) => {
-                match self.policies.allow(g, &by, self.clock.now()).await.map_err(store)? {
+                match self.player.policies().allow(g, &by, self.clock.now()).await.map_err(store)? {
                     true => Ok(format!("Server `{g}` may use music now.")),
                     false => Ok(format!("Server `{g}` was already approved.")),
                 }
             }
-            (AdminAction::Revoke, Some(g)) => match self.policies.revoke(g).await.map_err(store)? {
+            (AdminAction::Revoke, Some(g)) => match self.player.policies().revoke(g).await.map_err(store)? {
                 true => Ok(format!("Server `{g}` may no longer use music.")),
                 false => Err(format!("Server `{g}` was not approved.")),
             },
             (AdminAction::List, _) => {
-                let list = self.policies.allowlist().await.map_err(store)?;
+                let list = self.player.policies().allowlist().await.map_err(store)?;
                 if list.is_empty() {
                     Ok("No server is approved yet.".into())
                 } else {
@@ -385,11 +388,17 @@ impl Music {
         Ok(answer)
     }
 
+    /// The asker's own preferences.
+    async fn prefs_of(&self, user: u64) -> Result<Prefs, JobError> {
+        self.player.tables().people.prefs(user).await.map_err(store)
+    }
+
     /// Queues `tracks` (the first plays when nothing does), joining the asker's channel.
     async fn play(
         &self,
         req: &Request,
         settings: &Settings,
+        prefs: &Prefs,
         key: &str,
         tracks: Vec<Track>,
     ) -> Result<Answer, JobError> {
@@ -407,7 +416,7 @@ impl Music {
             let what = long.first().map(Track::label).unwrap_or_default();
             return Ok(Err(format!("{what} is longer than this server's limit of {max}.")));
         }
-        let volume = self.player.tables().people.prefs(req.user).await.map_err(store)?.volume;
+        let volume = prefs.volume;
         let answer = self
             .change(req.guild, key, |q| {
                 let room = settings.max_per_person.map_or(usize::MAX, |max| max.saturating_sub(q.queued_by(req.user)));
@@ -443,9 +452,13 @@ impl Music {
     }
 
     /// The track a request names: from the cache when it resolved lately, else from its source.
-    async fn resolve(&self, user: u64, query: Option<&str>, file: Option<&Attached>) -> Result<Track, ResolveError> {
-        let prefer = self.player.tables().people.prefs(user).await.map(|p| p.source).unwrap_or_default();
-        let prefer = if self.player.sources().has_ytdlp() { prefer } else { PreferredSource::Library };
+    async fn resolve(
+        &self,
+        prefs: &Prefs,
+        query: Option<&str>,
+        file: Option<&Attached>,
+    ) -> Result<Track, ResolveError> {
+        let prefer = if self.player.sources().has_ytdlp() { prefs.source } else { PreferredSource::Library };
         let cache = &self.player.tables().cache;
         // Words may find different tracks in different places: the place is part of the request.
         let request = query.map(|q| format!("{}:{q}", prefer.as_str()));

@@ -87,7 +87,9 @@ impl Music {
                 }
             }
             PlaylistAction::Load => match people.playlist(req.user, name).await.map_err(store)? {
-                Some(list) if !list.tracks.is_empty() => return self.play(req, settings, key, list.tracks).await,
+                Some(list) if !list.tracks.is_empty() => {
+                    return self.play(req, settings, &self.prefs_of(req.user).await?, key, list.tracks).await;
+                }
                 _ => Err(format!("You have no playlist called \"{}\".", crate::prefs::playlist_key(name))),
             },
             PlaylistAction::Delete => match people.delete_playlist(req.user, name).await.map_err(store)? {
