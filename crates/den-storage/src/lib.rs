@@ -24,8 +24,9 @@ use async_trait::async_trait;
 pub use error::{StoreError, StoreErrorKind, StoreResult};
 pub use metered::{MessageEvent, Metered, StoreObserver};
 pub use queue::{
-    DEDUP_WINDOW, DeadLetterSpec, Delivery, MAX_BATCH, MAX_BODY_BYTES, MAX_DELAY, MAX_VISIBILITY, MAX_WAIT,
-    OutgoingMessage, PeekedMessage, Queue, QueueDepth, QueueSpec, RETENTION_RANGE, Receipt, ReceiveOptions, Sent,
+    DEDUP_WINDOW, DeadLetterSpec, Delivery, HandedMessage, MAX_BATCH, MAX_BODY_BYTES, MAX_DELAY, MAX_VISIBILITY,
+    MAX_WAIT, OutgoingMessage, PeekedMessage, Queue, QueueDepth, QueueSpec, RETENTION_RANGE, Receipt, ReceiveOptions,
+    SQS_ID_ATTRIBUTE, Sent,
 };
 pub use table::{
     Condition, IndexSpec, Item, MAX_ITEM_BYTES, MAX_QUERY_LIMIT, Page, Put, Query, SkCondition, Table, TableSpec,

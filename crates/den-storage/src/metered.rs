@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use crate::{
-    Condition, Delivery, Item, OutgoingMessage, Page, PeekedMessage, Put, Query, Queue, QueueDepth, QueueSpec, Receipt,
-    ReceiveOptions, Sent, Store, StoreResult, SweepReport, Table, TableSpec,
+    Condition, Delivery, HandedMessage, Item, OutgoingMessage, Page, PeekedMessage, Put, Query, Queue, QueueDepth,
+    QueueSpec, Receipt, ReceiveOptions, Sent, Store, StoreResult, SweepReport, Table, TableSpec,
 };
 
 /// What happened to queue messages, for counters.
@@ -184,6 +184,11 @@ impl Queue for MeteredQueue {
     }
     async fn sweep_expired(&self) -> StoreResult<u64> {
         timed(&*self.observer, "queue", "sweep_expired", self.inner.sweep_expired()).await
+    }
+    async fn adopt(&self, queue: &str, handed: &HandedMessage) -> StoreResult<Option<Delivery>> {
+        let got = timed(&*self.observer, "queue", "adopt", self.inner.adopt(queue, handed)).await?;
+        self.observer.messages(queue, MessageEvent::Received, u64::from(got.is_some()));
+        Ok(got)
     }
     async fn scrub(&self) -> StoreResult<()> {
         timed(&*self.observer, "queue", "scrub", self.inner.scrub()).await

@@ -194,6 +194,21 @@ pub struct Delivery {
     pub sent_at: Timestamp,
 }
 
+/// The SQS message attribute in which den sends each message's id, so a
+/// consumer that receives on den's behalf can hand it over (see [`Queue::adopt`]).
+pub const SQS_ID_ATTRIBUTE: &str = "den-id";
+
+/// A message as a queue's own consumer handed it over (see [`Queue::adopt`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandedMessage {
+    /// The backend's receipt for this delivery (SQS's receipt handle).
+    pub handle: String,
+    /// den's id of the message, as sent with it.
+    pub message_id: String,
+    /// The body as delivered.
+    pub body: String,
+}
+
 /// A message looked at without receiving it (for operators' DLQ tools).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeekedMessage {
@@ -283,6 +298,18 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
 
     /// Deletes messages past retention and stale dedup keys; returns how many messages.
     async fn sweep_expired(&self) -> StoreResult<u64>;
+
+    /// Claims a message that reached this process without a `receive`: AWS
+    /// Lambda's SQS event source receives on den's behalf and hands each
+    /// record to the function. The claim counts a receive as `receive` does
+    /// (the same receive counts and dead-lettering); `None` when the message
+    /// must not run (it was acked, deleted, or has just been dead-lettered).
+    /// Backends whose messages only `receive` hands out refuse with
+    /// `InvalidArgument`.
+    async fn adopt(&self, queue: &str, handed: &HandedMessage) -> StoreResult<Option<Delivery>> {
+        let _ = handed;
+        Err(StoreError::invalid(format!("queue {queue}: this backend hands messages out only by receive")))
+    }
 
     /// Makes deleted messages unrecoverable from the backend's own files
     /// (SQLite: freed pages are zeroed as they go, and this folds and

@@ -2,13 +2,14 @@
 //! (the [`den_standin`] stand-in, strict about Discord's OpenAPI spec) and
 //! its voice server (which decrypts and decodes what a bot plays), LLM
 //! servers (Anthropic, OpenAI-compatible and Bedrock wire formats), tone
-//! files, and a store that fails on demand.
+//! files, a store that fails on demand, and AWS Lambda's Runtime API.
 
 /// Tone files for den to play.
 pub mod audio {
     pub use den_standin::voice::tones::*;
 }
 pub mod faults;
+pub mod lambda;
 pub mod llm;
 
 /// The Discord stand-in, under the names den's tests use.

@@ -15,7 +15,7 @@ use den_core::Job;
 use tokio_util::sync::CancellationToken;
 
 pub use backoff::Backoff;
-pub use pool::{Handlers, WorkerConfig, WorkerPool};
+pub use pool::{Handlers, JobRunner, Outcome, WorkerConfig, WorkerPool};
 pub use sender::JobQueue;
 
 /// Runs jobs of one kind.

@@ -199,6 +199,7 @@ pub async fn commands(command: CommandsCommand, c: &Config, env: &[(String, Stri
                     metrics: &metrics,
                     shards: None,
                     shutdown: &tokio_util::sync::CancellationToken::new(),
+                    background: false,
                 };
                 let commands: Vec<_> = modules(&cx).await?.iter().flat_map(|m| m.commands()).collect();
                 let names: Vec<String> = commands.iter().map(|c| format!("/{}", c.name)).collect();

@@ -66,10 +66,11 @@ pub fn options(c: &Config) -> den_storage::aws::AwsOptions {
     options
 }
 
-/// Opens the AWS store.
+/// Opens the AWS store, checking first that its table exists when `verify_table`.
 #[cfg(feature = "aws")]
-pub async fn open_store(c: &Config) -> anyhow::Result<std::sync::Arc<dyn den_storage::Store>> {
-    let store = den_storage::aws::AwsStore::connect(options(c), std::sync::Arc::new(den_core::SystemClock))
+pub async fn open_store(c: &Config, verify_table: bool) -> anyhow::Result<std::sync::Arc<dyn den_storage::Store>> {
+    let options = den_storage::aws::AwsOptions { verify_table, ..options(c) };
+    let store = den_storage::aws::AwsStore::connect(options, std::sync::Arc::new(den_core::SystemClock))
         .await
         .map_err(|e| anyhow::anyhow!("cannot open the AWS store: {e}"))?;
     Ok(std::sync::Arc::new(store))
@@ -77,7 +78,7 @@ pub async fn open_store(c: &Config) -> anyhow::Result<std::sync::Arc<dyn den_sto
 
 /// Opens the AWS store.
 #[cfg(not(feature = "aws"))]
-pub async fn open_store(_: &Config) -> anyhow::Result<std::sync::Arc<dyn den_storage::Store>> {
+pub async fn open_store(_: &Config, _: bool) -> anyhow::Result<std::sync::Arc<dyn den_storage::Store>> {
     anyhow::bail!(
         "store.backend \"aws\" is not built into this den: build it with the `aws` cargo feature \
          (cargo build --release --features aws)"
@@ -97,7 +98,7 @@ pub async fn bootstrap(c: &Config) -> anyhow::Result<()> {
         options.table,
         if created { "created (on-demand, TTL on `ttl`, point-in-time recovery)" } else { "already there" }
     );
-    let store = open_store(c).await?;
+    let store = open_store(c, true).await?;
     let spec = c.queue.spec(&c.worker);
     store.queue().create_queue(&spec).await.map_err(|e| anyhow::anyhow!("cannot create the job queue: {e}"))?;
     let dlq = spec.dead_letter.as_ref().map(|d| d.name.clone()).unwrap_or_default();

@@ -29,6 +29,12 @@ pub enum Command {
     Worker,
     /// Run the HTTP interactions role: verify, acknowledge and enqueue interactions.
     Interactions,
+    /// Serve AWS Lambda invocations (what the function package's `bootstrap` runs).
+    Lambda {
+        /// The function's role (default: $DEN_LAMBDA_ROLE, else the function's handler setting).
+        #[arg(value_enum)]
+        role: Option<crate::lambda::LambdaRole>,
+    },
     /// Inspect and repair the job queue and its dead-letter queue.
     Queue {
         #[command(subcommand)]

@@ -5,6 +5,7 @@ mod agent;
 mod aws;
 mod cli;
 mod config;
+mod lambda;
 mod llm;
 mod model;
 mod music;
@@ -19,7 +20,7 @@ use clap::Parser;
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(arguments());
     let mut env: Vec<(String, String)> = std::env::vars().collect();
     let loaded = match config::load(cli.config.as_deref(), &env) {
         Ok(loaded) => loaded,
@@ -72,6 +73,7 @@ fn main() -> ExitCode {
             Command::Gateway => roles::run(roles::Role::Gateway, &loaded, &env).await,
             Command::Worker => roles::run(roles::Role::Worker, &loaded, &env).await,
             Command::Interactions => roles::run(roles::Role::Interactions, &loaded, &env).await,
+            Command::Lambda { role } => lambda::run(role, &loaded.config, &env).await,
             Command::Queue { command } => admin::queue(command, &loaded.config).await,
             Command::Store { command } => admin::store(command, &loaded.config).await,
             Command::Config { command } => admin::config(command, &loaded, &env),
@@ -94,6 +96,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line; in a Lambda custom runtime, which starts `bootstrap`
+/// with no arguments, `den lambda`.
+fn arguments() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<_> = std::env::args_os().collect();
+    let in_lambda = std::env::var_os(den_lambda::runtime::RUNTIME_API_ENV).is_some_and(|v| !v.is_empty());
+    if args.len() == 1 && in_lambda {
+        args.push("lambda".into());
+    }
+    args
 }
 
 /// Local models run on candle, which sizes its thread pool from these

@@ -72,33 +72,11 @@ pub async fn module(cx: &ModuleCx<'_>) -> anyhow::Result<Arc<dyn Module>> {
         tracing::warn!(error = %e, "persona file skipped");
     }
     tracing::info!(dir = %c.personas.dir.display(), personas = personas.all().len(), "personas loaded");
-    // Persona files are reloaded when they change.
-    let watched = personas.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(2));
-        loop {
-            tick.tick().await;
-            let set = watched.clone();
-            if let Ok(true) = tokio::task::spawn_blocking(move || set.reload_if_changed()).await {
-                tracing::info!(personas = watched.all().len(), errors = watched.errors().len(), "personas reloaded");
-            }
-        }
-    });
     let memory = memory(c, Some(cx.store)).await?;
-    // Transcripts are kept 30 days: older lines are deleted every hour.
-    let expiring = memory.clone();
-    let clock = cx.clock.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(3600));
-        loop {
-            tick.tick().await;
-            match expiring.expire(clock.now()).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(lines = n, "expired transcript lines deleted"),
-                Err(e) => tracing::warn!(error = %e, "cannot expire transcript lines"),
-            }
-        }
-    });
+    if cx.background {
+        reload_when_changed(personas.clone());
+        expire_hourly(memory.clone(), cx.clock.clone());
+    }
     let state = den_personas::state::State::new(cx.store.table(den_personas::state::table_spec()).await?);
     let ledger = Ledger::new(cx.store.table(den_llm::ledger::table_spec()).await?, cx.clock.clone());
     let models = models(c, cx.env, cx.metrics, cx.clock).await;
@@ -126,6 +104,35 @@ pub async fn module(cx: &ModuleCx<'_>) -> anyhow::Result<Arc<dyn Module>> {
     };
     let module = PersonasModule::new(deps).map_err(anyhow::Error::msg)?;
     Ok(module)
+}
+
+/// Reloads persona files when they change (checked every 2 s).
+fn reload_when_changed(personas: Arc<PersonaSet>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            let set = personas.clone();
+            if let Ok(true) = tokio::task::spawn_blocking(move || set.reload_if_changed()).await {
+                tracing::info!(personas = personas.all().len(), errors = personas.errors().len(), "personas reloaded");
+            }
+        }
+    });
+}
+
+/// Deletes transcript lines older than 30 days, every hour.
+fn expire_hourly(memory: den_personas::memory::MemoryStore, clock: Arc<dyn den_core::Clock>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            match memory.expire(clock.now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(lines = n, "expired transcript lines deleted"),
+                Err(e) => tracing::warn!(error = %e, "cannot expire transcript lines"),
+            }
+        }
+    });
 }
 
 /// `den persona ...`

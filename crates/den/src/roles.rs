@@ -69,7 +69,7 @@ pub async fn open_store(c: &Config) -> anyhow::Result<Arc<dyn Store>> {
                 .with_context(|| format!("cannot open the store at {}", c.store.path.display()))?;
             Ok(Arc::new(store))
         }
-        "aws" => crate::aws::open_store(c).await,
+        "aws" => crate::aws::open_store(c, true).await,
         other => anyhow::bail!("store.backend {other:?} is unknown: sqlite or aws"),
     }
 }
@@ -96,6 +96,10 @@ pub struct ModuleCx<'a> {
     pub shards: Option<&'a den_discord::gateway::ShardSenders>,
     /// Cancelled when the process shuts down.
     pub shutdown: &'a CancellationToken,
+    /// Whether modules may run loops of their own between jobs (persona file
+    /// reloads, expiry); not in a Lambda function, which sleeps between
+    /// invocations.
+    pub background: bool,
 }
 
 /// Every module den runs, wired to the process's egress and queue.
@@ -309,6 +313,7 @@ async fn serve(
         metrics,
         shards: role.runs_gateway().then_some(&senders),
         shutdown,
+        background: true,
     };
     let modules = modules(&cx).await?;
     let music_jobs = crate::music::jobs(&cx);
@@ -472,10 +477,10 @@ async fn serve(
 }
 
 /// Job kinds that travel on music's own queue.
-const MUSIC_KINDS: &str = "music.";
+pub(crate) const MUSIC_KINDS: &str = "music.";
 
 /// The modules' handlers of the job kinds `wanted` picks.
-fn handlers_of(modules: &[Arc<dyn Module>], wanted: impl Fn(&str) -> bool) -> Handlers {
+pub(crate) fn handlers_of(modules: &[Arc<dyn Module>], wanted: impl Fn(&str) -> bool) -> Handlers {
     let all = modules.iter().flat_map(|m| m.clone().handlers());
     all.filter(|(kind, _)| wanted(kind)).fold(Handlers::new(), |h, (kind, handler)| h.with(kind, handler))
 }

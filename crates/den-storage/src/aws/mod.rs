@@ -70,6 +70,10 @@ pub struct AwsOptions {
     pub queue_prefix: String,
     /// Static credentials instead of the default chain (tests).
     pub static_credentials: Option<(String, den_core::Secret)>,
+    /// Whether [`AwsStore::connect`] checks that the table exists (one
+    /// DescribeTable call). A Lambda cold start skips it: the first real
+    /// call says the same, and the role then needs no DescribeTable grant.
+    pub verify_table: bool,
 }
 
 impl AwsOptions {
@@ -82,6 +86,7 @@ impl AwsOptions {
             table: "den".into(),
             queue_prefix: String::new(),
             static_credentials: None,
+            verify_table: true,
         }
     }
 }
@@ -147,7 +152,15 @@ impl AwsStore {
         let dynamo = aws_sdk_dynamodb::Client::new(&config);
         let sqs = aws_sdk_sqs::Client::new(&config);
         let table = options.table.clone();
-        dynamo.describe_table().table_name(&table).send().await.map_err(|e| {
+        if options.verify_table {
+            Self::verify_table(&dynamo, &table).await?;
+        }
+        let queue = Arc::new(SqsQueue::new(dynamo.clone(), sqs, &options, clock.clone()));
+        Ok(Self { options, dynamo, queue, clock })
+    }
+
+    async fn verify_table(dynamo: &aws_sdk_dynamodb::Client, table: &str) -> StoreResult<()> {
+        dynamo.describe_table().table_name(table).send().await.map_err(|e| {
             if e.code() == Some("ResourceNotFoundException") {
                 StoreError::new(
                     crate::StoreErrorKind::Backend,
@@ -157,8 +170,7 @@ impl AwsStore {
                 aws_error("DescribeTable", e)
             }
         })?;
-        let queue = Arc::new(SqsQueue::new(dynamo.clone(), sqs, &options, clock.clone()));
-        Ok(Self { options, dynamo, queue, clock })
+        Ok(())
     }
 
     /// Creates the DynamoDB table (on-demand billing, the generic GSIs, TTL

@@ -41,8 +41,8 @@ use super::dynamo::{Attrs, get_n, get_s, is_condition_failure, n, s};
 use super::{AwsOptions, aws_error};
 use crate::queue::{validate_queue_name, validate_receive, validate_send};
 use crate::{
-    DEDUP_WINDOW, DeadLetterSpec, Delivery, MAX_VISIBILITY, OutgoingMessage, PeekedMessage, Queue, QueueDepth,
-    QueueSpec, Receipt, ReceiveOptions, Sent, StoreError, StoreErrorKind, StoreResult,
+    DEDUP_WINDOW, DeadLetterSpec, Delivery, HandedMessage, MAX_VISIBILITY, OutgoingMessage, PeekedMessage, Queue,
+    QueueDepth, QueueSpec, Receipt, ReceiveOptions, Sent, StoreError, StoreErrorKind, StoreResult,
 };
 
 /// Largest body on this backend (a ledger item must fit DynamoDB's 400 KB).
@@ -52,7 +52,7 @@ const SHARDS: u64 = 16;
 /// Partition key of queue declarations.
 const META_PK: &str = "__qmeta";
 /// The SQS message attribute carrying den's message id.
-const ID_ATTR: &str = "den-id";
+const ID_ATTR: &str = crate::SQS_ID_ATTRIBUTE;
 
 /// A queue's declaration as stored in the ledger.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -480,11 +480,24 @@ impl SqsQueue {
         msg: &aws_sdk_sqs::types::Message,
         visibility: Duration,
     ) -> StoreResult<Option<Delivery>> {
-        let handle = msg.receipt_handle().unwrap_or_default().to_owned();
+        let handle = msg.receipt_handle().unwrap_or_default();
         let Some(id) = msg.message_attributes().and_then(|a| a.get(ID_ATTR)).and_then(|v| v.string_value()) else {
             tracing::warn!(queue = %meta.spec.name, "a message without den's id is left in SQS");
             return Ok(None);
         };
+        self.claim_id(meta, handle, id, msg.body().unwrap_or_default(), visibility).await
+    }
+
+    /// Claims the ledger item of message `id`, delivered with `handle`.
+    async fn claim_id(
+        &self,
+        meta: &Meta,
+        handle: &str,
+        id: &str,
+        body: &str,
+        visibility: Duration,
+    ) -> StoreResult<Option<Delivery>> {
+        let handle = handle.to_owned();
         let Some((pk, sk)) = Self::ledger_key(&meta.spec.name, id) else {
             self.sqs_delete(&meta.url, &handle).await;
             return Ok(None);
@@ -528,7 +541,7 @@ impl SqsQueue {
         }
         Ok(Some(Delivery {
             message_id: id.to_owned(),
-            body: msg.body().unwrap_or_default().to_owned(),
+            body: body.to_owned(),
             receipt: Handle(handle, id.to_owned(), lease).encode(),
             receive_count: count,
             sent_at: Timestamp(get_n(&item, "sent").unwrap_or(0)),
@@ -747,6 +760,13 @@ impl Queue for SqsQueue {
                 return Ok(deliveries);
             }
         }
+    }
+
+    async fn adopt(&self, queue: &str, handed: &HandedMessage) -> StoreResult<Option<Delivery>> {
+        let meta = self.meta(queue).await?;
+        // The event source received it with the queue's visibility timeout.
+        let visibility = Duration::from_millis(meta.spec.visibility_ms);
+        self.claim_id(&meta, &handed.handle, &handed.message_id, &handed.body, visibility).await
     }
 
     async fn ack(&self, queue: &str, receipt: &Receipt) -> StoreResult<()> {

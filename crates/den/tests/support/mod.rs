@@ -107,6 +107,18 @@ impl Scratch {
         self.command(args, env).output().unwrap()
     }
 
+    /// Starts `den ARGS` with JSON logs and waits for a log line containing
+    /// `ready` (a process without an ops server: `ops` is empty).
+    pub fn spawn(&self, args: &[&str], env: &[(&str, &str)], ready: &str) -> Running {
+        let mut all = vec![("DEN_LOG__FORMAT", "json")];
+        all.extend_from_slice(env);
+        let mut child = self.command(args, &all).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let lines = read_lines(child.stderr.take().unwrap());
+        let mut running = Running { child, lines, log: Vec::new(), ops: String::new(), interactions: None };
+        running.wait_for_log(ready, Duration::from_secs(20));
+        running
+    }
+
     /// Starts a long-running role with JSON logs and a random ops port, and
     /// waits until it says it started.
     pub fn start(&self, role: &str, env: &[(&str, &str)]) -> Running {
@@ -122,16 +134,8 @@ impl Scratch {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut running = Running { child, lines: rx, log: Vec::new(), ops: String::new(), interactions: None };
+        let lines = read_lines(child.stderr.take().unwrap());
+        let mut running = Running { child, lines, log: Vec::new(), ops: String::new(), interactions: None };
         let started = running.wait_for_log("den started", Duration::from_secs(20));
         let ops = started["ops"].as_str().expect("the start line names the ops address").to_owned();
         running.ops = format!("http://{ops}");
@@ -148,6 +152,19 @@ impl Scratch {
         }
         running
     }
+}
+
+/// The lines of `stderr`, as a thread reads them.
+fn read_lines(stderr: std::process::ChildStderr) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// A den process under test.
