@@ -6,6 +6,8 @@
 - every Deployment has /health and /ready probes, resource requests, a non-root
   user, and a `den` role that exists;
 - every den.toml held in a ConfigMap passes `den config check`;
+- the environment of every ECS task and Lambda function in the CloudFormation
+  templates passes `den config check`, and each function's handler is a role;
 - the Dockerfile builds in stages, runs as a non-root user and has a health check.
 
 Usage: check-deploy.py DEN_BINARY KUBERNETES_VALIDATE
@@ -21,6 +23,12 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
 ROLES = {"run", "gateway", "worker", "interactions"}
+LAMBDA_ROLES = {"interactions", "worker"}
+# Values for references that have no default: a region, an Ed25519 public key (RFC 8032's first test vector).
+PARAMETER_STAND_INS = {
+    "AWS::Region": "us-east-1",
+    "PublicKey": "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+}
 
 
 def fail(message):
@@ -66,32 +74,64 @@ class CfnLoader(yaml.SafeLoader):
 
 
 def _intrinsic(loader, suffix, node):
-    return {"Ref": "AWS::Region"} if suffix == "Ref" and getattr(node, "value", "") == "AWS::Region" else "stand-in"
+    if suffix == "FindInMap" and isinstance(node, yaml.SequenceNode):
+        return {"Fn::FindInMap": loader.construct_sequence(node)}
+    if suffix == "Ref" and isinstance(node, yaml.ScalarNode):
+        return {"Ref": node.value}
+    return "stand-in"
 
 
 CfnLoader.add_multi_constructor("!", _intrinsic)
 
 
-def check_ecs_environment(den):
-    """Each ECS task's environment makes a configuration den accepts."""
-    template = yaml.load((ROOT / "deploy" / "aws" / "den.yaml").read_text(), Loader=CfnLoader)
-    tasks = {k: v for k, v in template["Resources"].items() if v["Type"] == "AWS::ECS::TaskDefinition"}
-    if len(tasks) < 2:
-        fail("the template needs gateway and worker task definitions")
-    for name, task in tasks.items():
-        for container in task["Properties"]["ContainerDefinitions"]:
+def _value(template, value):
+    """An environment value as den would see it: mappings resolved, other intrinsics stood in for."""
+    if isinstance(value, dict) and "Fn::FindInMap" in value:
+        mapping, key, name = value["Fn::FindInMap"]
+        return str(template["Mappings"][mapping][key][name])
+    if isinstance(value, dict) and "Ref" in value:
+        name = value["Ref"]
+        if name in PARAMETER_STAND_INS:
+            return PARAMETER_STAND_INS[name]
+        return str(template.get("Parameters", {}).get(name, {}).get("Default", "stand-in"))
+    return "stand-in" if isinstance(value, dict) else str(value)
+
+
+def _config_check(den, name, env):
+    with tempfile.TemporaryDirectory() as tmp:
+        result = subprocess.run([den, "config", "check"], capture_output=True, text=True, env=env, cwd=tmp)
+    if result.returncode != 0:
+        fail(f"{name}: den rejects its environment: {result.stderr.strip()}")
+
+
+def check_aws_environments(den):
+    """Each ECS task's and Lambda function's environment makes a configuration den accepts."""
+    for file in ("den.yaml", "den-lambda.yaml"):
+        template = yaml.load((ROOT / "deploy" / "aws" / file).read_text(), Loader=CfnLoader)
+        resources = template["Resources"].items()
+        tasks = {k: v for k, v in resources if v["Type"] == "AWS::ECS::TaskDefinition"}
+        functions = {k: v for k, v in resources if v["Type"] == "AWS::Lambda::Function"}
+        if not tasks:
+            fail(f"{file}: the template needs a gateway task definition")
+        for name, task in tasks.items():
+            for container in task["Properties"]["ContainerDefinitions"]:
+                env = {"PATH": "/usr/bin:/bin"}
+                env.update({p["Name"]: _value(template, p["Value"]) for p in container.get("Environment", [])})
+                role = container["Command"][0]
+                if role not in ROLES:
+                    fail(f"{file} {name}: the command must be a den role, not {role}")
+                _config_check(den, f"{file} {name}", env)
+                print(f"{file}: ECS task {name} ({role}): den accepts its environment")
+        for name, function in functions.items():
+            props = function["Properties"]
+            if props.get("Runtime") != "provided.al2023" or props.get("Handler") not in LAMBDA_ROLES:
+                fail(f"{file} {name}: a provided.al2023 function whose handler is a den Lambda role")
             env = {"PATH": "/usr/bin:/bin"}
-            for pair in container.get("Environment", []):
-                value = pair["Value"]
-                env[pair["Name"]] = "us-east-1" if isinstance(value, dict) else str(value)
-            role = container["Command"][0]
-            if role not in ROLES:
-                fail(f"{name}: the command must be a den role, not {role}")
-            with tempfile.TemporaryDirectory() as tmp:
-                result = subprocess.run([den, "config", "check"], capture_output=True, text=True, env=env, cwd=tmp)
-            if result.returncode != 0:
-                fail(f"{name}: den rejects the task's environment: {result.stderr.strip()}")
-            print(f"ECS task {name} ({role}): den accepts its environment")
+            env.update({k: _value(template, v) for k, v in props["Environment"]["Variables"].items()})
+            _config_check(den, f"{file} {name}", env)
+            print(f"{file}: Lambda function {name} ({props['Handler']}): den accepts its environment")
+        if file == "den-lambda.yaml" and set(p["Properties"]["Handler"] for p in functions.values()) != LAMBDA_ROLES:
+            fail(f"{file}: needs an interactions function and a worker function")
 
 
 def main():
@@ -128,7 +168,7 @@ def main():
                         fail(f"{path}: den rejects its den.toml: {result.stderr.strip()}")
         print(f"overlay {overlay.name}: {len(objects)} objects ({', '.join(kinds)}) valid")
 
-    check_ecs_environment(den)
+    check_aws_environments(den)
 
     dockerfile = (ROOT / "Dockerfile").read_text()
     stages = [line for line in dockerfile.splitlines() if line.startswith("FROM ")]

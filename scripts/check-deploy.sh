@@ -12,8 +12,8 @@ if [ ! -x "$VENV/bin/checkov" ] || [ ! -x "$VENV/bin/cfn-lint" ] || [ ! -x "$VEN
   "$VENV/bin/pip" install --quiet 'cfn-lint==1.58.0' 'checkov==3.3.30' 'kubernetes-validate==1.37.0' pyyaml
 fi
 
-echo "== cfn-lint deploy/aws/den.yaml"
-"$VENV/bin/cfn-lint" deploy/aws/den.yaml
+echo "== cfn-lint deploy/aws/den.yaml deploy/aws/den-lambda.yaml"
+"$VENV/bin/cfn-lint" deploy/aws/den.yaml deploy/aws/den-lambda.yaml
 
 # checkov runs offline: no policy downloads, no guideline look-ups.
 export BC_SKIP_MAPPING=TRUE

@@ -104,6 +104,35 @@ struct Parts {
     router: Arc<Router>,
     modules: Vec<Arc<dyn den_discord::Module>>,
     public_key: Option<String>,
+    emf: Emf,
+}
+
+/// den's metrics as CloudWatch EMF lines on stdout after each invocation
+/// (when `ops.emf_namespace` is set): a frozen process runs no timer.
+struct Emf(Option<(Metrics, std::sync::Mutex<den_ops::emf::EmfEncoder>)>);
+
+impl Emf {
+    fn new(c: &Config, metrics: &Metrics) -> Self {
+        Self(c.ops.emf_namespace.clone().filter(|n| !n.is_empty()).map(|namespace| {
+            let include = c.ops.emf_include.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned);
+            let encoder = den_ops::emf::EmfEncoder::new(namespace).include(include.collect());
+            (metrics.clone(), std::sync::Mutex::new(encoder))
+        }))
+    }
+
+    fn flush(&self) {
+        use std::io::Write as _;
+        let Some((metrics, encoder)) = &self.0 else { return };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let lines = encoder.lock().unwrap_or_else(std::sync::PoisonError::into_inner).lines(&metrics.encode(), now);
+        let mut out = std::io::stdout().lock();
+        for line in lines {
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = out.flush();
+    }
 }
 
 impl Parts {
@@ -141,36 +170,41 @@ impl Parts {
         };
         let modules = roles::modules(&cx).await?;
         let router = Arc::new(Router::new(modules.clone(), jobs, clock, metrics.clone()));
-        Ok(Self { role, store, queue, metrics, router, modules, public_key })
+        let emf = Emf::new(c, &metrics);
+        Ok(Self { role, store, queue, metrics, router, modules, public_key, emf })
     }
 }
 
 /// The interactions role: each invocation is one HTTP request.
-struct Interactions {
+struct Interactions<'a> {
     app: axum::Router,
     path: String,
+    emf: &'a Emf,
 }
 
-impl Interactions {
-    fn new(parts: &Parts, c: &Config) -> anyhow::Result<Self> {
+impl<'a> Interactions<'a> {
+    fn new(parts: &'a Parts, c: &Config) -> anyhow::Result<Self> {
         let key = parts.public_key.clone().context("the interactions function needs discord.public_key")?;
         let key = den_discord::interactions::parse_public_key(&key)
             .map_err(|e| anyhow::anyhow!("discord.public_key: {e}"))?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let path = c.interactions.path.clone();
-        Ok(Self { app: den_discord::interactions::endpoint(&path, key, parts.router.clone(), clock), path })
+        let app = den_discord::interactions::endpoint(&path, key, parts.router.clone(), clock);
+        Ok(Self { app, path, emf: &parts.emf })
     }
 }
 
-impl Handler for Interactions {
+impl Handler for Interactions<'_> {
     async fn handle(&self, invocation: &Invocation) -> Result<Vec<u8>, ErrorReport> {
         let answer = den_lambda::http::answer(self.app.clone(), &self.path, &invocation.body).await;
+        self.emf.flush();
         serde_json::to_vec(&answer).map_err(|e| ErrorReport::new("den.Encode", e.to_string()))
     }
 }
 
 /// The worker role: each invocation is a batch of jobs from the job queue.
-struct Worker {
+struct Worker<'a> {
+    emf: &'a Emf,
     runner: JobRunner,
     queue: Arc<dyn Queue>,
     /// The job queue's SQS name (prefix included), as event source ARNs end.
@@ -178,14 +212,14 @@ struct Worker {
     job_timeout: Duration,
 }
 
-impl Worker {
-    fn new(parts: &Parts, c: &Config) -> Self {
+impl<'a> Worker<'a> {
+    fn new(parts: &'a Parts, c: &Config) -> Self {
         let spec = c.queue.spec(&c.worker);
         let handlers = roles::handlers_of(&parts.modules, |kind| !kind.starts_with(roles::MUSIC_KINDS));
         let config = c.worker.pool_config();
         let sqs_name = format!("{}{}", c.aws.queue_prefix, spec.name);
         let runner = JobRunner::new(parts.queue.clone(), spec, handlers, parts.metrics.clone(), config.backoff);
-        Self { runner, queue: parts.queue.clone(), sqs_name, job_timeout: config.job_timeout }
+        Self { emf: &parts.emf, runner, queue: parts.queue.clone(), sqs_name, job_timeout: config.job_timeout }
     }
 
     /// Runs one record's job; true when the record must come back.
@@ -217,7 +251,7 @@ impl Worker {
     }
 }
 
-impl Handler for Worker {
+impl Handler for Worker<'_> {
     async fn handle(&self, invocation: &Invocation) -> Result<Vec<u8>, ErrorReport> {
         let event: SqsEvent = serde_json::from_slice(&invocation.body)
             .map_err(|e| ErrorReport::new("den.InvalidEvent", format!("not an SQS batch: {e}")))?;
@@ -227,6 +261,7 @@ impl Handler for Worker {
         let results = futures_util::future::join_all(runs).await;
         let failed = results.into_iter().filter(|(_, back)| *back).map(|(r, _)| r.message_id.clone());
         let answer = BatchResponse::failing(failed);
+        self.emf.flush();
         if !answer.batch_item_failures.is_empty() {
             tracing::info!(
                 records = event.records.len(),
