@@ -5,7 +5,7 @@
 #
 #   scripts/build-lambda.sh [x86_64|arm64] [FILE_OR_FOLDER...]
 #
-# writes target/lambda/<arch>/den-lambda.zip (under $CARGO_TARGET_DIR if set). Extra arguments are added to
+# writes target/lambda/<arch>/den-lambda.zip, and `bootstrap` beside it (under $CARGO_TARGET_DIR if set). Extra arguments are added to
 # the zip's root (a den.toml, your own persona folder); by default the
 # `personas` and `campaign-templates` folders of the current directory are.
 set -euo pipefail
@@ -44,6 +44,7 @@ echo "== building den for $TRIPLE (glibc 2.34)"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 OUT="$TARGET/lambda/$ARCH"
 mkdir -p "$OUT"
+cp "$TARGET/$TRIPLE/lambda/den" "$OUT/bootstrap"
 "$VENV/bin/python" - "$TARGET/$TRIPLE/lambda/den" "$OUT/den-lambda.zip" "${INCLUDE[@]}" <<'PY'
 import os, sys, zipfile
 binary, out, *extra = sys.argv[1:]

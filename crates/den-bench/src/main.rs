@@ -5,6 +5,8 @@
 mod agent;
 mod campaign;
 mod discord;
+#[cfg(feature = "aws")]
+mod lambda;
 mod local;
 mod memory;
 mod music;
@@ -44,6 +46,9 @@ enum Scenario {
     Agent(agent::AgentOptions),
     /// Music: join → first packet, packet pacing, and how many servers play at once.
     Music(music::MusicOptions),
+    /// den as Lambda functions (on moto): cold starts, warm invocations per kind, peak memory.
+    #[cfg(feature = "aws")]
+    Lambda(lambda::LambdaOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,6 +69,8 @@ fn main() -> anyhow::Result<()> {
         Scenario::LocalModel(o) => local::run(&o)?,
         Scenario::Agent(o) => agent::run(&o)?,
         Scenario::Music(o) => music::run(&o)?,
+        #[cfg(feature = "aws")]
+        Scenario::Lambda(o) => lambda::run(&o)?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use den_core::{Secret, SystemClock};
 use den_storage::aws::{AwsOptions, AwsStore, sdk_config};
-use den_storage::{OutgoingMessage, QueueSpec, ReceiveOptions, Store, StoreErrorKind};
+use den_storage::{
+    HandedMessage, OutgoingMessage, Queue as _, QueueSpec, ReceiveOptions, SQS_ID_ATTRIBUTE, Store, StoreErrorKind,
+};
 
 async fn store() -> (AwsOptions, AwsStore) {
     let mut options = AwsOptions::new("us-east-1");
@@ -75,4 +77,72 @@ async fn den_tables_share_one_dynamodb_table_and_den_says_when_it_is_missing() {
     options.table = format!("missing-{:08x}", rand::random::<u32>());
     let err = AwsStore::connect(options, Arc::new(SystemClock)).await.unwrap_err();
     assert!(err.to_string().contains("den aws bootstrap"), "{err}");
+}
+
+/// Receives from SQS directly, as Lambda's event source mapping does for a function.
+async fn handed(options: &AwsOptions, queue: &str) -> Vec<HandedMessage> {
+    let sqs = aws_sdk_sqs::Client::new(&sdk_config(options).await);
+    let url = sqs.get_queue_url().queue_name(format!("{}{queue}", options.queue_prefix)).send().await.unwrap();
+    let out = sqs
+        .receive_message()
+        .queue_url(url.queue_url.unwrap())
+        .max_number_of_messages(10)
+        .visibility_timeout(0)
+        .message_attribute_names("All")
+        .send()
+        .await
+        .unwrap();
+    out.messages()
+        .iter()
+        .map(|m| HandedMessage {
+            handle: m.receipt_handle().unwrap().to_owned(),
+            message_id: m.message_attributes().unwrap()[SQS_ID_ATTRIBUTE].string_value().unwrap().to_owned(),
+            body: m.body().unwrap().to_owned(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_message_an_event_source_hands_over_is_claimed_like_a_receive_counted_and_dead_lettered() {
+    let (options, store) = store().await;
+    let queue = store.queue();
+    let mut spec = QueueSpec::with_dlq("handed");
+    spec.dead_letter.as_mut().unwrap().max_receive_count = 2;
+    queue.create_queue(&spec).await.unwrap();
+    let sent = queue.send_batch("handed", vec![OutgoingMessage::new("job")]).await.unwrap();
+
+    for count in 1..=2 {
+        let messages = handed(&options, "handed").await;
+        assert_eq!(messages.len(), 1);
+        let delivery = queue.adopt("handed", &messages[0]).await.unwrap().expect("claimed");
+        assert_eq!((delivery.message_id.as_str(), delivery.receive_count), (sent[0].message_id.as_str(), count));
+        // Its receipt works as a received message's: the job fails and comes back at once.
+        queue.change_visibility("handed", &delivery.receipt, Duration::ZERO).await.unwrap();
+    }
+    // A third delivery is past the DLQ's count: den moves it there and it must not run.
+    let messages = handed(&options, "handed").await;
+    assert!(queue.adopt("handed", &messages[0]).await.unwrap().is_none());
+    assert_eq!(queue.peek("handed-dlq", 10, None).await.unwrap().len(), 1);
+
+    // A copy of a message that was acked meanwhile is skipped, not run again.
+    queue.send_batch("handed", vec![OutgoingMessage::new("again")]).await.unwrap();
+    let first = handed(&options, "handed").await;
+    let copy = first[0].clone();
+    let delivery = queue.adopt("handed", &first[0]).await.unwrap().unwrap();
+    queue.ack("handed", &delivery.receipt).await.unwrap();
+    assert!(queue.adopt("handed", &copy).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn the_sqlite_queue_refuses_to_adopt_what_it_did_not_hand_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = den_storage::sqlite::SqliteStore::open(
+        &den_storage::sqlite::SqliteOptions::new(dir.path().join("den.db")),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let queue = store.queue();
+    queue.create_queue(&QueueSpec::with_dlq("local")).await.unwrap();
+    let handed = HandedMessage { handle: "h".into(), message_id: "m".into(), body: "b".into() };
+    assert_eq!(queue.adopt("local", &handed).await.unwrap_err().kind(), StoreErrorKind::InvalidArgument);
 }

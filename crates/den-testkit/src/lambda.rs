@@ -68,10 +68,14 @@ struct Pending {
 struct Shared {
     pending: Mutex<VecDeque<Pending>>,
     arrived: Notify,
-    in_flight: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
+    in_flight: Mutex<HashMap<String, (oneshot::Sender<Outcome>, std::time::Instant)>>,
+    /// How long each answered invocation took, from hand-out to answer (what Lambda bills).
+    durations: Mutex<Vec<Duration>>,
     init_error: Mutex<Option<(String, Value)>>,
     next_id: AtomicU64,
     handed_out: AtomicU64,
+    /// Bumped when the function's process ends: a `next` still waiting from it must take nothing.
+    process: AtomicU64,
     function_arn: String,
     url_timeout: Mutex<Duration>,
 }
@@ -100,9 +104,11 @@ impl FakeLambda {
             pending: Mutex::new(VecDeque::new()),
             arrived: Notify::new(),
             in_flight: Mutex::new(HashMap::new()),
+            durations: Mutex::new(Vec::new()),
             init_error: Mutex::new(None),
             next_id: AtomicU64::new(1),
             handed_out: AtomicU64::new(0),
+            process: AtomicU64::new(0),
             function_arn: format!("arn:aws:lambda:us-east-1:123456789012:function:{name}"),
             url_timeout: Mutex::new(Duration::from_secs(3)),
         });
@@ -151,6 +157,20 @@ impl FakeLambda {
         lock(&self.shared.init_error).clone()
     }
 
+    /// How long each answered invocation took, from the runtime taking it to
+    /// its answer (what Lambda bills), in the order they were answered; cleared.
+    pub fn take_durations(&self) -> Vec<Duration> {
+        std::mem::take(&mut *lock(&self.shared.durations))
+    }
+
+    /// Says the function's process ended (a test killed it): a request for
+    /// the next invocation it left waiting takes nothing, so the next event
+    /// goes to the next process, as Lambda would hand it.
+    pub fn process_ended(&self) {
+        self.shared.process.fetch_add(1, Ordering::SeqCst);
+        self.shared.arrived.notify_waiters();
+    }
+
     /// How many invocations runtimes have taken.
     #[must_use]
     pub fn handed_out(&self) -> u64 {
@@ -170,8 +190,14 @@ async fn invoke(shared: &Arc<Shared>, event: Vec<u8>, timeout: Duration) -> Outc
 }
 
 async fn next(State(shared): State<Arc<Shared>>) -> Response {
+    let process = shared.process.load(Ordering::SeqCst);
     let pending = loop {
         let notified = shared.arrived.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if shared.process.load(Ordering::SeqCst) != process {
+            return StatusCode::GONE.into_response();
+        }
         if let Some(p) = lock(&shared.pending).pop_front() {
             break p;
         }
@@ -180,13 +206,13 @@ async fn next(State(shared): State<Arc<Shared>>) -> Response {
     let id = format!("req-{:06}", shared.next_id.fetch_add(1, Ordering::SeqCst));
     let deadline = SystemTime::now() + pending.timeout;
     let deadline_ms = deadline.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
-    lock(&shared.in_flight).insert(id.clone(), pending.reply);
+    lock(&shared.in_flight).insert(id.clone(), (pending.reply, std::time::Instant::now()));
     shared.handed_out.fetch_add(1, Ordering::SeqCst);
     let timer = shared.clone();
     let timed = id.clone();
     tokio::spawn(async move {
         tokio::time::sleep(pending.timeout).await;
-        if let Some(reply) = lock(&timer.in_flight).remove(&timed) {
+        if let Some((reply, _)) = lock(&timer.in_flight).remove(&timed) {
             let _ = reply.send(Outcome::TimedOut);
         }
     });
@@ -215,8 +241,15 @@ fn accepted() -> Response {
     (StatusCode::ACCEPTED, axum::Json(json!({"status": "OK"}))).into_response()
 }
 
+/// Takes invocation `id` off the in-flight list, recording how long it took.
+fn answered(shared: &Shared, id: &str) -> Option<oneshot::Sender<Outcome>> {
+    let (reply, handed_out) = lock(&shared.in_flight).remove(id)?;
+    lock(&shared.durations).push(handed_out.elapsed());
+    Some(reply)
+}
+
 async fn response(State(shared): State<Arc<Shared>>, Path(id): Path<String>, body: Bytes) -> Response {
-    let Some(reply) = lock(&shared.in_flight).remove(&id) else { return invalid_request_id() };
+    let Some(reply) = answered(&shared, &id) else { return invalid_request_id() };
     let _ = reply.send(Outcome::Response(body.to_vec()));
     accepted()
 }
@@ -227,7 +260,7 @@ fn error_of(headers: &HeaderMap, body: &Bytes) -> (String, Value) {
 }
 
 async fn error(State(shared): State<Arc<Shared>>, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(reply) = lock(&shared.in_flight).remove(&id) else { return invalid_request_id() };
+    let Some(reply) = answered(&shared, &id) else { return invalid_request_id() };
     let (error_type, body) = error_of(&headers, &body);
     let _ = reply.send(Outcome::Error { error_type, body });
     accepted()
