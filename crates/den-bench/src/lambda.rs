@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use den_core::Clock as _;
 use den_storage::aws::{AwsOptions, AwsStore, sdk_config};
 use den_storage::{OutgoingMessage, Store as _};
-use den_testkit::lambda::{FakeLambda, Outcome, SqsMessage, sqs_event, url_event};
+use den_testkit::lambda::{EventSource, FakeLambda, Outcome, SqsMessage, sqs_event, url_event};
 use den_testkit::llm::{FakeLlm, Script, Wire};
 use serde_json::{Value, json};
 
@@ -47,8 +47,8 @@ struct Bench {
     llm: FakeLlm,
     env: Vec<(String, String)>,
     options: AwsOptions,
-    sqs: aws_sdk_sqs::Client,
-    queue_url: String,
+    /// The worker's event source mapping on the job queue.
+    jobs: EventSource,
     user: u64,
     channel: u64,
     /// One channel per warm job, so Discord's per-channel limits never make a job wait.
@@ -120,10 +120,11 @@ impl Bench {
             "den aws bootstrap: {}",
             String::from_utf8_lossy(&bootstrap.stderr)
         );
-        let sqs = rt.block_on(async { aws_sdk_sqs::Client::new(&sdk_config(&options).await) });
-        let name = format!("{}den-jobs", options.queue_prefix);
-        let queue_url = rt.block_on(sqs.get_queue_url().queue_name(name).send())?.queue_url.unwrap_or_default();
-        Ok(Self { rt, den, dir, fake, llm, env, options, sqs, queue_url, user, channel, channels })
+        let jobs = rt.block_on(async {
+            let sqs = aws_sdk_sqs::Client::new(&sdk_config(&options).await);
+            EventSource::new(sqs, &format!("{}den-jobs", options.queue_prefix)).await
+        });
+        Ok(Self { rt, den, dir, fake, llm, env, options, jobs, user, channel, channels })
     }
 
     /// Starts the function `handler` of `lambda` as Lambda starts `bootstrap`.
@@ -140,51 +141,16 @@ impl Bench {
             .spawn()?)
     }
 
-    /// Receives up to `want` job-queue messages as an event source mapping would.
-    fn receive(&self, want: usize) -> anyhow::Result<Vec<SqsMessage>> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut got = Vec::new();
-        while got.len() < want && Instant::now() < deadline {
-            let out = self.rt.block_on(
-                self.sqs
-                    .receive_message()
-                    .queue_url(&self.queue_url)
-                    .max_number_of_messages(i32::try_from((want - got.len()).min(10)).unwrap_or(10))
-                    .wait_time_seconds(1)
-                    .message_attribute_names("All")
-                    .send(),
-            )?;
-            got.extend(out.messages().iter().map(|m| {
-                SqsMessage {
-                    message_id: m.message_id().unwrap_or_default().to_owned(),
-                    receipt_handle: m.receipt_handle().unwrap_or_default().to_owned(),
-                    body: m.body().unwrap_or_default().to_owned(),
-                    attributes: m
-                        .message_attributes()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|(k, v)| Some((k.clone(), v.string_value()?.to_owned())))
-                        .collect(),
-                    receive_count: 1,
-                }
-            }));
-        }
-        Ok(got)
+    /// Receives up to `want` job-queue messages as the event source mapping does.
+    fn receive(&self, want: usize) -> Vec<SqsMessage> {
+        self.rt.block_on(self.jobs.receive(want, Duration::from_secs(20)))
     }
 
-    /// Invokes the worker with `batch`, then deletes what it did not name as failed.
+    /// Invokes the worker with `batch` as the mapping does; every record must succeed.
     fn deliver(&self, worker: &FakeLambda, batch: &[SqsMessage]) -> anyhow::Result<()> {
-        let event = sqs_event(&format!("{}den-jobs", self.options.queue_prefix), batch);
-        let outcome = self.rt.block_on(worker.invoke(&event, Duration::from_secs(30)));
-        let Outcome::Response(body) = outcome else { anyhow::bail!("the worker did not answer: {outcome:?}") };
-        let answer: Value = serde_json::from_slice(&body)?;
-        let failed = answer["batchItemFailures"].as_array().map_or(0, Vec::len);
-        anyhow::ensure!(failed == 0, "{failed} records failed: {answer}");
-        for m in batch {
-            self.rt.block_on(
-                self.sqs.delete_message().queue_url(&self.queue_url).receipt_handle(&m.receipt_handle).send(),
-            )?;
-        }
+        let (outcome, failed) = self.rt.block_on(self.jobs.deliver(worker, batch, Duration::from_secs(30)));
+        anyhow::ensure!(matches!(outcome, Outcome::Response(_)), "the worker did not answer: {outcome:?}");
+        anyhow::ensure!(failed.is_empty(), "records failed: {failed:?}");
         Ok(())
     }
 
@@ -284,9 +250,7 @@ fn cold_starts(
         stop(child);
         lambda.process_ended();
         anyhow::ensure!(matches!(outcome, Outcome::Response(_)), "cold start of {handler}: {outcome:?}");
-        for m in &batch {
-            b.rt.block_on(b.sqs.delete_message().queue_url(&b.queue_url).receipt_handle(&m.receipt_handle).send())?;
-        }
+        b.rt.block_on(b.jobs.delete(&batch));
     }
     lambda.take_durations();
     Ok(starts)
@@ -311,7 +275,7 @@ pub fn run(o: &LambdaOptions) -> anyhow::Result<Value> {
     // The worker's cold starts run a `status.pong` job (one Discord call), so they show den's start, not the job.
     b.send_pongs(o.cold_starts)?;
     let cold_worker = cold_starts(&b, &worker, "worker", o.cold_starts, || {
-        let batch = b.receive(1)?;
+        let batch = b.receive(1);
         Ok((sqs_event(&format!("{}den-jobs", b.options.queue_prefix), &batch), batch))
     })?;
     // /status as Discord sends it, through the function URL: verify, defer, enqueue.
@@ -332,7 +296,7 @@ pub fn run(o: &LambdaOptions) -> anyhow::Result<Value> {
     // The /status jobs the interactions function enqueued: one per invocation.
     let mut reports = 0;
     while reports < o.warm {
-        let batch = b.receive(1)?;
+        let batch = b.receive(1);
         anyhow::ensure!(!batch.is_empty(), "the /status jobs ran out after {reports}");
         b.deliver(&worker, &batch)?;
         reports += batch.len();
@@ -340,7 +304,7 @@ pub fn run(o: &LambdaOptions) -> anyhow::Result<Value> {
     let status_jobs = worker.take_durations();
     b.send_pongs(o.warm)?;
     for _ in 0..o.warm {
-        let batch = b.receive(1)?;
+        let batch = b.receive(1);
         b.deliver(&worker, &batch)?;
     }
     let pong_jobs = worker.take_durations();
@@ -374,7 +338,7 @@ pub fn run(o: &LambdaOptions) -> anyhow::Result<Value> {
         b.fake.post_as(b.user, b.channels[i], &format!("Gran, how do I look today? ({i})"));
         let mut wanted = 2;
         while wanted > 0 {
-            let batch = b.receive(1)?;
+            let batch = b.receive(1);
             anyhow::ensure!(!batch.is_empty(), "the gateway enqueued too little for message {i}");
             let from_a_bot = serde_json::from_str::<Value>(&batch[0].body)
                 .is_ok_and(|job| job["payload"]["message"]["author"]["bot"] == json!(true));

@@ -343,24 +343,30 @@ fn body_fields(body: &[u8]) -> (Value, bool) {
     }
 }
 
-/// A function-URL request event (payload format 2.0).
-#[must_use]
-pub fn url_event(method: &str, path: &str, headers: &[(String, String)], body: &[u8]) -> Value {
+/// Where a payload format 2.0 event came from.
+struct Front {
+    account: &'static str,
+    api: &'static str,
+    domain: &'static str,
+    route: String,
+}
+
+fn http_event(front: &Front, method: &str, path: &str, headers: &[(String, String)], body: &[u8]) -> Value {
     let (body, is_base64) = body_fields(body);
     json!({
         "version": "2.0",
-        "routeKey": "$default",
+        "routeKey": front.route,
         "rawPath": path,
         "rawQueryString": "",
         "headers": header_map(headers),
         "requestContext": {
-            "accountId": "anonymous",
-            "apiId": "den0url0id",
-            "domainName": "den0url0id.lambda-url.us-east-1.on.aws",
-            "domainPrefix": "den0url0id",
+            "accountId": front.account,
+            "apiId": front.api,
+            "domainName": front.domain,
+            "domainPrefix": front.api,
             "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "Discord-Interactions/1.0"},
-            "requestId": format!("url-{}", now_ms()),
-            "routeKey": "$default",
+            "requestId": format!("{}-{}", front.api, now_ms()),
+            "routeKey": front.route,
             "stage": "$default",
             "time": "04/Dec/2026:12:00:00 +0000",
             "timeEpoch": now_ms(),
@@ -370,32 +376,28 @@ pub fn url_event(method: &str, path: &str, headers: &[(String, String)], body: &
     })
 }
 
+/// A function-URL request event (payload format 2.0).
+#[must_use]
+pub fn url_event(method: &str, path: &str, headers: &[(String, String)], body: &[u8]) -> Value {
+    let front = Front {
+        account: "anonymous",
+        api: "den0url0id",
+        domain: "den0url0id.lambda-url.us-east-1.on.aws",
+        route: "$default".into(),
+    };
+    http_event(&front, method, path, headers, body)
+}
+
 /// An API Gateway HTTP API request event (payload format 2.0) for the route `method path`.
 #[must_use]
 pub fn http_api_event(method: &str, path: &str, headers: &[(String, String)], body: &[u8]) -> Value {
-    let (body, is_base64) = body_fields(body);
-    let route = format!("{method} {path}");
-    json!({
-        "version": "2.0",
-        "routeKey": route,
-        "rawPath": path,
-        "rawQueryString": "",
-        "headers": header_map(headers),
-        "requestContext": {
-            "accountId": "123456789012",
-            "apiId": "den0api",
-            "domainName": "den0api.execute-api.us-east-1.amazonaws.com",
-            "domainPrefix": "den0api",
-            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "Discord-Interactions/1.0"},
-            "requestId": format!("api-{}", now_ms()),
-            "routeKey": route,
-            "stage": "$default",
-            "time": "04/Dec/2026:12:00:00 +0000",
-            "timeEpoch": now_ms(),
-        },
-        "body": body,
-        "isBase64Encoded": is_base64,
-    })
+    let front = Front {
+        account: "123456789012",
+        api: "den0api",
+        domain: "den0api.execute-api.us-east-1.amazonaws.com",
+        route: format!("{method} {path}"),
+    };
+    http_event(&front, method, path, headers, body)
 }
 
 /// One SQS message as an event source mapping hands it to a function.
@@ -448,4 +450,107 @@ pub fn sqs_event(queue_name: &str, messages: &[SqsMessage]) -> Value {
         })
         .collect();
     json!({"Records": records})
+}
+
+/// Lambda's SQS event source mapping for one queue, worked by hand: it
+/// receives as the mapping does, invokes the function with the batch and,
+/// when the function answers, deletes every record the answer does not name
+/// in `batchItemFailures`.
+#[cfg(feature = "aws")]
+#[derive(Clone, Debug)]
+pub struct EventSource {
+    sqs: aws_sdk_sqs::Client,
+    url: String,
+    name: String,
+}
+
+#[cfg(feature = "aws")]
+impl EventSource {
+    /// The mapping of the SQS queue named `queue_name`.
+    ///
+    /// # Panics
+    /// When the queue does not exist (a test's setup is wrong).
+    pub async fn new(sqs: aws_sdk_sqs::Client, queue_name: &str) -> Self {
+        let url = sqs.get_queue_url().queue_name(queue_name).send().await.expect("the queue exists").queue_url;
+        Self { sqs, url: url.unwrap_or_default(), name: queue_name.to_owned() }
+    }
+
+    /// Receives up to `want` messages, waiting up to `within` for them all.
+    ///
+    /// # Panics
+    /// When SQS refuses (a test failure).
+    pub async fn receive(&self, want: usize, within: Duration) -> Vec<SqsMessage> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut got = Vec::new();
+        while got.len() < want && tokio::time::Instant::now() < deadline {
+            let out = self
+                .sqs
+                .receive_message()
+                .queue_url(&self.url)
+                .max_number_of_messages(i32::try_from((want - got.len()).min(10)).unwrap_or(10))
+                .wait_time_seconds(1)
+                .message_attribute_names("All")
+                .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+                .send()
+                .await
+                .expect("SQS answers a receive");
+            got.extend(out.messages().iter().map(|m| {
+                SqsMessage {
+                    message_id: m.message_id().unwrap_or_default().to_owned(),
+                    receipt_handle: m.receipt_handle().unwrap_or_default().to_owned(),
+                    body: m.body().unwrap_or_default().to_owned(),
+                    attributes: m
+                        .message_attributes()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|(k, v)| Some((k.clone(), v.string_value()?.to_owned())))
+                        .collect(),
+                    receive_count: m
+                        .attributes()
+                        .and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount))
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(1),
+                }
+            }));
+        }
+        got
+    }
+
+    /// Invokes `function` with `batch` (allowing it `timeout`) and deletes
+    /// what its answer does not name; returns the outcome and the names.
+    /// A function that fails or times out has every record come back.
+    pub async fn deliver(
+        &self,
+        function: &FakeLambda,
+        batch: &[SqsMessage],
+        timeout: Duration,
+    ) -> (Outcome, Vec<String>) {
+        let outcome = function.invoke(&sqs_event(&self.name, batch), timeout).await;
+        let every = || batch.iter().map(|m| m.message_id.clone()).collect();
+        let Outcome::Response(body) = &outcome else { return (outcome, every()) };
+        let failed: Vec<String> = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|answer| answer["batchItemFailures"].as_array().cloned())
+            .map(|items| items.iter().filter_map(|f| f["itemIdentifier"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_else(every);
+        let done: Vec<&SqsMessage> = batch.iter().filter(|m| !failed.contains(&m.message_id)).collect();
+        self.delete(done).await;
+        (outcome, failed)
+    }
+
+    /// Deletes `messages` from the queue, as the mapping does with records that succeeded.
+    ///
+    /// # Panics
+    /// When SQS refuses (a test failure).
+    pub async fn delete<'a>(&self, messages: impl IntoIterator<Item = &'a SqsMessage>) {
+        for m in messages {
+            self.sqs
+                .delete_message()
+                .queue_url(&self.url)
+                .receipt_handle(&m.receipt_handle)
+                .send()
+                .await
+                .expect("SQS deletes");
+        }
+    }
 }

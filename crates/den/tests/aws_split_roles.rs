@@ -16,19 +16,6 @@ use support::{Discord, Scratch};
 const WAIT: Duration = Duration::from_secs(60);
 const KEY: &str = "sk-split-roles";
 
-const GRAN: &str = r#"
-id = "grumpy-gran"
-name = "Grumpy Gran"
-nickname = "Gran"
-modelled_on = "an invented grandmother"
-traits = ["blunt"]
-"#;
-
-fn endpoint() -> String {
-    std::env::var("DEN_TEST_AWS_ENDPOINT")
-        .expect("DEN_TEST_AWS_ENDPOINT is not set: run `bash scripts/test.sh`, which starts moto")
-}
-
 /// The AWS credentials den finds in its environment (moto accepts any).
 const AWS_ENV: [(&str, &str); 2] = [("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")];
 
@@ -59,13 +46,13 @@ impl Split {
             .block_on(put_secret(&secret, &serde_json::json!({"DISCORD_TOKEN": support::TOKEN, "FAKE_LLM_KEY": KEY})));
         let dir = scratch.path().join("personas");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("grumpy-gran.toml"), GRAN).unwrap();
+        std::fs::write(dir.join("grumpy-gran.toml"), support::GRAN).unwrap();
         let config = format!(
             "[store]\nbackend = \"aws\"\n\n[aws]\nregion = \"us-east-1\"\nendpoint = \"{}\"\ntable = \"den-split-{run}\"\n\
              queue_prefix = \"split-{run}-\"\nsecret = \"{secret}\"\n\n[llm]\nprimary = \"fake\"\nmax_attempts = 1\n\n\
              [[llm.provider]]\nname = \"fake\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"fake-1\"\n\
              key_env = \"FAKE_LLM_KEY\"\n",
-            endpoint(),
+            support::aws_endpoint(),
             llm.base_url()
         );
         std::fs::write(scratch.path().join("den.toml"), config).unwrap();
@@ -105,7 +92,7 @@ fn rand_u32() -> u32 {
 
 async fn put_secret(name: &str, value: &serde_json::Value) {
     let mut options = AwsOptions::new("us-east-1");
-    options.endpoint = Some(endpoint());
+    options.endpoint = Some(support::aws_endpoint());
     options.static_credentials = Some(("testing".into(), den_core::Secret::new("testing")));
     let client = aws_sdk_secretsmanager::Client::new(&sdk_config(&options).await);
     client.create_secret().name(name).secret_string(value.to_string()).send().await.expect("create the secret");

@@ -11,25 +11,13 @@ use std::time::{Duration, Instant};
 
 use den_storage::aws::{AwsOptions, AwsStore, sdk_config};
 use den_storage::{OutgoingMessage, Store as _};
-use den_testkit::lambda::{FakeLambda, Outcome, SqsMessage, http_api_event, sqs_event, url_event};
+use den_testkit::lambda::{EventSource, FakeLambda, Outcome, SqsMessage, http_api_event, url_event};
 use den_testkit::llm::{FakeLlm, Script, Wire};
 use serde_json::{Value, json};
 use support::{Discord, Running, Scratch};
 
 const WAIT: Duration = Duration::from_secs(30);
 const KEY: &str = "sk-serverless";
-const GRAN: &str = r#"
-id = "grumpy-gran"
-name = "Grumpy Gran"
-nickname = "Gran"
-modelled_on = "an invented grandmother"
-traits = ["blunt"]
-"#;
-
-fn endpoint() -> String {
-    std::env::var("DEN_TEST_AWS_ENDPOINT")
-        .expect("DEN_TEST_AWS_ENDPOINT is not set: run `bash scripts/test.sh`, which starts moto")
-}
 
 fn unique() -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
@@ -38,7 +26,7 @@ fn unique() -> String {
 
 fn aws_options(run: &str) -> AwsOptions {
     let mut options = AwsOptions::new("us-east-1");
-    options.endpoint = Some(endpoint());
+    options.endpoint = Some(support::aws_endpoint());
     options.static_credentials = Some(("testing".into(), den_core::Secret::new("testing")));
     options.table = format!("den-lambda-{run}");
     options.queue_prefix = format!("lambda-{run}-");
@@ -52,8 +40,8 @@ struct Serverless {
     scratch: Scratch,
     env: Vec<(String, String)>,
     options: AwsOptions,
-    sqs: aws_sdk_sqs::Client,
-    queue_url: String,
+    /// The worker function's event source mapping on the job queue.
+    jobs: EventSource,
     interactions: FakeLambda,
     worker: FakeLambda,
 }
@@ -66,13 +54,13 @@ impl Serverless {
         let run = unique();
         let options = aws_options(&run);
         std::fs::create_dir_all(scratch.path().join("personas")).unwrap();
-        std::fs::write(scratch.path().join("personas/grumpy-gran.toml"), GRAN).unwrap();
+        std::fs::write(scratch.path().join("personas/grumpy-gran.toml"), support::GRAN).unwrap();
         let config = format!(
             "[store]\nbackend = \"aws\"\n\n[aws]\nregion = \"us-east-1\"\nendpoint = \"{}\"\ntable = \"{}\"\n\
              queue_prefix = \"{}\"\n\n[llm]\nprimary = \"fake\"\nmax_attempts = 1\n\n\
              [[llm.provider]]\nname = \"fake\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"fake-1\"\n\
              key_env = \"FAKE_LLM_KEY\"\n",
-            endpoint(),
+            support::aws_endpoint(),
             options.table,
             options.queue_prefix,
             llm.base_url()
@@ -93,14 +81,13 @@ impl Serverless {
         let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let out = scratch.output(&["aws", "bootstrap"], &pairs);
         assert!(out.status.success(), "{}", support::stderr(&out));
-        let sqs = discord.rt.block_on(async { aws_sdk_sqs::Client::new(&sdk_config(&options).await) });
-        let queue_url = discord.rt.block_on(async {
-            let name = format!("{}den-jobs", options.queue_prefix);
-            sqs.get_queue_url().queue_name(name).send().await.unwrap().queue_url.unwrap()
+        let jobs = discord.rt.block_on(async {
+            let sqs = aws_sdk_sqs::Client::new(&sdk_config(&options).await);
+            EventSource::new(sqs, &format!("{}den-jobs", options.queue_prefix)).await
         });
         let interactions = discord.rt.block_on(FakeLambda::start("den-interactions")).unwrap();
         let worker = discord.rt.block_on(FakeLambda::start("den-worker")).unwrap();
-        Self { discord, llm, scratch, env, options, sqs, queue_url, interactions, worker }
+        Self { discord, llm, scratch, env, options, jobs, interactions, worker }
     }
 
     /// Starts the function served by `lambda` as Lambda starts a custom
@@ -126,66 +113,15 @@ impl Serverless {
         self.function(&self.worker, "worker", &[])
     }
 
-    /// Receives up to `want` messages of the job queue as an event source
-    /// mapping does (waiting up to `within` for them all).
+    /// Receives up to `want` messages of the job queue as the event source mapping does.
     fn receive(&self, want: usize, within: Duration) -> Vec<SqsMessage> {
-        let deadline = Instant::now() + within;
-        let mut got = Vec::new();
-        while got.len() < want && Instant::now() < deadline {
-            let out = self
-                .discord
-                .rt
-                .block_on(
-                    self.sqs
-                        .receive_message()
-                        .queue_url(&self.queue_url)
-                        .max_number_of_messages(10)
-                        .wait_time_seconds(1)
-                        .message_attribute_names("All")
-                        .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
-                        .send(),
-                )
-                .unwrap();
-            got.extend(out.messages().iter().map(|m| {
-                SqsMessage {
-                    message_id: m.message_id().unwrap().to_owned(),
-                    receipt_handle: m.receipt_handle().unwrap().to_owned(),
-                    body: m.body().unwrap_or_default().to_owned(),
-                    attributes: m
-                        .message_attributes()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|(k, v)| Some((k.clone(), v.string_value()?.to_owned())))
-                        .collect(),
-                    receive_count: 1,
-                }
-            }));
-        }
-        got
+        self.discord.rt.block_on(self.jobs.receive(want, within))
     }
 
-    /// Invokes the worker function with `batch` and, as the mapping does
-    /// after a response, deletes every record it does not name as failed.
-    /// Returns the outcome and the failed message ids.
+    /// Invokes the worker function with `batch` as the mapping does; returns
+    /// the outcome and the records named as failed.
     fn deliver(&self, batch: &[SqsMessage], timeout: Duration) -> (Outcome, Vec<String>) {
-        let queue_name = format!("{}den-jobs", self.options.queue_prefix);
-        let outcome = self.discord.rt.block_on(self.worker.invoke(&sqs_event(&queue_name, batch), timeout));
-        let Outcome::Response(_) = &outcome else {
-            return (outcome, batch.iter().map(|m| m.message_id.clone()).collect());
-        };
-        let failed: Vec<String> = outcome.json()["batchItemFailures"]
-            .as_array()
-            .expect("a partial batch response")
-            .iter()
-            .map(|f| f["itemIdentifier"].as_str().unwrap().to_owned())
-            .collect();
-        for m in batch.iter().filter(|m| !failed.contains(&m.message_id)) {
-            self.discord
-                .rt
-                .block_on(self.sqs.delete_message().queue_url(&self.queue_url).receipt_handle(&m.receipt_handle).send())
-                .unwrap();
-        }
-        (outcome, failed)
+        self.discord.rt.block_on(self.jobs.deliver(&self.worker, batch, timeout))
     }
 
     fn store(&self) -> AwsStore {

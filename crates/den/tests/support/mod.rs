@@ -10,6 +10,21 @@ use std::time::{Duration, Instant};
 
 pub const TOKEN: &str = "test-token-7f3a9c";
 
+/// A small persona for tests that need one.
+pub const GRAN: &str = r#"
+id = "grumpy-gran"
+name = "Grumpy Gran"
+nickname = "Gran"
+modelled_on = "an invented grandmother"
+traits = ["blunt"]
+"#;
+
+/// The AWS endpoint of the tests (moto, started by `scripts/test.sh`).
+pub fn aws_endpoint() -> String {
+    std::env::var("DEN_TEST_AWS_ENDPOINT")
+        .expect("DEN_TEST_AWS_ENDPOINT is not set: run `bash scripts/test.sh`, which starts moto")
+}
+
 /// A fake Discord on its own runtime, so blocking tests can drive den processes.
 pub struct Discord {
     pub fake: den_testkit::FakeDiscord,
