@@ -77,9 +77,10 @@ pub async fn run(role: Option<LambdaRole>, c: &Config, env: &[(String, String)])
         }
     };
     tracing::info!(role = ?parts.role, store = %parts.store.describe(), "den is ready for invocations");
-    match parts.role {
-        LambdaRole::Interactions => den_lambda::serve(&client, &Interactions::new(&parts, c)?).await?,
-        LambdaRole::Worker => den_lambda::serve(&client, &Worker::new(&parts, c)).await?,
+    match (parts.role, parts.endpoint.clone()) {
+        (LambdaRole::Worker, _) => den_lambda::serve(&client, &Worker::new(&parts, c)).await?,
+        (LambdaRole::Interactions, Some(app)) => den_lambda::serve(&client, &Interactions::new(&parts, app, c)).await?,
+        (LambdaRole::Interactions, None) => anyhow::bail!("the interactions function has no endpoint"),
     }
     Ok(())
 }
@@ -101,9 +102,9 @@ struct Parts {
     store: Arc<dyn Store>,
     queue: Arc<dyn Queue>,
     metrics: Metrics,
-    router: Arc<Router>,
     modules: Vec<Arc<dyn den_discord::Module>>,
-    public_key: Option<String>,
+    /// The interactions endpoint, in the interactions role.
+    endpoint: Option<axum::Router>,
     emf: Emf,
 }
 
@@ -169,10 +170,27 @@ impl Parts {
             background: false,
         };
         let modules = roles::modules(&cx).await?;
-        let router = Arc::new(Router::new(modules.clone(), jobs, clock, metrics.clone()));
+        let router = Arc::new(Router::new(modules.clone(), jobs, clock.clone(), metrics.clone()));
+        let endpoint = match role {
+            LambdaRole::Interactions => Some(endpoint(c, public_key, router, clock)?),
+            LambdaRole::Worker => None,
+        };
         let emf = Emf::new(c, &metrics);
-        Ok(Self { role, store, queue, metrics, router, modules, public_key, emf })
+        Ok(Self { role, store, queue, metrics, modules, endpoint, emf })
     }
+}
+
+/// The same endpoint `den interactions` serves.
+fn endpoint(
+    c: &Config,
+    public_key: Option<String>,
+    router: Arc<Router>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<axum::Router> {
+    let key = public_key.context("the interactions function needs discord.public_key")?;
+    let key =
+        den_discord::interactions::parse_public_key(&key).map_err(|e| anyhow::anyhow!("discord.public_key: {e}"))?;
+    Ok(den_discord::interactions::endpoint(&c.interactions.path, key, router, clock))
 }
 
 /// The interactions role: each invocation is one HTTP request.
@@ -183,14 +201,8 @@ struct Interactions<'a> {
 }
 
 impl<'a> Interactions<'a> {
-    fn new(parts: &'a Parts, c: &Config) -> anyhow::Result<Self> {
-        let key = parts.public_key.clone().context("the interactions function needs discord.public_key")?;
-        let key = den_discord::interactions::parse_public_key(&key)
-            .map_err(|e| anyhow::anyhow!("discord.public_key: {e}"))?;
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let path = c.interactions.path.clone();
-        let app = den_discord::interactions::endpoint(&path, key, parts.router.clone(), clock);
-        Ok(Self { app, path, emf: &parts.emf })
+    fn new(parts: &'a Parts, app: axum::Router, c: &Config) -> Self {
+        Self { app, path: c.interactions.path.clone(), emf: &parts.emf }
     }
 }
 

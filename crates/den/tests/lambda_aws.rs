@@ -309,4 +309,18 @@ fn a_function_that_cannot_start_reports_an_init_error_and_exits() {
     assert!(!out.status.success());
     let (_, report) = den.worker.init_error().unwrap();
     assert!(report["errorMessage"].as_str().unwrap().contains("unknown Lambda role"), "{report}");
+
+    // An interactions function without the public key (nor a token to ask Discord for it) says so at start.
+    let mut env: Vec<(&str, &str)> = den
+        .env
+        .iter()
+        .filter(|(k, _)| !["DISCORD_TOKEN", "DEN_DISCORD__PUBLIC_KEY"].contains(&k.as_str()))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let api = den.interactions.runtime_api();
+    env.extend([("AWS_LAMBDA_RUNTIME_API", api.as_str()), ("_HANDLER", "interactions")]);
+    let out = den.scratch.output(&[], &env);
+    assert!(!out.status.success());
+    let (_, report) = den.interactions.init_error().expect("an init error was reported");
+    assert!(report["errorMessage"].as_str().unwrap().contains("discord.public_key"), "{report}");
 }
