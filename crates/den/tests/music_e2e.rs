@@ -283,10 +283,11 @@ fn the_queue_loops_shuffles_removes_and_stops_from_commands_and_prefix_messages(
     // `!` messages do what the slash commands do.
     let fake = &music.discord.fake;
     // One at a time, as people type them (commands sent in the same instant may queue in either order).
-    for (n, words) in ["!play two", "!play three", "!play four"].iter().enumerate() {
+    for (words, track) in [("!play two", "two-550"), ("!play three", "three-660"), ("!play four", "four-770")] {
         fake.post_as(ada, music.discord.channel, words);
-        music.discord.wait_until("an answer", WAIT, |_| {
-            replies(&music).iter().filter(|r| r.starts_with("Queued") || r.starts_with("Now playing **t")).count() > n
+        let queued = [format!("Queued **{track}**"), format!("Now playing **{track}**")];
+        music.discord.wait_until("its answer", WAIT, |_| {
+            replies(&music).iter().any(|r| queued.iter().any(|q| r.starts_with(q.as_str())))
         });
     }
     // While "two" plays (three seconds), the queue holds still: "three" is first.
