@@ -319,16 +319,7 @@ pub fn run(o: &LambdaOptions) -> anyhow::Result<Value> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let ready = b.rt.block_on(async {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            if reqwest::get(format!("http://{ops}/ready")).await.is_ok_and(|r| r.status().is_success()) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
-    });
+    let ready = crate::ready_within(&b.rt, &format!("http://{ops}/ready"), Duration::from_secs(20));
     anyhow::ensure!(ready, "den gateway did not become ready");
     // Each answered message makes two jobs: the person's message (answered by Gran) and Gran's own
     // message, which the gateway also sees (kept in the transcript); both are billed.

@@ -76,6 +76,20 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `url` answers with a success within `within` (polled every 50 ms): a den process's `/ready`.
+fn ready_within(rt: &tokio::runtime::Runtime, url: &str, within: std::time::Duration) -> bool {
+    rt.block_on(async {
+        let start = std::time::Instant::now();
+        while start.elapsed() < within {
+            if reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    })
+}
+
 /// The value at quantile `q` (0..=1) of sorted samples.
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {

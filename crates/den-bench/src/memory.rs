@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -59,16 +59,7 @@ pub fn run(o: &Options) -> anyhow::Result<serde_json::Value> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let healthy = rt.block_on(async {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            if reqwest::get(format!("http://127.0.0.1:{port}/ready")).await.is_ok_and(|r| r.status().is_success()) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
-    });
+    let healthy = crate::ready_within(&rt, &format!("http://127.0.0.1:{port}/ready"), Duration::from_secs(20));
     let result = (|| {
         anyhow::ensure!(healthy, "den run did not become ready");
         std::thread::sleep(Duration::from_secs(o.idle_seconds));

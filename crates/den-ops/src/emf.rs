@@ -61,6 +61,20 @@ impl EmfEncoder {
         self
     }
 
+    /// Writes the lines of `metrics` as they are now to standard output, where
+    /// the log driver (ECS's `awslogs`, Lambda's own) takes them to CloudWatch.
+    pub fn write(&mut self, metrics: &Metrics) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let lines = self.lines(&metrics.encode(), now);
+        let mut out = std::io::stdout().lock();
+        for line in lines {
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = out.flush();
+    }
+
     /// EMF lines (one JSON object each) for an OpenMetrics text snapshot
     /// taken at `timestamp_ms`: one line per label set.
     pub fn lines(&mut self, openmetrics: &str, timestamp_ms: i64) -> Vec<String> {
@@ -248,15 +262,7 @@ pub fn spawn_emf(
             for hook in &hooks {
                 hook.before_scrape().await;
             }
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-            let lines = encoder.lines(&metrics.encode(), now);
-            let mut out = std::io::stdout().lock();
-            for line in lines {
-                let _ = writeln!(out, "{line}");
-            }
-            let _ = out.flush();
+            encoder.write(&metrics);
             if last {
                 return;
             }

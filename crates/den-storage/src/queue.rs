@@ -306,8 +306,7 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
     /// must not run (it was acked, deleted, or has just been dead-lettered).
     /// Backends whose messages only `receive` hands out refuse with
     /// `InvalidArgument`.
-    async fn adopt(&self, queue: &str, handed: &HandedMessage) -> StoreResult<Option<Delivery>> {
-        let _ = handed;
+    async fn adopt(&self, queue: &str, _handed: &HandedMessage) -> StoreResult<Option<Delivery>> {
         Err(StoreError::invalid(format!("queue {queue}: this backend hands messages out only by receive")))
     }
 

@@ -472,6 +472,16 @@ pub struct OpsConfig {
     pub emf_include: String,
 }
 
+impl OpsConfig {
+    /// The EMF encoder `emf_namespace` and `emf_include` ask for; `None` when EMF is off.
+    #[must_use]
+    pub fn emf_encoder(&self) -> Option<den_ops::emf::EmfEncoder> {
+        let namespace = self.emf_namespace.clone().filter(|n| !n.is_empty())?;
+        let include = self.emf_include.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned);
+        Some(den_ops::emf::EmfEncoder::new(namespace).include(include.collect()))
+    }
+}
+
 impl Default for OpsConfig {
     fn default() -> Self {
         Self {

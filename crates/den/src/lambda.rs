@@ -114,25 +114,13 @@ struct Emf(Option<(Metrics, std::sync::Mutex<den_ops::emf::EmfEncoder>)>);
 
 impl Emf {
     fn new(c: &Config, metrics: &Metrics) -> Self {
-        Self(c.ops.emf_namespace.clone().filter(|n| !n.is_empty()).map(|namespace| {
-            let include = c.ops.emf_include.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned);
-            let encoder = den_ops::emf::EmfEncoder::new(namespace).include(include.collect());
-            (metrics.clone(), std::sync::Mutex::new(encoder))
-        }))
+        Self(c.ops.emf_encoder().map(|encoder| (metrics.clone(), std::sync::Mutex::new(encoder))))
     }
 
     fn flush(&self) {
-        use std::io::Write as _;
-        let Some((metrics, encoder)) = &self.0 else { return };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        let lines = encoder.lock().unwrap_or_else(std::sync::PoisonError::into_inner).lines(&metrics.encode(), now);
-        let mut out = std::io::stdout().lock();
-        for line in lines {
-            let _ = writeln!(out, "{line}");
+        if let Some((metrics, encoder)) = &self.0 {
+            encoder.lock().unwrap_or_else(std::sync::PoisonError::into_inner).write(metrics);
         }
-        let _ = out.flush();
     }
 }
 
@@ -170,9 +158,11 @@ impl Parts {
             background: false,
         };
         let modules = roles::modules(&cx).await?;
-        let router = Arc::new(Router::new(modules.clone(), jobs, clock.clone(), metrics.clone()));
         let endpoint = match role {
-            LambdaRole::Interactions => Some(endpoint(c, public_key, router, clock)?),
+            LambdaRole::Interactions => {
+                let router = Arc::new(Router::new(modules.clone(), jobs, clock.clone(), metrics.clone()));
+                Some(endpoint(c, public_key, router, clock)?)
+            }
             LambdaRole::Worker => None,
         };
         let emf = Emf::new(c, &metrics);

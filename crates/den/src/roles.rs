@@ -351,9 +351,7 @@ async fn serve(
     let ops = tokio::spawn(den_ops::serve(listener, state, ops_stop.clone()));
     let heartbeat =
         den_ops::spawn_heartbeat(metrics.clone(), Duration::from_secs(c.ops.heartbeat_secs), ops_stop.clone());
-    let emf = c.ops.emf_namespace.clone().filter(|n| !n.is_empty()).map(|namespace| {
-        let include = c.ops.emf_include.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned);
-        let encoder = den_ops::emf::EmfEncoder::new(namespace).include(include.collect());
+    let emf = c.ops.emf_encoder().map(|encoder| {
         let depths: Arc<dyn den_ops::ScrapeHook> = Arc::new(QueueDepthCollector::new(queue.clone(), metrics.clone()));
         den_ops::emf::spawn_emf(
             metrics.clone(),

@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use den_storage::aws::{AwsOptions, AwsStore, sdk_config};
 use den_storage::{OutgoingMessage, Store as _};
@@ -266,10 +266,8 @@ fn a_job_outliving_the_function_deadline_is_stopped_reported_and_retried_not_hal
     assert_eq!(batch.len(), 1, "the gateway enqueued the reply");
 
     // A 3 s function: den stops the job before the deadline and says the record must come back.
-    let started = Instant::now();
     let (outcome, failed) = den.deliver(&batch, Duration::from_secs(3));
     assert!(matches!(outcome, Outcome::Response(_)), "answered before the deadline, not timed out: {outcome:?}");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     assert_eq!(failed, [batch[0].message_id.clone()]);
 
     let again = den.receive(1, WAIT);
