@@ -79,6 +79,9 @@ struct Call {
     heard: audio::Heard,
     /// Closes the open connection with a code.
     close: Option<mpsc::UnboundedSender<u16>>,
+    /// Which connection holds the call now: one that ends after another took
+    /// over (a resume or a new identify) leaves the call as it is.
+    connection: u64,
 }
 
 #[derive(Default)]
@@ -86,6 +89,7 @@ struct State {
     grants: HashMap<u64, Grant>,
     calls: HashMap<u64, Call>,
     next_ssrc: u32,
+    next_connection: u64,
 }
 
 /// Told when a bot starts or stops sending audio: guild, user, speaking.
@@ -261,6 +265,11 @@ async fn serve_connection(shared: Arc<Shared>, tls: tokio_rustls::server::TlsStr
         return;
     }
     let (close_tx, mut close_rx) = mpsc::unbounded_channel::<u16>();
+    let me = {
+        let mut state = shared.state();
+        state.next_connection += 1;
+        state.next_connection
+    };
     let mut guild: Option<u64> = None;
     loop {
         tokio::select! {
@@ -278,7 +287,7 @@ async fn serve_connection(shared: Arc<Shared>, tls: tokio_rustls::server::TlsStr
                 };
                 let Ok(payload) = serde_json::from_str::<Value>(&text) else { break };
                 let reply = match payload["op"].as_u64() {
-                    Some(0) => identify(&shared, &payload["d"], version.clone(), &close_tx).map(|(g, r)| { guild = Some(g); r }),
+                    Some(0) => identify(&shared, &payload["d"], version.clone(), (me, &close_tx)).map(|(g, r)| { guild = Some(g); r }),
                     Some(1) => guild.ok_or(4003).and_then(|g| select_protocol(&shared, g, &payload["d"])),
                     Some(3) => Ok(heartbeat_ack(&payload["d"])),
                     Some(5) => {
@@ -297,7 +306,7 @@ async fn serve_connection(shared: Arc<Shared>, tls: tokio_rustls::server::TlsStr
                         }
                         continue;
                     }
-                    Some(7) => resume(&shared, &payload["d"], &close_tx).map(|(g, r)| { guild = Some(g); r }),
+                    Some(7) => resume(&shared, &payload["d"], (me, &close_tx)).map(|(g, r)| { guild = Some(g); r }),
                     _ => continue,
                 };
                 match reply {
@@ -314,6 +323,7 @@ async fn serve_connection(shared: Arc<Shared>, tls: tokio_rustls::server::TlsStr
     }
     if let Some(g) = guild
         && let Some(c) = shared.state().calls.get_mut(&g)
+        && c.connection == me
     {
         c.info.connected = false;
         c.close = None;
@@ -330,7 +340,7 @@ fn identify(
     shared: &Shared,
     d: &Value,
     version: Option<String>,
-    close: &mpsc::UnboundedSender<u16>,
+    (connection, close): (u64, &mpsc::UnboundedSender<u16>),
 ) -> Result<(u64, Value), u16> {
     let guild = id_of(&d["server_id"]).ok_or(4005u16)?;
     let user = id_of(&d["user_id"]).ok_or(4005u16)?;
@@ -367,7 +377,7 @@ fn identify(
         speaking: None,
         first_packet: None,
     };
-    state.calls.insert(guild, Call { info, key: None, peer: None, heard, close: Some(close.clone()) });
+    state.calls.insert(guild, Call { info, key: None, peer: None, heard, close: Some(close.clone()), connection });
     let ready = json!({"op": 2, "d": {
         "ssrc": ssrc, "ip": "127.0.0.1", "port": shared.udp_port,
         "modes": [rtp::MODE], "heartbeat_interval": HEARTBEAT_MS,
@@ -397,7 +407,11 @@ fn heartbeat_ack(d: &Value) -> Value {
 }
 
 /// Resume → RESUMED, when the session still holds the call.
-fn resume(shared: &Shared, d: &Value, close: &mpsc::UnboundedSender<u16>) -> Result<(u64, Value), u16> {
+fn resume(
+    shared: &Shared,
+    d: &Value,
+    (connection, close): (u64, &mpsc::UnboundedSender<u16>),
+) -> Result<(u64, Value), u16> {
     let guild = id_of(&d["server_id"]).ok_or(4005u16)?;
     let mut state = shared.state();
     let grant = state.grants.get(&guild).cloned().ok_or(4006u16)?;
@@ -408,6 +422,7 @@ fn resume(shared: &Shared, d: &Value, close: &mpsc::UnboundedSender<u16>) -> Res
     if let Some(old) = call.close.replace(close.clone()) {
         let _ = old.send(4006);
     }
+    call.connection = connection;
     call.info.connections += 1;
     call.info.resumes += 1;
     call.info.connected = true;

@@ -112,6 +112,10 @@ impl Scratch {
     pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_den"));
         cmd.current_dir(self.path()).args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+        // `RUST_LOG=den_music=debug cargo test ...` reaches the den a test starts.
+        if let Ok(filter) = std::env::var("RUST_LOG") {
+            cmd.env("RUST_LOG", filter);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -265,6 +269,15 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failed test shows what den said last, so a failure in CI can be read without a rerun.
+        if std::thread::panicking() {
+            let mut said: Vec<String> = self.log.iter().map(ToString::to_string).collect();
+            while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(500)) {
+                said.push(line);
+            }
+            let from = said.len().saturating_sub(80);
+            eprintln!("--- den's last {} log lines ---\n{}", said.len() - from, said[from..].join("\n"));
+        }
     }
 }
 
