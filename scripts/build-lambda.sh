@@ -30,14 +30,20 @@ if [ ! -x "$VENV/bin/cargo-zigbuild" ] || ! "$VENV/bin/python" -m ziglang versio
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet 'ziglang==0.17.1' 'cargo-zigbuild==0.24.1'
 fi
-if ! rustup target list --installed | grep -qx "$TRIPLE"; then
-  rustup target add "$TRIPLE" || {
-    echo "error: the Rust standard library for $TRIPLE is missing and rustup could not fetch it" >&2
-    exit 1
-  }
+# The compiler needs the target's standard library: rustup's, or where rustup
+# cannot download it, a rustc that ships it, chosen with RUSTC (on Debian 12:
+# rustc-web with libstd-rust-web-dev:arm64, RUSTC=/usr/bin/rustc).
+has_std() { [ -d "$("$1" --print sysroot)/lib/rustlib/$TRIPLE/lib" ]; }
+if [ -n "${RUSTC:-}" ]; then
+  has_std "$RUSTC" || { echo "error: $RUSTC has no standard library for $TRIPLE" >&2; exit 1; }
+elif ! rustup target list --installed | grep -qx "$TRIPLE" && ! rustup target add "$TRIPLE"; then
+  echo "error: the Rust standard library for $TRIPLE is missing and rustup could not fetch it;" >&2
+  echo "  set RUSTC to a compiler that has it (on Debian 12: dpkg --add-architecture arm64 && apt-get update &&" >&2
+  echo "  apt-get install rustc-web libstd-rust-web-dev:arm64, then RUSTC=/usr/bin/rustc $0 $ARCH)" >&2
+  exit 1
 fi
 
-echo "== building den for $TRIPLE (glibc 2.34)"
+echo "== building den for $TRIPLE (glibc 2.34) with $(${RUSTC:-rustc} -V)"
 (cd "$ROOT" && PATH="$VENV/bin:$PATH" cargo zigbuild --locked --profile lambda -p den --features aws \
   --target "$TRIPLE.2.34")
 

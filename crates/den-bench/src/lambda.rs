@@ -24,6 +24,10 @@ pub struct LambdaOptions {
     /// The den binary, built with `--features aws` (default: `den` beside this benchmark's executable).
     #[arg(long)]
     den: Option<PathBuf>,
+    /// A program that runs the den binary, such as `qemu-aarch64` to drive an
+    /// arm64 package on an x86-64 machine (its times are then the emulator's).
+    #[arg(long)]
+    runner: Option<PathBuf>,
     /// The AWS endpoint to use (moto).
     #[arg(long, env = "DEN_TEST_AWS_ENDPOINT", default_value = "http://127.0.0.1:5599")]
     aws_endpoint: String,
@@ -39,9 +43,28 @@ const TOKEN: &str = "bench-token";
 const KEY: &str = "sk-bench";
 const GRAN: &str = "id = \"grumpy-gran\"\nname = \"Grumpy Gran\"\nnickname = \"Gran\"\nmodelled_on = \"an invented grandmother\"\ntraits = [\"blunt\"]\n";
 
+/// How den is started: the binary, run directly or by a runner.
+struct Launch {
+    runner: Option<PathBuf>,
+    den: PathBuf,
+}
+
+impl Launch {
+    fn command(&self) -> Command {
+        match &self.runner {
+            Some(runner) => {
+                let mut c = Command::new(runner);
+                c.arg(&self.den);
+                c
+            }
+            None => Command::new(&self.den),
+        }
+    }
+}
+
 struct Bench {
     rt: tokio::runtime::Runtime,
-    den: PathBuf,
+    den: Launch,
     dir: tempfile::TempDir,
     fake: den_testkit::FakeDiscord,
     llm: FakeLlm,
@@ -62,6 +85,8 @@ impl Bench {
             None => std::env::current_exe()?.with_file_name("den"),
         };
         anyhow::ensure!(den.exists(), "{} not found: cargo build --release -p den --features aws", den.display());
+        // The functions run in a scratch folder, so a relative path would name nothing there.
+        let den = Launch { runner: o.runner.clone(), den: den.canonicalize()? };
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let fake = rt.block_on(den_testkit::FakeDiscord::start(den_testkit::FakeConfig {
             bot_token: TOKEN.into(),
@@ -109,7 +134,8 @@ impl Bench {
             ("FAKE_LLM_KEY".into(), KEY.into()),
             ("RUST_LOG".into(), "warn".into()),
         ];
-        let bootstrap = Command::new(&den)
+        let bootstrap = den
+            .command()
             .args(["aws", "bootstrap"])
             .current_dir(dir.path())
             .env_clear()
@@ -129,7 +155,9 @@ impl Bench {
 
     /// Starts the function `handler` of `lambda` as Lambda starts `bootstrap`.
     fn function(&self, lambda: &FakeLambda, handler: &str) -> anyhow::Result<Child> {
-        Ok(Command::new(&self.den)
+        Ok(self
+            .den
+            .command()
             .current_dir(self.dir.path())
             .env_clear()
             .envs(self.env.iter().cloned())
@@ -310,7 +338,9 @@ pub fn run(o: &LambdaOptions) -> anyhow::Result<Value> {
     let pong_jobs = worker.take_durations();
     // Persona replies, as the gateway enqueues them for a message that names Gran (the model answers at once).
     let ops = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let mut gateway = Command::new(&b.den)
+    let mut gateway = b
+        .den
+        .command()
         .arg("gateway")
         .current_dir(b.dir.path())
         .env_clear()
