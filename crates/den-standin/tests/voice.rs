@@ -68,8 +68,11 @@ async fn a_connection_replaced_by_a_resume_leaves_the_call_connected_when_it_clo
     send(&mut second, 7, ids).await;
     assert_eq!(next(&mut second).await.unwrap()["op"], 9, "RESUMED");
     assert_eq!(next(&mut first).await, Err(4006), "the replaced connection is closed as Discord does");
-    // The server ended the first connection right after sending its close; give that ending time to land.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    server
+        .wait_until("the server to finish the replaced connection", Duration::from_secs(5), |s| {
+            s.call(guild).is_some_and(|c| c.ended == 1)
+        })
+        .await;
 
     let call = server.call(guild).unwrap();
     assert_eq!((call.connections, call.resumes, call.connected), (2, 1, true), "the resumed connection holds the call");
@@ -79,7 +82,7 @@ async fn a_connection_replaced_by_a_resume_leaves_the_call_connected_when_it_clo
     assert_eq!(next(&mut second).await, Err(4015));
     server
         .wait_until("the call to show no open connection", Duration::from_secs(5), |s| {
-            s.call(guild).is_some_and(|c| !c.connected)
+            s.call(guild).is_some_and(|c| c.ended == 2 && !c.connected)
         })
         .await;
 }

@@ -76,11 +76,10 @@ pub async fn run(role: Option<LambdaRole>, c: &Config, env: &[(String, String)])
             return Err(e);
         }
     };
-    tracing::info!(role = ?parts.role, store = %parts.store.describe(), "den is ready for invocations");
-    match (parts.role, parts.endpoint.clone()) {
-        (LambdaRole::Worker, _) => den_lambda::serve(&client, &Worker::new(&parts, c)).await?,
-        (LambdaRole::Interactions, Some(app)) => den_lambda::serve(&client, &Interactions::new(&parts, app, c)).await?,
-        (LambdaRole::Interactions, None) => anyhow::bail!("the interactions function has no endpoint"),
+    tracing::info!(role = parts.serves.name(), store = %parts.store.describe(), "den is ready for invocations");
+    match &parts.serves {
+        Serves::Worker => den_lambda::serve(&client, &Worker::new(&parts, c)).await?,
+        Serves::Interactions(app) => den_lambda::serve(&client, &Interactions::new(&parts, app.clone(), c)).await?,
     }
     Ok(())
 }
@@ -98,14 +97,29 @@ fn forbid_long_running_modules(c: &Config) -> anyhow::Result<()> {
 
 /// What both roles are built from.
 struct Parts {
-    role: LambdaRole,
+    serves: Serves,
     store: Arc<dyn Store>,
     queue: Arc<dyn Queue>,
     metrics: Metrics,
     modules: Vec<Arc<dyn den_discord::Module>>,
-    /// The interactions endpoint, in the interactions role.
-    endpoint: Option<axum::Router>,
     emf: Emf,
+}
+
+/// The role a function was built for, with what only that role needs.
+enum Serves {
+    /// Interactions, answered by the same endpoint `den interactions` serves.
+    Interactions(axum::Router),
+    /// Job batches from SQS.
+    Worker,
+}
+
+impl Serves {
+    fn name(&self) -> &'static str {
+        match self {
+            Serves::Interactions(_) => "interactions",
+            Serves::Worker => "worker",
+        }
+    }
 }
 
 /// den's metrics as CloudWatch EMF lines on stdout after each invocation
@@ -158,15 +172,15 @@ impl Parts {
             background: false,
         };
         let modules = roles::modules(&cx).await?;
-        let endpoint = match role {
+        let serves = match role {
             LambdaRole::Interactions => {
                 let router = Arc::new(Router::new(modules.clone(), jobs, clock.clone(), metrics.clone()));
-                Some(endpoint(c, public_key, router, clock)?)
+                Serves::Interactions(endpoint(c, public_key, router, clock)?)
             }
-            LambdaRole::Worker => None,
+            LambdaRole::Worker => Serves::Worker,
         };
         let emf = Emf::new(c, &metrics);
-        Ok(Self { role, store, queue, metrics, modules, endpoint, emf })
+        Ok(Self { serves, store, queue, metrics, modules, emf })
     }
 }
 

@@ -61,6 +61,8 @@ pub struct CallInfo {
     pub resumes: u32,
     /// Whether a voice gateway connection is open now.
     pub connected: bool,
+    /// Connections that have ended, whether they held the call or had been replaced.
+    pub ended: u32,
     /// RTP packets received and decrypted.
     pub packets: u64,
     /// Packets whose tag did not verify, or that were not RTP.
@@ -323,10 +325,12 @@ async fn serve_connection(shared: Arc<Shared>, tls: tokio_rustls::server::TlsStr
     }
     if let Some(g) = guild
         && let Some(c) = shared.state().calls.get_mut(&g)
-        && c.connection == me
     {
-        c.info.connected = false;
-        c.close = None;
+        c.info.ended += 1;
+        if c.connection == me {
+            c.info.connected = false;
+            c.close = None;
+        }
     }
     shared.changed.notify_waiters();
 }
@@ -354,10 +358,9 @@ fn identify(
     }
     state.next_ssrc += 1;
     let ssrc = state.next_ssrc;
-    let (connections, resumes, packets, refused) = state
-        .calls
-        .get(&guild)
-        .map_or((0, 0, 0, 0), |c| (c.info.connections, c.info.resumes, c.info.packets, c.info.refused));
+    let (connections, resumes, ended, packets, refused) = state.calls.get(&guild).map_or((0, 0, 0, 0, 0), |c| {
+        (c.info.connections, c.info.resumes, c.info.ended, c.info.packets, c.info.refused)
+    });
     if let Some(old) = state.calls.get_mut(&guild).and_then(|c| c.close.take()) {
         let _ = old.send(4006);
     }
@@ -372,6 +375,7 @@ fn identify(
         connections: connections + 1,
         resumes,
         connected: true,
+        ended,
         packets,
         refused,
         speaking: None,
